@@ -1,0 +1,1 @@
+"""Generated gRPC modules (built by pip install from protos/); never edit."""
