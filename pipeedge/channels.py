@@ -1,0 +1,44 @@
+"""One place for gRPC channel and server options: message sizes, keepalive, deadlines.
+
+A ViT-Large microbatch of 8 cut after the MLP intermediate is ~32 MB (8x197x4096 + 8x197x1024
+float32), so the message limit sits well above that; weights travel in chunks far below it.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+WEIGHT_CHUNK_BYTES = 2 * 1024 * 1024
+# Control calls (assign may load and build a big shard) versus a status poke.
+ASSIGN_DEADLINE_S = 600.0
+CONTROL_DEADLINE_S = 10.0
+
+_COMMON = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Edge links drop silently; keepalive pings find a dead peer in ~30 s instead of hours.
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+CHANNEL_OPTIONS = _COMMON + [
+    # Large activations: bigger HTTP/2 windows keep a fast link full.
+    ("grpc.http2.lookahead_bytes", 16 * 1024 * 1024),
+]
+
+SERVER_OPTIONS = _COMMON + [
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def open_channel(address: str) -> grpc.Channel:
+    """A channel to a PipeEdge server (stage or coordinator) with the project's options."""
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def open_aio_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)

@@ -1,0 +1,142 @@
+"""Tensor codec: the one place that turns torch tensors into wire `Tensor` messages and back.
+
+Decoding is zero-copy (`torch.frombuffer` over the message's bytes); encoding makes exactly one
+copy (tensor memory -> `bytes`). Shards never write into their inputs, so read-only views are safe.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+
+import torch
+
+from pipeedge._proto import stage_pb2 as pb
+
+# Received payloads are immutable `bytes`; torch warns about non-writable buffers once per call.
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
+
+# Largest tensor a frame may declare (elements), so a hostile shape cannot make us allocate.
+MAX_ELEMENTS = 1 << 31
+
+_TO_WIRE: dict[torch.dtype, int] = {
+    torch.float32: pb.FLOAT32,
+    torch.float16: pb.FLOAT16,
+    torch.bfloat16: pb.BFLOAT16,
+    torch.int64: pb.INT64,
+    torch.int32: pb.INT32,
+    torch.bool: pb.BOOL,
+    torch.uint8: pb.UINT8,
+    torch.int8: pb.INT8,
+}
+_FROM_WIRE: dict[int, torch.dtype] = {v: k for k, v in _TO_WIRE.items()}
+_ENCODING_NAMES = {"raw": pb.Encoding.RAW, "float16": pb.Encoding.FLOAT16,
+                   "bfloat16": pb.Encoding.BFLOAT16, "uniform": pb.Encoding.UNIFORM}
+
+
+class FrameFormatError(ValueError):
+    """A wire tensor that cannot be decoded; the message names the tensor and what is wrong."""
+
+
+def dtype_to_wire(dtype: torch.dtype) -> int:
+    try:
+        return _TO_WIRE[dtype]
+    except KeyError:
+        raise FrameFormatError(f"dtype {dtype} cannot be sent; use one of "
+                               f"{sorted(str(d) for d in _TO_WIRE)}") from None
+
+
+def dtype_from_wire(value: int) -> torch.dtype:
+    try:
+        return _FROM_WIRE[value]
+    except KeyError:
+        raise FrameFormatError(f"unknown wire dtype {value}; sender and receiver "
+                               "must speak pipeedge.v1") from None
+
+
+def encoding_from_name(name: str, *, bits: int = 0, clip: str = "") -> pb.Encoding:
+    """Build an Encoding from its CLI/YAML name: raw, float16, bfloat16, uniform (with bits)."""
+    try:
+        kind = _ENCODING_NAMES[name]
+    except KeyError:
+        raise ValueError(f"unknown encoding '{name}'; use one of {sorted(_ENCODING_NAMES)}") from None
+    return pb.Encoding(kind=kind, bits=bits, clip=clip)
+
+
+def encode_tensor(name: str, tensor: torch.Tensor, encoding: pb.Encoding | None = None) -> pb.Tensor:
+    """Tensor -> wire message; float tensors are compressed when `encoding` asks for it."""
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    tensor = tensor.contiguous()
+    msg = pb.Tensor(name=name, dtype=dtype_to_wire(tensor.dtype), shape=tensor.shape)
+    if encoding is None or encoding.kind == pb.Encoding.RAW or not tensor.is_floating_point():
+        msg.data = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        return msg
+    from pipeedge import quant  # compression is optional on the hot path: load it when used
+
+    data, params = quant.encode(tensor, kind=_kind_name(encoding.kind), bits=encoding.bits,
+                                clip=encoding.clip)
+    msg.data = bytes(data)
+    msg.encoding.CopyFrom(pb.Encoding(kind=encoding.kind, bits=encoding.bits,
+                                      params=bytes(params), clip=encoding.clip))
+    return msg
+
+
+def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
+    """Wire message -> tensor, validating dtype, shape and byte length before touching data."""
+    dtype = dtype_from_wire(msg.dtype)
+    shape = tuple(msg.shape)
+    if any(d < 0 for d in shape):
+        raise FrameFormatError(f"tensor '{msg.name}' has negative dimension in shape {shape}")
+    numel = math.prod(shape)
+    if numel > MAX_ELEMENTS:
+        raise FrameFormatError(f"tensor '{msg.name}' declares {numel} elements, over the "
+                               f"limit of {MAX_ELEMENTS}; send smaller microbatches")
+    kind = msg.encoding.kind if msg.HasField("encoding") else pb.Encoding.RAW
+    if kind == pb.Encoding.RAW:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if len(msg.data) != numel * itemsize:
+            raise FrameFormatError(
+                f"tensor '{msg.name}' carries {len(msg.data)} bytes but shape {shape} of "
+                f"{dtype} needs {numel * itemsize}")
+        if numel == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(msg.data, dtype=dtype).view(shape)
+    if not dtype.is_floating_point:
+        raise FrameFormatError(f"tensor '{msg.name}' of {dtype} cannot use a float encoding")
+    from pipeedge import quant
+
+    try:
+        return quant.decode(msg.data, msg.encoding.params, kind=_kind_name(kind),
+                            bits=msg.encoding.bits, shape=shape, dtype=dtype)
+    except ValueError as exc:
+        raise FrameFormatError(f"tensor '{msg.name}': {exc}") from None
+
+
+def encode_tensors(tensors: Mapping[str, torch.Tensor],
+                   encoding: pb.Encoding | None = None) -> list[pb.Tensor]:
+    # Only activations are compressed; masks and ids are integers and pass through raw.
+    return [encode_tensor(k, v, encoding) for k, v in tensors.items()]
+
+
+def decode_tensors(msgs) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for m in msgs:
+        if m.name in out:
+            raise FrameFormatError(f"tensor name '{m.name}' appears twice in one frame")
+        out[m.name] = decode_tensor(m)
+    return out
+
+
+def payload_bytes(msgs) -> int:
+    """Bytes of tensor payload in a frame (what the link carries, minus framing)."""
+    return sum(len(m.data) + len(m.encoding.params) for m in msgs)
+
+
+def _kind_name(kind: int) -> str:
+    for name, value in _ENCODING_NAMES.items():
+        if value == kind:
+            return name
+    raise FrameFormatError(f"unknown encoding kind {kind}; use RAW, FLOAT16, BFLOAT16 or UNIFORM")

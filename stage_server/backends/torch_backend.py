@@ -1,0 +1,39 @@
+"""PyTorch shard backend: our own shard modules, on CPU or CUDA."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from pipeedge import codec, models
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge.stage_server.backends.base import ShardBackend
+
+
+def compute_dtype(assignment: pb.AssignRequest) -> torch.dtype:
+    if assignment.dtype == pb.DTYPE_UNSPECIFIED:
+        return torch.float32
+    return codec.dtype_from_wire(assignment.dtype)
+
+
+class TorchShardBackend(ShardBackend):
+    def __init__(self, assignment: pb.AssignRequest, state: dict[str, torch.Tensor]) -> None:
+        info = models.model_info(assignment.model_name, assignment.model_config_json or None)
+        self.device = torch.device(assignment.device or "cpu")
+        self.module = models.build_shard(info, assignment.first_layer, assignment.last_layer,
+                                         state, dtype=compute_dtype(assignment))
+        self.module.to(self.device).eval()
+        self.parameter_bytes = models.parameter_bytes(self.module)
+        self._spec = self.module.input_spec()
+
+    def validate(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        models.validate_inputs(self._spec, tensors)
+
+    def run(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
+            return self.module(inputs)
+
+    def close(self) -> None:
+        self.module = None  # type: ignore[assignment]

@@ -1,0 +1,41 @@
+"""`pipeedge-stage`: run one stateless stage server on this device."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import click
+
+from pipeedge.logs import setup_logging
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", "-p", default=50051, show_default=True,
+              help="Port to listen on (0 = pick a free one).")
+@click.option("--name", default=None, help="Stage name in status and errors [default: hostname:port].")
+@click.option("--threads", "-t", default=0, type=int,
+              help="Intra-op compute threads (0 = torch's default).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--cache-dir", default=Path.home() / ".cache" / "pipeedge", type=click.Path(
+    path_type=Path), show_default=True, help="Pushed-weight and ONNX cache.")
+@click.option("--ready-file", type=click.Path(path_type=Path), default=None,
+              help="Write the bound port here once serving (for scripts and tests).")
+@click.option("--grace", default=10.0, show_default=True, help="Seconds to drain on SIGTERM.")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+def main(host, port, name, threads, device, cache_dir, ready_file, grace, log_level, log_format):
+    """Serve one pipeline stage. It starts empty: `pipeedge-coord deploy` assigns its layers."""
+    setup_logging(log_level, log_format)
+    from pipeedge.stage_server.server import serve  # after logging, so imports log properly
+
+    serve(host=host, port=port, name=name or f"{socket.gethostname()}:{port}",
+          cache_dir=cache_dir / "weights", threads=threads, device=device, grace_s=grace,
+          ready_file=ready_file)
+
+
+if __name__ == "__main__":
+    main()

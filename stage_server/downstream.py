@@ -1,0 +1,144 @@
+"""The link to the next stage: one long-lived Forward stream, results routed back by hop tag.
+
+A sender feeds microbatches from the bounded output queue into the stream while a receiver reads
+results and hands each one to the route it came from. If the stream breaks, every request still
+waiting downstream is answered with UNAVAILABLE naming the next hop, and the next microbatch
+opens a fresh stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import grpc
+
+from pipeedge import channels
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.stage_server.routing import Route, error_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outgoing:
+    """A computed microbatch waiting to be sent downstream."""
+
+    frame: pb.Frame       # ready to send; hop_tag is rewritten for the next hop
+    route: Route          # where the result goes back
+    upstream_tag: int     # the hop tag the upstream sender chose
+
+
+class DownstreamLink:
+    def __init__(self, address: str, outbox: queue.Queue, stage_name: str,
+                 on_sent=None) -> None:
+        self.address = address
+        self._outbox = outbox
+        self._stage = stage_name
+        self._on_sent = on_sent or (lambda frame: None)
+        self._tags = itertools.count(1)
+        self._pending: dict[int, Outgoing] = {}
+        self._carry: deque[Outgoing] = deque()  # taken from the outbox but never sent
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._channel = channels.open_channel(address)
+        self._stub = pb_grpc.StageStub(self._channel)
+        self._thread = threading.Thread(target=self._run, name=f"downstream-{address}",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._channel.close()
+        self._thread.join(timeout=5)
+        self._fail_pending("the stage was reassigned or stopped; retry the request")
+        while self._carry:
+            self._fail(self._carry.popleft(), "the stage was reassigned or stopped")
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            if not self._wait_for_work():
+                continue
+            alive = threading.Event()
+            alive.set()
+            try:
+                for result in self._stub.Forward(self._requests(alive)):
+                    self._route_back(result)
+                    backoff = 0.05
+                # The server ended the stream cleanly only if we stopped sending: fall through.
+            except grpc.RpcError as exc:
+                if not self._stop.is_set():
+                    log.warning("stream to next hop %s failed: %s", self.address, exc.code())
+            finally:
+                with self._lock:
+                    alive.clear()
+            self._fail_pending(f"next hop {self.address} failed or is unreachable; "
+                               "check that stage or redeploy the pipeline")
+            if not self._stop.is_set():
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _wait_for_work(self) -> bool:
+        """Open a stream only when there is something to send (no idle reconnect loops)."""
+        if self._carry:
+            return True
+        try:
+            item = self._outbox.get(timeout=0.2)
+        except queue.Empty:
+            return False
+        self._carry.append(item)
+        return True
+
+    def _requests(self, alive: threading.Event):
+        while not self._stop.is_set():
+            if self._carry:
+                item = self._carry.popleft()
+            else:
+                try:
+                    item = self._outbox.get(timeout=0.2)
+                except queue.Empty:
+                    if not alive.is_set():
+                        return
+                    continue
+            with self._lock:
+                if not alive.is_set():  # the stream died while we waited: keep it for the next
+                    self._carry.appendleft(item)
+                    return
+                tag = next(self._tags)
+                self._pending[tag] = item
+            item.frame.hop_tag = tag
+            self._on_sent(item.frame)
+            yield item.frame
+
+    def _route_back(self, result: pb.Frame) -> None:
+        with self._lock:
+            item = self._pending.pop(result.hop_tag, None)
+        if item is None:
+            log.warning("result with unknown hop tag %d from %s dropped", result.hop_tag,
+                        self.address)
+            return
+        result.hop_tag = item.upstream_tag
+        item.route.deliver(result)
+
+    def _fail_pending(self, message: str) -> None:
+        with self._lock:
+            items = list(self._pending.values())
+            self._pending.clear()
+        for item in items:
+            self._fail(item, message)
+
+    def _fail(self, item: Outgoing, message: str) -> None:
+        frame = item.frame
+        frame.hop_tag = item.upstream_tag
+        item.route.deliver(error_frame(frame, grpc.StatusCode.UNAVAILABLE, message, self._stage))

@@ -1,0 +1,80 @@
+"""Routes: how a result finds its way back to the stream that sent the request.
+
+Every upstream Forward stream (a client, or the previous stage) gets one `Route`. Results for it
+are queued there and the stream's response generator yields them. A route ends once its sender
+has closed its side and every request it sent has been answered.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import grpc
+
+from pipeedge._proto import stage_pb2 as pb
+
+_END = object()
+
+
+class Route:
+    """Result queue of one upstream stream, with the count of requests still owed an answer."""
+
+    def __init__(self) -> None:
+        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._input_done = False
+        self._closed = False
+
+    def expect(self) -> None:
+        """Count one request accepted from this stream."""
+        with self._lock:
+            self._outstanding += 1
+
+    def deliver(self, frame: pb.Frame) -> None:
+        """Hand back one result (or error) frame for a request counted with `expect`."""
+        with self._lock:
+            self._outstanding -= 1
+            finished = self._input_done and self._outstanding <= 0
+        self._results.put(frame)
+        if finished:
+            self._close()
+
+    def input_done(self) -> None:
+        """The sender closed its side; end the stream once all answers are out."""
+        with self._lock:
+            self._input_done = True
+            finished = self._outstanding <= 0
+        if finished:
+            self._close()
+
+    def cancel(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._results.put(_END)
+
+    def results(self):
+        """Yield result frames until the route ends (the Forward response generator)."""
+        while True:
+            item = self._results.get()
+            if item is _END:
+                return
+            yield item
+
+    def next_result(self, timeout: float | None = None) -> pb.Frame | None:
+        """One result (the unary Infer path); None if the route ended without one."""
+        item = self._results.get(timeout=timeout)
+        return None if item is _END else item
+
+
+def error_frame(request: pb.Frame, code: grpc.StatusCode, message: str, stage: str) -> pb.Frame:
+    """A result frame that reports a failed request, keeping its ids so the sender can match it."""
+    return pb.Frame(request_id=request.request_id, hop_tag=request.hop_tag,
+                    session_id=request.session_id, step=request.step, trace_id=request.trace_id,
+                    error=pb.FrameError(code=code.value[0], message=message, stage=stage))

@@ -1,0 +1,199 @@
+"""One assignment at work: receive -> compute -> send, overlapped through bounded queues.
+
+Receiving microbatch i+1 (in the upstream stream's reader thread, which also decodes and
+validates), computing i (the compute thread) and sending i-1 (the downstream link's sender)
+happen at once. Queues are bounded (default 2 in, 2 out, the scheduler's buffer model), so a
+slow stage pushes back on the stream instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from pipeedge import codec
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge.stage_server.backends import ShardBackend
+from pipeedge.stage_server.downstream import DownstreamLink, Outgoing
+from pipeedge.stage_server.routing import Route, error_frame
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE = 2
+
+
+class RequestError(Exception):
+    """A request that fails on its own; becomes an error frame or a gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Work:
+    frame: pb.Frame                    # the request, tensors already decoded into `inputs`
+    inputs: dict[str, torch.Tensor]
+    route: Route
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    items: int = 0
+    errors: int = 0
+    compute_s: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class StageRuntime:
+    def __init__(self, assignment: pb.AssignRequest, backend: ShardBackend,
+                 assignment_id: str) -> None:
+        self.assignment = assignment
+        self.assignment_id = assignment_id
+        self.backend = backend
+        self.name = assignment.stage_name
+        self.counters = Counters()
+        self._inbox: queue.Queue[Work | None] = queue.Queue(assignment.queue_in or DEFAULT_QUEUE)
+        self._outbox: queue.Queue[Outgoing] = queue.Queue(assignment.queue_out or DEFAULT_QUEUE)
+        self._encoding = (assignment.output_encoding
+                          if assignment.HasField("output_encoding") else None)
+        self._stopped = threading.Event()
+        self.link = (DownstreamLink(assignment.next_hop, self._outbox, self.name,
+                                    on_sent=self._count_sent)
+                     if assignment.next_hop else None)
+        self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
+        self._compute.start()
+
+    # -- intake (upstream reader threads) -------------------------------------------------------
+    def submit(self, frame: pb.Frame, route: Route) -> None:
+        """Decode, validate and queue one request; blocks while the input queue is full."""
+        route.expect()
+        try:
+            work = Work(frame, self._decode(frame), route)
+        except RequestError as exc:
+            self.counters.errors += 1
+            route.deliver(error_frame(frame, exc.code, str(exc), self.name))
+            return
+        while not self._stopped.is_set():
+            try:
+                self._inbox.put(work, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+        route.deliver(error_frame(frame, grpc.StatusCode.UNAVAILABLE,
+                                  f"stage {self.name} was reassigned; retry the request",
+                                  self.name))
+
+    def _decode(self, frame: pb.Frame) -> dict[str, torch.Tensor]:
+        if frame.error.code:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "a request frame must not carry an error")
+        try:
+            tensors = codec.decode_tensors(frame.tensors)
+            self.backend.validate(tensors)
+        except ValueError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"stage {self.name} (layers {self.assignment.first_layer}-"
+                               f"{self.assignment.last_layer}): {exc}") from None
+        batch = _batch_size(tensors)
+        limit = self.assignment.max_microbatch
+        if limit and batch > limit:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"microbatch of {batch} exceeds stage {self.name}'s limit of "
+                               f"{limit}; split the batch or redeploy with a larger microbatch")
+        self.counters.bytes_in += codec.payload_bytes(frame.tensors)
+        return tensors
+
+    # -- compute ----------------------------------------------------------------------------------
+    def _compute_loop(self) -> None:
+        if self.assignment.threads:
+            torch.set_num_threads(self.assignment.threads)
+        while True:
+            work = self._inbox.get()
+            if work is None:
+                return
+            frame = work.frame
+            if frame.deadline_unix_ms and time.time() * 1000 > frame.deadline_unix_ms:
+                self._fail(work, grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"request {frame.request_id} expired before stage {self.name} "
+                           "computed it; raise the deadline or lower the load")
+                continue
+            start = time.perf_counter()
+            try:
+                outputs = self.backend.run(work.inputs)
+            except Exception as exc:  # a shard failure must not take the server down
+                log.exception("compute failed for request %s", frame.request_id)
+                self._fail(work, grpc.StatusCode.INTERNAL,
+                           f"stage {self.name} failed computing request {frame.request_id}: {exc}")
+                continue
+            self.counters.compute_s += time.perf_counter() - start
+            self.counters.frames += 1
+            self.counters.items += _batch_size(work.inputs)
+            result = pb.Frame(request_id=frame.request_id, hop_tag=frame.hop_tag,
+                              session_id=frame.session_id, step=frame.step,
+                              deadline_unix_ms=frame.deadline_unix_ms, trace_id=frame.trace_id)
+            try:
+                result.tensors.extend(codec.encode_tensors(
+                    outputs, self._encoding if self.link else None))
+            except ValueError as exc:
+                self._fail(work, grpc.StatusCode.INTERNAL, f"stage {self.name}: {exc}")
+                continue
+            del work.inputs, outputs
+            if self.link is None:
+                work.route.deliver(result)
+            else:
+                upstream_tag = result.hop_tag
+                self._outbox.put(Outgoing(result, work.route, upstream_tag))
+
+    def _fail(self, work: Work, code: grpc.StatusCode, message: str) -> None:
+        self.counters.errors += 1
+        work.route.deliver(error_frame(work.frame, code, message, self.name))
+
+    def _count_sent(self, frame: pb.Frame) -> None:
+        self.counters.bytes_out += codec.payload_bytes(frame.tensors)
+
+    # -- lifecycle and status ------------------------------------------------------------------
+    def queue_depths(self) -> tuple[int, int]:
+        return self._inbox.qsize(), self._outbox.qsize()
+
+    def stop(self) -> None:
+        """Stop accepting work and answer everything still queued with UNAVAILABLE."""
+        self._stopped.set()
+        while True:
+            try:
+                work = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if work is not None:
+                self._fail(work, grpc.StatusCode.UNAVAILABLE,
+                           f"stage {self.name} was reassigned; retry the request")
+        try:
+            self._inbox.put(None, timeout=5)
+        except queue.Full:
+            log.warning("compute thread of stage %s did not drain; abandoning it", self.name)
+        self._compute.join(timeout=30)
+        if self.link:
+            self.link.close()
+        while True:
+            try:
+                item = self._outbox.get_nowait()
+            except queue.Empty:
+                break
+            item.frame.hop_tag = item.upstream_tag
+            item.route.deliver(error_frame(item.frame, grpc.StatusCode.UNAVAILABLE,
+                                           f"stage {self.name} was reassigned", self.name))
+        self.backend.close()
+
+
+def _batch_size(tensors: dict[str, torch.Tensor]) -> int:
+    for t in tensors.values():
+        return int(t.shape[0]) if t.dim() else 1
+    return 0

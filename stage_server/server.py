@@ -1,0 +1,71 @@
+"""Build and run a stage server: Stage service, standard health service and reflection.
+
+SIGTERM reports NOT_SERVING, stops accepting calls, lets in-flight ones finish within the grace
+period, then exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from pipeedge import channels
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.stage_server.servicer import StageServicer
+from pipeedge.stage_server.weight_cache import WeightCache
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Stage"].full_name
+# Each Forward stream holds a worker thread for its lifetime (plus one reader thread of ours).
+MAX_WORKERS = 64
+
+
+def build_server(address: str, servicer: StageServicer) -> tuple[grpc.Server, int,
+                                                                  health.HealthServicer]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS,
+                                                    thread_name_prefix="grpc"),
+                         options=channels.SERVER_OPTIONS)
+    pb_grpc.add_StageServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}; is the port already in use?")
+    for service in ("", SERVICE_NAME):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    return server, port, health_servicer
+
+
+def serve(*, host: str, port: int, name: str, cache_dir: Path, threads: int, device: str,
+          grace_s: float = 10.0, ready_file: Path | None = None) -> None:
+    servicer = StageServicer(name, WeightCache(cache_dir), threads=threads, device=device)
+    server, bound, health_servicer = build_server(f"{host}:{port}", servicer)
+    server.start()
+    log.info("stage %s listening on %s:%d (device %s, threads %s)", name, host, bound, device,
+             threads or "default")
+    if ready_file:
+        ready_file.write_text(str(bound))
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %d: draining and stopping (grace %.0fs)", signum, grace_s)
+        health_servicer.enter_graceful_shutdown()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+    server.stop(grace_s).wait()
+    servicer.shutdown()
+    log.info("stage %s stopped", name)

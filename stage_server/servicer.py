@@ -1,0 +1,166 @@
+"""The Stage gRPC servicer: a thin adapter between the wire and the stage runtime."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import grpc
+
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.errors import status_from_int
+from pipeedge.partition import PartitionError
+from pipeedge.stage_server.backends import load_backend
+from pipeedge.stage_server.routing import Route, error_frame
+from pipeedge.stage_server.runtime import StageRuntime
+from pipeedge.stage_server.shard_loader import WeightsNotFound, load_shard_state
+from pipeedge.stage_server.weight_cache import WeightCache, WeightPushError
+
+log = logging.getLogger(__name__)
+
+
+class StageServicer(pb_grpc.StageServicer):
+    def __init__(self, name: str, cache: WeightCache, *, threads: int = 0,
+                 device: str = "cpu") -> None:
+        self.name = name
+        self.cache = cache
+        self.threads = threads
+        self.device = device
+        self.runtime: StageRuntime | None = None
+        self._assign_lock = threading.Lock()
+
+    # -- control ----------------------------------------------------------------------------------
+    def Assign(self, request: pb.AssignRequest, context: grpc.ServicerContext) -> pb.AssignReply:
+        request = pb.AssignRequest.FromString(request.SerializeToString())
+        request.stage_name = request.stage_name or self.name
+        request.device = request.device or self.device
+        request.threads = request.threads or self.threads
+        with self._assign_lock:
+            start = time.perf_counter()
+            try:
+                state = load_shard_state(request, self.cache)
+                backend = load_backend(request, state)
+                del state
+            except WeightsNotFound as exc:
+                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            except (ValueError, KeyError, PartitionError) as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"cannot assign {request.model_name} layers {request.first_layer}-"
+                              f"{request.last_layer}: {_one_line(exc)}")
+            except FileNotFoundError as exc:
+                context.abort(grpc.StatusCode.NOT_FOUND, _one_line(exc))
+            except MemoryError:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"layers {request.first_layer}-{request.last_layer} of "
+                              f"{request.model_name} do not fit in this device's memory; "
+                              "give it fewer layers")
+            old, self.runtime = self.runtime, None
+            if old:
+                old.stop()
+            assignment_id = uuid.uuid4().hex[:12]
+            self.runtime = StageRuntime(request, backend, assignment_id)
+            elapsed = time.perf_counter() - start
+        log.info("assigned %s layers %d-%d (%s, %.1f MB) next hop %s in %.2fs",
+                 request.model_name, request.first_layer, request.last_layer,
+                 "onnx" if request.backend == pb.ONNX else "torch",
+                 backend.parameter_bytes / 1e6, request.next_hop or "(last stage)", elapsed)
+        return pb.AssignReply(assignment_id=assignment_id, parameter_bytes=backend.parameter_bytes,
+                              load_seconds=elapsed)
+
+    def Release(self, request: pb.ReleaseRequest, context) -> pb.ReleaseReply:
+        with self._assign_lock:
+            old, self.runtime = self.runtime, None
+        if old:
+            old.stop()
+            log.info("released %s layers %d-%d", old.assignment.model_name,
+                     old.assignment.first_layer, old.assignment.last_layer)
+        return pb.ReleaseReply(released=old is not None)
+
+    def PushWeights(self, request_iterator, context) -> pb.PushWeightsReply:
+        try:
+            sha, received, already = self.cache.receive(request_iterator)
+        except WeightPushError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return pb.PushWeightsReply(sha256=sha, bytes_received=received, already_cached=already)
+
+    def HasWeights(self, request: pb.HasWeightsRequest, context) -> pb.HasWeightsReply:
+        try:
+            return pb.HasWeightsReply(cached=self.cache.has(request.sha256))
+        except WeightPushError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    # -- data path --------------------------------------------------------------------------------
+    def Forward(self, request_iterator, context):
+        route = Route()
+        context.add_callback(route.cancel)
+        reader = threading.Thread(target=self._read_stream, args=(request_iterator, route),
+                                  name="upstream-reader", daemon=True)
+        reader.start()
+        yield from route.results()
+
+    def Infer(self, request: pb.Frame, context) -> pb.Frame:
+        route = Route()
+        self._submit(request, route)
+        route.input_done()
+        remaining = context.time_remaining()
+        result = route.next_result(timeout=remaining)
+        if result is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"stage {self.name} stopped")
+        if result.error.code:
+            context.abort(status_from_int(result.error.code),
+                          f"[{result.error.stage}] {result.error.message}")
+        return result
+
+    def _read_stream(self, request_iterator, route: Route) -> None:
+        try:
+            for frame in request_iterator:
+                self._submit(frame, route)
+        except grpc.RpcError:
+            pass  # the sender went away; what it already sent is still answered
+        except Exception:
+            log.exception("upstream stream failed")
+        finally:
+            route.input_done()
+
+    def _submit(self, frame: pb.Frame, route: Route) -> None:
+        runtime = self.runtime
+        if runtime is None:
+            route.expect()
+            route.deliver(error_frame(frame, grpc.StatusCode.FAILED_PRECONDITION,
+                                      f"stage {self.name} has no assignment; run "
+                                      "`pipeedge-coord deploy hosts.yml` first", self.name))
+            return
+        runtime.submit(frame, route)
+
+    # -- status -----------------------------------------------------------------------------------
+    def Status(self, request, context) -> pb.StageStatus:
+        rt = self.runtime
+        status = pb.StageStatus(stage_name=self.name, device=self.device, threads=self.threads)
+        if rt is None:
+            return status
+        qin, qout = rt.queue_depths()
+        c = rt.counters
+        status.assigned = True
+        status.assignment.CopyFrom(rt.assignment)
+        status.assignment_id = rt.assignment_id
+        status.queue_in_depth, status.queue_out_depth = qin, qout
+        status.in_flight = qin + qout + (rt.link.in_flight if rt.link else 0)
+        status.frames_processed, status.items_processed, status.errors = c.frames, c.items, c.errors
+        status.compute_seconds = c.compute_s
+        status.bytes_received, status.bytes_sent = c.bytes_in, c.bytes_out
+        status.parameter_bytes = rt.backend.parameter_bytes
+        return status
+
+    def shutdown(self) -> None:
+        with self._assign_lock:
+            old, self.runtime = self.runtime, None
+        if old:
+            old.stop()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split())

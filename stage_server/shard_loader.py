@@ -1,0 +1,37 @@
+"""Turn an assignment's weight source into the shard's own tensors (and nothing more)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pipeedge import models
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge.stage_server.weight_cache import WeightCache
+
+
+class WeightsNotFound(Exception):
+    """The assignment points at weights this device does not have."""
+
+
+def load_shard_state(assignment: pb.AssignRequest, cache: WeightCache) -> dict[str, torch.Tensor]:
+    info = models.model_info(assignment.model_name, assignment.model_config_json or None)
+    source = assignment.weights.WhichOneof("source")
+    first, last = assignment.first_layer, assignment.last_layer
+    if source == "pushed_sha256":
+        sha = assignment.weights.pushed_sha256
+        if not cache.has(sha):
+            raise WeightsNotFound(f"pushed weights {sha[:12]} are not cached on this stage; "
+                                  "push them first (pipeedge-coord deploy does this)")
+        from safetensors.torch import load_file
+
+        return load_file(str(cache.path(sha)))
+    if source == "local_path":
+        path = Path(assignment.weights.local_path)
+        if not path.exists():
+            raise WeightsNotFound(f"weights path {path} does not exist on this device; copy the "
+                                  "model there or set weights: push in hosts.yml")
+        return models.load_shard_state(info, first, last, path)
+    seed = assignment.weights.random_seed if source == "random_seed" else 0
+    return models.load_shard_state(info, first, last, int(seed))
