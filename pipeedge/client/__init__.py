@@ -1,0 +1,9 @@
+"""Client SDK: send inference requests to a deployed pipeline (its first stage)."""
+
+from pipeedge.client.aio import AsyncPipelineClient
+from pipeedge.client.sdk import PipelineClient
+from pipeedge.errors import (DeadlineExceededError, InvalidInputError, NotDeployedError,
+                             PipelineError, StageUnavailableError)
+
+__all__ = ["PipelineClient", "AsyncPipelineClient", "PipelineError", "InvalidInputError",
+           "StageUnavailableError", "NotDeployedError", "DeadlineExceededError"]
