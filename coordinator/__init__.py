@@ -1,1 +1,1 @@
-"""Coordinator."""
+"""Coordinator: deploys, inspects and benchmarks pipelines; runs the scheduler."""

@@ -78,11 +78,14 @@ class PipelineClient:
         stop = threading.Event()
 
         def requests():
-            for inputs in batches:
+            source = iter(batches)
+            while True:
+                # Take a slot before pulling the next input, so inputs are produced just in time.
                 while not slots.acquire(timeout=0.2):
                     if stop.is_set():
                         return
-                if stop.is_set():
+                inputs = next(source, None)
+                if inputs is None or stop.is_set():
                     return
                 ids.append(self._next_id())
                 yield request_frame(ids[-1], inputs, timeout)

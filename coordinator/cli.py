@@ -1,0 +1,186 @@
+"""`pipeedge-coord`: deploy, inspect, use and benchmark a pipeline. Commands stay thin."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+import grpc
+
+from pipeedge.logs import setup_logging
+
+log = logging.getLogger("pipeedge.coord")
+
+_PIPELINE_OPT = click.option("--pipeline", "pipeline_path", default="pipeline.json",
+                             show_default=True, type=click.Path(path_type=Path),
+                             help="Pipeline file written by deploy.")
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="WARNING", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
+def main(log_level: str, log_format: str) -> None:
+    """PipeEdge coordinator: splits a model across stage servers and drives the pipeline."""
+    setup_logging(log_level, log_format)
+
+
+@main.command()
+@click.argument("hosts_file", type=click.Path(path_type=Path))
+@click.option("--partition", "-pt", default=None, help="Override: e.g. 1,24,25,48.")
+@click.option("--model", "-m", default=None, help="Override the model in hosts.yml.")
+@click.option("--microbatch", "-b", type=int, default=None, help="Override the microbatch size.")
+@click.option("--out", "pipeline_path", type=click.Path(path_type=Path), default=None,
+              help="Where to write the pipeline file [default: from hosts.yml].")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def deploy(hosts_file, partition, model, microbatch, pipeline_path, no_progress):
+    """Assign layer ranges to the stage servers in HOSTS_FILE and chain them."""
+    from pipeedge.coordinator import deploy as deploy_mod
+    from pipeedge.coordinator.hosts import HostsFileError, load_deployment
+    from pipeedge.coordinator.stage_control import StageUnreachable
+    from pipeedge.coordinator.tables import render
+    from pipeedge.partition import PartitionError
+
+    try:
+        dep = load_deployment(hosts_file, partition=partition, model=model, microbatch=microbatch)
+        stages = deploy_mod.plan_stages(dep)
+        pipeline = deploy_mod.deploy(dep, stages, progress=not no_progress)
+    except (HostsFileError, PartitionError, StageUnreachable, deploy_mod.DeployError,
+            ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    out = pipeline.save(pipeline_path or Path(dep.pipeline_file))
+    rows = [[i + 1, s.name, s.address, f"{s.first_layer}-{s.last_layer}", s.backend,
+             f"{b / 1e6:.1f}"] for i, (s, b) in
+            enumerate(zip(pipeline.stages, pipeline.extra["parameter_bytes"]))]
+    click.echo(render(["stage", "host", "address", "layers", "backend", "weights MB"], rows))
+    click.echo(f"\n{pipeline.model} deployed on {len(rows)} stage(s); entry {pipeline.entry}; "
+               f"pipeline file {out}")
+
+
+@main.command()
+@_PIPELINE_OPT
+def status(pipeline_path):
+    """Show each stage's assignment, queues and counters."""
+    from pipeedge.coordinator.stage_control import StageControl
+    from pipeedge.coordinator.tables import render
+    from pipeedge.pipeline_file import Pipeline
+
+    try:
+        pipeline = Pipeline.load(pipeline_path)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    rows = []
+    for s in pipeline.stages:
+        c = StageControl(s.name, s.address)
+        try:
+            st = c.status(timeout_s=3)
+            layers = (f"{st.assignment.first_layer}-{st.assignment.last_layer}"
+                      if st.assigned else "-")
+            rate = st.items_processed / st.compute_seconds if st.compute_seconds else 0.0
+            rows.append([s.name, s.address, "up" if st.assigned else "empty", layers,
+                         st.queue_in_depth, st.queue_out_depth, st.in_flight,
+                         st.items_processed, st.errors, f"{rate:.1f}"])
+        except grpc.RpcError:
+            rows.append([s.name, s.address, "DOWN", f"{s.first_layer}-{s.last_layer}",
+                         "-", "-", "-", "-", "-", "-"])
+        finally:
+            c.close()
+    click.echo(render(["host", "address", "state", "layers", "q_in", "q_out", "in_flight",
+                       "items", "errors", "items/s(compute)"], rows))
+
+
+@main.command()
+@_PIPELINE_OPT
+@click.option("--text", "texts", multiple=True, help="A sentence (BERT family); repeatable.")
+@click.option("--image", "images", multiple=True, type=click.Path(exists=True),
+              help="An image file (ViT/DeiT); repeatable.")
+@click.option("--random", "random_batch", type=int, default=0,
+              help="Send a random batch of this size.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Local model directory holding the tokenizer [default: the weights path].")
+@click.option("--timeout", default=60.0, show_default=True, help="Deadline in seconds.")
+def infer(pipeline_path, texts, images, random_batch, tokenizer, timeout):
+    """Run one request through the deployed pipeline and print its outputs."""
+    from pipeedge.client import PipelineClient, PipelineError
+    from pipeedge.coordinator import inputs as inputs_mod
+    from pipeedge.coordinator.report import describe_outputs
+    from pipeedge.pipeline_file import Pipeline
+
+    try:
+        pipeline = Pipeline.load(pipeline_path)
+        if texts:
+            tok = tokenizer or Path(pipeline.weights.partition(":")[2])
+            batch = inputs_mod.text_inputs(list(texts), tok)
+        elif images:
+            batch = inputs_mod.image_inputs(list(images), pipeline.model)
+        else:
+            batch = inputs_mod.random_inputs(pipeline.model, random_batch or pipeline.microbatch)
+        with PipelineClient(pipeline.entry, timeout_s=timeout) as client:
+            outputs = client.infer(batch)
+    except (FileNotFoundError, RuntimeError, ValueError, PipelineError) as exc:
+        _fail(str(exc))
+    click.echo(describe_outputs(outputs, texts=list(texts)))
+
+
+@main.command()
+@_PIPELINE_OPT
+@click.option("-n", "--microbatches", default=32, show_default=True)
+@click.option("-b", "--batch", default=None, type=int, help="Items per microbatch "
+              "[default: the pipeline's microbatch].")
+@click.option("--window", default=4, show_default=True, help="Microbatches in flight.")
+@click.option("--no-progress", is_flag=True)
+def bench(pipeline_path, microbatches, batch, window, no_progress):
+    """Stream random microbatches; print items/s and latency percentiles."""
+    from pipeedge.client import PipelineClient, PipelineError
+    from pipeedge.coordinator.bench import run_bench
+    from pipeedge.coordinator.inputs import random_inputs
+    from pipeedge.pipeline_file import Pipeline
+
+    try:
+        pipeline = Pipeline.load(pipeline_path)
+        inputs = random_inputs(pipeline.model, batch or pipeline.microbatch)
+        with PipelineClient(pipeline.entry) as client:
+            r = run_bench(client, inputs, microbatches=microbatches, window=window,
+                          progress=not no_progress)
+    except (FileNotFoundError, PipelineError) as exc:
+        _fail(str(exc))
+    click.echo(f"{pipeline.model} on {len(pipeline.stages)} stage(s): {r.items_per_s:.2f} items/s "
+               f"({r.microbatches} microbatches x {r.items // r.microbatches} in {r.seconds:.2f}s); "
+               f"latency p50 {r.percentile(50) * 1e3:.0f} ms, p90 {r.percentile(90) * 1e3:.0f} ms, "
+               f"p99 {r.percentile(99) * 1e3:.0f} ms")
+
+
+@main.command()
+@_PIPELINE_OPT
+def release(pipeline_path):
+    """Drop every stage's assignment (frees their memory)."""
+    from pipeedge.coordinator.deploy import release as release_all
+    from pipeedge.pipeline_file import Pipeline
+
+    try:
+        pipeline = Pipeline.load(pipeline_path)
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    for name, released in release_all(pipeline):
+        click.echo(f"{name}: {'released' if released else 'nothing to release or unreachable'}")
+
+
+@main.command("models")
+def list_models():
+    """List the models PipeEdge ships configs for."""
+    from pipeedge import models
+
+    for name in models.MODEL_NAMES:
+        info = models.model_info(name)
+        click.echo(f"{name:48s} {info.family:5s} {info.num_blocks:3d} blocks  "
+                   f"layers 1-{info.num_layers}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""hosts.yml: the deployment a user describes (devices, model, weights, partition).
+
+See `coordinator/hosts.example.yml` for a commented example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeedge._proto import stage_pb2 as pb
+
+
+class HostsFileError(ValueError):
+    """hosts.yml is malformed; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str                 # host:port as the coordinator and clients reach it
+    device_type: str = ""
+    peer_address: str = ""       # as other stages reach it, when different (NAT, containers)
+    backend: str = ""            # per-host override of the deployment's backend
+    encoding: str = ""           # per-host override: encoding of this stage's output
+
+    @property
+    def next_hop_address(self) -> str:
+        return self.peer_address or self.address
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where stages get weights: random (seeded), local (path on each device) or push."""
+
+    kind: str
+    path: str = ""
+    seed: int = 0
+
+    def describe(self) -> str:
+        return f"random:{self.seed}" if self.kind == "random" else f"{self.kind}:{self.path}"
+
+    def to_proto(self, pushed_sha256: str = "") -> pb.WeightSource:
+        if self.kind == "random":
+            return pb.WeightSource(random_seed=self.seed)
+        if self.kind == "local":
+            return pb.WeightSource(local_path=self.path)
+        return pb.WeightSource(pushed_sha256=pushed_sha256)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model: str
+    hosts: tuple[Host, ...]
+    weights: Weights = Weights("random")
+    partition: str = ""          # seed syntax "1,24,25,48"; empty = automatic (scheduler)
+    order: tuple[str, ...] = ()  # host names in stage order; default = the hosts list order
+    backend: str = "torch"
+    dtype: str = "float32"
+    microbatch: int = 8
+    device: str = ""             # compute device for every stage ("cpu", "cuda:0"); "" = server's
+    encoding: str = "raw"
+    pipeline_file: str = "pipeline.json"
+    source: Path = field(default=Path("hosts.yml"), compare=False)
+
+    def ordered_hosts(self) -> list[Host]:
+        if not self.order:
+            return list(self.hosts)
+        by_name = {h.name: h for h in self.hosts}
+        missing = [n for n in self.order if n not in by_name]
+        if missing:
+            raise HostsFileError(f"order names unknown host(s) {missing}; known: {list(by_name)}")
+        return [by_name[n] for n in self.order]
+
+
+def parse_weights(value) -> Weights:
+    """`random`, `random:SEED`, `local:/path/on/devices`, `push:/path/here`, or a mapping."""
+    if value is None:
+        return Weights("random")
+    if isinstance(value, dict):
+        kind = str(value.get("source", "random"))
+        return _weights(kind, str(value.get("path", "")), int(value.get("seed", 0)))
+    text = str(value)
+    kind, _, rest = text.partition(":")
+    if kind == "random":
+        return Weights("random", seed=int(rest or 0))
+    return _weights(kind, rest, 0)
+
+
+def _weights(kind: str, path: str, seed: int) -> Weights:
+    if kind not in ("random", "local", "push"):
+        raise HostsFileError(f"weights source '{kind}' is unknown; use random[:SEED], "
+                             "local:/path/on/each/device or push:/path/on/coordinator")
+    if kind != "random" and not path:
+        raise HostsFileError(f"weights '{kind}' needs a path, e.g. {kind}:/models/vit-base")
+    return Weights(kind, path, seed)
+
+
+def load_deployment(path: str | Path, **overrides) -> Deployment:
+    path = Path(path)
+    if not path.is_file():
+        raise HostsFileError(f"hosts file {path} not found; start from "
+                             "coordinator/hosts.example.yml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise HostsFileError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise HostsFileError(f"{path} must be a mapping with 'model' and 'hosts'")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("model", "hosts"):
+        if not data.get(key):
+            raise HostsFileError(f"{path} has no '{key}'; see coordinator/hosts.example.yml")
+    hosts = []
+    for i, h in enumerate(data["hosts"]):
+        if not isinstance(h, dict) or "address" not in h:
+            raise HostsFileError(f"{path}: hosts[{i}] needs at least 'address' (host:port)")
+        hosts.append(Host(name=str(h.get("name", h["address"])), address=str(h["address"]),
+                          device_type=str(h.get("device_type", "")),
+                          peer_address=str(h.get("peer_address", "")),
+                          backend=str(h.get("backend", "")), encoding=str(h.get("encoding", ""))))
+    names = [h.name for h in hosts]
+    if len(set(names)) != len(names):
+        raise HostsFileError(f"{path}: host names must be unique, got {names}")
+    partition = data.get("partition", "")
+    if isinstance(partition, list):
+        partition = ",".join(str(x) for x in partition)
+    return Deployment(
+        model=str(data["model"]), hosts=tuple(hosts), weights=parse_weights(data.get("weights")),
+        partition=str(partition or ""), order=tuple(str(x) for x in data.get("order") or ()),
+        backend=str(data.get("backend", "torch")), dtype=str(data.get("dtype", "float32")),
+        microbatch=int(data.get("microbatch", 8)), device=str(data.get("device", "")),
+        encoding=str(data.get("encoding", "raw")),
+        pipeline_file=str(data.get("pipeline_file", "pipeline.json")), source=path)
