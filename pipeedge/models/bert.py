@@ -1,0 +1,135 @@
+"""BERT-family pieces, named like the hub checkpoints (``bert.encoder.layer.0.attention.self.query``).
+
+BERT blocks are post-norm: ``LN(x + attn(x))`` then ``LN(x + mlp(x))``, so there is no final norm.
+Padded keys are masked in every attention, so padding never changes the real tokens' outputs.
+Heads: ``base`` (BertModel: last hidden state + tanh pooler), ``sequence-classification`` (pooler +
+classifier), ``mean-pooling`` (sentence-transformers: masked mean, then L2 normalisation).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Flow, Namespace, SelfAttention, activation
+from .registry import ModelInfo
+from .shard import ShardModule
+from .spec import TensorSpec
+
+
+class Embeddings(nn.Module):
+    """Word + absolute position + token type embeddings, then LayerNorm."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        super().__init__()
+        c, h = info.config, info.hidden_size
+        if c.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(
+                f"{info.name}: position_embedding_type {c['position_embedding_type']!r} is not "
+                "supported; only 'absolute'"
+            )
+        self.word_embeddings = nn.Embedding(int(c["vocab_size"]), h)
+        self.position_embeddings = nn.Embedding(int(c.get("max_position_embeddings", 512)), h)
+        self.token_type_embeddings = nn.Embedding(int(c.get("type_vocab_size", 2)), h)
+        self.LayerNorm = nn.LayerNorm(h, eps=info.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        T = input_ids.shape[1]
+        if T > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"input_ids has {T} tokens but the model has {self.position_embeddings.num_embeddings} "
+                "positions; truncate the input"
+            )
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        positions = torch.arange(T, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        return self.LayerNorm(x + self.position_embeddings(positions))  # (B, T, H)
+
+
+class Block(nn.Module):
+    """One encoder block, holding only the sub-layers in ``sublayers`` (1..4)."""
+
+    def __init__(self, info: ModelInfo, sublayers: list[int]) -> None:
+        super().__init__()
+        h, i, eps = info.hidden_size, info.intermediate_size, info.layer_norm_eps
+        self.act = activation(info.config.get("hidden_act", "gelu"))
+        self.attention = Namespace()
+        if 1 in sublayers:
+            self.attention.self = SelfAttention(info)
+        if 2 in sublayers:
+            self.attention.output = Namespace(dense=nn.Linear(h, h), LayerNorm=nn.LayerNorm(h, eps=eps))
+        if 3 in sublayers:
+            self.intermediate = Namespace(dense=nn.Linear(h, i))
+        if 4 in sublayers:
+            self.output = Namespace(dense=nn.Linear(i, h), LayerNorm=nn.LayerNorm(h, eps=eps))
+
+    def sublayer(self, k: int, flow: Flow, attn_bias: torch.Tensor | None) -> Flow:
+        x, residual = flow
+        if k == 1:
+            return self.attention.self(x, attn_bias), x
+        if k == 2:
+            out = self.attention.output
+            return out.LayerNorm(out.dense(x) + residual), None
+        if k == 3:
+            return self.act(self.intermediate.dense(x)), x  # (B, T, I)
+        return self.output.LayerNorm(self.output.dense(x) + residual), None
+
+
+class Backbone(nn.Module):
+    """``bert.*``: embeddings on the first shard, blocks, and the pooler on the last if the head uses it."""
+
+    def __init__(self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool) -> None:
+        super().__init__()
+        if first:
+            self.embeddings = Embeddings(info)
+        # Keys are global block indices, so names read encoder.layer.<i>... as in the checkpoint.
+        self.encoder = Namespace(layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()}))
+        if last and info.head in ("base", "sequence-classification"):
+            h = info.hidden_size
+            self.pooler = Namespace(dense=nn.Linear(h, h))
+
+
+class BertShard(ShardModule):
+    """A BERT-family shard: ids and mask in on the first shard, the head's outputs out of the last."""
+
+    def __init__(self, info: ModelInfo, first_layer: int, last_layer: int) -> None:
+        super().__init__(info, first_layer, last_layer)
+        self.bert = Backbone(info, self.plan, self.is_first, self.is_last)
+        if self.is_last and info.head == "sequence-classification":
+            self.classifier = nn.Linear(info.hidden_size, info.num_labels)
+
+    def embed(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.bert.embeddings(tensors["input_ids"], tensors.get("token_type_ids"))
+
+    def finish(self, hidden: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        head = self.info.head
+        if head == "mean-pooling":
+            mask = tensors["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            summed = (hidden * mask).sum(dim=1)
+            mean = summed / mask.sum(dim=1).clamp(min=1e-9)  # (B, H)
+            return {"embeddings": F.normalize(mean, p=2, dim=1)}
+        pooled = torch.tanh(self.bert.pooler.dense(hidden[:, 0]))  # (B, H), from the [CLS] token
+        if head == "sequence-classification":
+            return {"logits": self.classifier(pooled)}  # (B, num_labels)
+        return {"hidden": hidden, "pooled": pooled}
+
+    def first_input_spec(self, batch: int, seq_len: int) -> list[TensorSpec]:
+        ids = (batch, seq_len)
+        return [
+            TensorSpec("input_ids", torch.int64, ids),
+            TensorSpec("attention_mask", torch.int64, ids),
+            TensorSpec("token_type_ids", torch.int64, ids, optional=True),
+        ]
+
+    def last_output_spec(self, batch: int, seq_len: int) -> list[TensorSpec]:
+        h = self.info.hidden_size
+        if self.info.head == "mean-pooling":
+            return [TensorSpec("embeddings", self.dtype, (batch, h))]
+        if self.info.head == "sequence-classification":
+            return [TensorSpec("logits", self.dtype, (batch, self.info.num_labels))]
+        return [
+            TensorSpec("hidden", self.dtype, (batch, seq_len, h)),
+            TensorSpec("pooled", self.dtype, (batch, h)),
+        ]

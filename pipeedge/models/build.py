@@ -1,0 +1,127 @@
+"""Building shards: from a layer range and a state dict to a ready-to-run ``ShardModule``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .bert import BertShard
+from .registry import ModelInfo
+from .shard import ShardModule, check_layer_range
+from .vit import VisionShard
+
+logger = logging.getLogger(__name__)
+
+
+def _shard_class(info: ModelInfo) -> type[ShardModule]:
+    return VisionShard if info.is_vision else BertShard
+
+
+def _meta_shard(info: ModelInfo, first_layer: int, last_layer: int) -> ShardModule:
+    """The shard's structure without storage: names and shapes for free."""
+    with torch.device("meta"):
+        return _shard_class(info)(info, first_layer, last_layer)
+
+
+def shard_tensor_shapes(info: ModelInfo, first_layer: int, last_layer: int) -> dict[str, torch.Size]:
+    """Checkpoint tensor name (canonical prefix) -> shape, for the shard [first_layer, last_layer]."""
+    return {k: v.shape for k, v in _meta_shard(info, first_layer, last_layer).state_dict().items()}
+
+
+def shard_tensor_names(info: ModelInfo, first_layer: int, last_layer: int) -> list[str]:
+    """The checkpoint tensors the shard [first_layer, last_layer] needs, e.g. ``vit.encoder.layer.0...``.
+
+    Example:
+        >>> shard_tensor_names(model_info("pipeedge/tiny-vit"), 12, 12)
+        ['vit.encoder.layer.2.output.dense.weight', 'vit.encoder.layer.2.output.dense.bias', ...]
+    """
+    return list(shard_tensor_shapes(info, first_layer, last_layer))
+
+
+def build_shard(
+    info: ModelInfo,
+    first_layer: int,
+    last_layer: int,
+    state: Mapping[str, torch.Tensor] | None,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> ShardModule:
+    """Build the shard [first_layer, last_layer] (1-based, inclusive) in eval mode.
+
+    Args:
+        info: the model, from ``model_info``.
+        first_layer, last_layer: global sub-layer range, 1 <= first <= last <= info.num_layers.
+        state: this shard's tensors (from ``load_shard_state``), named with or without the backbone
+            prefix; extra tensors are ignored. ``None`` means seeded random weights (seed 0).
+        dtype: weight and compute dtype (float32, float16 or bfloat16).
+
+    Returns:
+        The shard. Its parameters share memory with ``state`` where the dtype already matches.
+
+    Example:
+        >>> info = model_info("pipeedge/tiny-vit")
+        >>> shard = build_shard(info, 1, info.num_layers, None)
+        >>> shard(example_inputs(info, 2))["logits"].shape
+        torch.Size([2, 10])
+    """
+    from .weights import WeightsMismatchError, load_shard_state, select_tensors
+
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype {dtype} is not supported; use float32, float16 or bfloat16")
+    check_layer_range(info, first_layer, last_layer)
+    module = _meta_shard(info, first_layer, last_layer)
+    if state is None:
+        state = load_shard_state(info, first_layer, last_layer, 0)
+    expected = module.state_dict()
+    tensors = select_tensors(info, list(expected), state, where="the given state dict")
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise WeightsMismatchError(
+                f"tensor {name!r} has shape {tuple(t.shape)} but {info.name} expects "
+                f"{tuple(expected[name].shape)}; is the state from a checkpoint of {info.name}?"
+            )
+    module.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
+    module.requires_grad_(False)
+    logger.debug("built %r: %d tensors, %d bytes", module, len(tensors), parameter_bytes(module))
+    return module.eval()
+
+
+def parameter_bytes(module: nn.Module) -> int:
+    """Bytes held by the module's parameters and buffers."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def example_inputs(
+    info: ModelInfo, batch_size: int, *, seq_len: int = 128, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Random first-shard inputs: pixels for vision models; for text, token ids whose later rows are
+    padded (row 0 is full length), with the matching attention mask and two token-type segments."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    g = torch.Generator().manual_seed(seed)
+    if info.is_vision:
+        s = info.image_size
+        return {"pixel_values": torch.randn(batch_size, info.num_channels, s, s, generator=g)}
+
+    max_pos = int(info.config.get("max_position_embeddings", 512))
+    if not 1 <= seq_len <= max_pos:
+        raise ValueError(f"seq_len {seq_len} is out of range for {info.name}: use 1..{max_pos}")
+    vocab = int(info.config["vocab_size"])
+    pad = int(info.config.get("pad_token_id", 0))
+    ids = torch.randint(1, vocab, (batch_size, seq_len), generator=g)
+    lengths = torch.randint(1, seq_len + 1, (batch_size,), generator=g)
+    lengths[0] = seq_len
+    if batch_size > 1:
+        lengths[-1] = max(1, seq_len // 2)  # at least one row is surely padded
+    positions = torch.arange(seq_len)
+    mask = (positions[None, :] < lengths[:, None]).long()  # (B, T), 1 = real token
+    token_types = ((positions[None, :] >= (lengths[:, None] // 2)) & mask.bool()).long()
+    return {
+        "input_ids": ids.masked_fill(mask == 0, pad),
+        "attention_mask": mask,
+        "token_type_ids": token_types,
+    }

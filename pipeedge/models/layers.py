@@ -1,0 +1,86 @@
+"""Building blocks shared by the ViT/DeiT and BERT shards.
+
+A transformer block is cut into 4 sub-layers, as in the seed; each maps (hidden, residual) to
+(hidden, residual):
+
+1. self-attention             hidden (B,S,H) -> context (B,S,H), residual := block input
+2. attention output           context -> hidden (B,S,H), adds the residual
+3. MLP intermediate           hidden -> activations (B,S,I), residual := hidden
+4. MLP output                 activations -> hidden (B,S,H), adds the residual
+
+A block only builds the modules of the sub-layers its shard runs, so a shard's memory is its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import ModelInfo
+
+
+# What flows between sub-layers (and, as named tensors, between shards): hidden (B, S, H), or
+# (B, S, I) after sub-layer 3; and the skip connection (B, S, H), set only after sub-layers 1 and 3.
+Flow = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The ``hidden_act`` of a config.json, as transformers' ACT2FN defines it."""
+    acts: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "gelu": F.gelu,
+        "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+        "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+        "relu": F.relu,
+    }
+    if name not in acts:
+        raise ValueError(f"hidden_act {name!r} is not supported; use one of {sorted(acts)}")
+    return acts[name]
+
+
+class Namespace(nn.Module):
+    """An empty container whose children are set by name, so parameter names match checkpoint keys."""
+
+    def __init__(self, **children: nn.Module) -> None:
+        super().__init__()
+        for name, child in children.items():
+            self.add_module(name, child)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention up to the context (the output projection is sub-layer 2)."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        super().__init__()
+        h = info.hidden_size
+        bias = bool(info.config.get("qkv_bias", True))
+        self.num_heads = info.num_heads
+        self.query = nn.Linear(h, h, bias=bias)
+        self.key = nn.Linear(h, h, bias=bias)
+        self.value = nn.Linear(h, h, bias=bias)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        B, S, H = x.shape
+        # (B, S, H) -> (B, nh, S, hd)
+        q, k, v = (
+            proj(x).view(B, S, self.num_heads, H // self.num_heads).transpose(1, 2)
+            for proj in (self.query, self.key, self.value)
+        )
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)  # (B, nh, S, hd)
+        return y.transpose(1, 2).reshape(B, S, H)
+
+
+def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 1/0 mask -> (B, 1, 1, T) additive bias: padded keys get the dtype's most negative value."""
+    keep = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
+
+
+def block_sublayers(info: ModelInfo, first: int, last: int) -> dict[int, list[int]]:
+    """Which sub-layers (1..4) of which blocks (0-based) the global layer range [first, last] covers."""
+    blocks: dict[int, list[int]] = {}
+    for layer in range(first, last + 1):
+        blocks.setdefault((layer - 1) // 4, []).append((layer - 1) % 4 + 1)
+    return blocks

@@ -1,0 +1,75 @@
+"""The unsplit transformers model, as a callable with the same inputs and outputs as a whole pipeline.
+
+Used to check that chaining shards gives the monolithic model's answer. transformers is imported
+inside the functions, so importing this package stays fast for the control plane.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+import torch
+
+from .registry import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+Reference = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+
+def _model_class(info: ModelInfo) -> type:
+    import transformers
+
+    names = {
+        ("vit", "image-classification"): "ViTForImageClassification",
+        ("deit", "image-classification"): "DeiTForImageClassificationWithTeacher",
+        ("bert", "base"): "BertModel",
+        ("bert", "mean-pooling"): "BertModel",
+        ("bert", "sequence-classification"): "BertForSequenceClassification",
+    }
+    return getattr(transformers, names[(info.family, info.head)])
+
+
+def build_reference(
+    info: ModelInfo, hf_dir: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32
+) -> Reference:
+    """Load ``hf_dir`` with transformers (eager attention, eval mode) and wrap it.
+
+    Raises:
+        ValueError: if transformers had to initialise any weight (the directory is incomplete), since
+            a half-random reference would make any comparison meaningless.
+
+    Example:
+        >>> ref = build_reference(info, write_hf_directory(info, 0, tmp))
+        >>> ref(example_inputs(info, 2))["logits"]
+    """
+    cls = _model_class(info)
+    model, loading = cls.from_pretrained(
+        str(hf_dir), attn_implementation="eager", dtype=dtype, output_loading_info=True
+    )
+    if loading.get("missing_keys"):
+        raise ValueError(
+            f"{hf_dir} lacks weights for {sorted(loading['missing_keys'])[:5]}...; "
+            f"is it a complete checkpoint of {info.name}?"
+        )
+    model.eval()
+
+    @torch.no_grad()
+    def run(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if info.is_vision:
+            out = model(pixel_values=tensors["pixel_values"].to(dtype))
+            return {"logits": out.logits}
+        kwargs = {k: tensors[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in tensors}
+        out = model(**kwargs)
+        if info.head == "sequence-classification":
+            return {"logits": out.logits}
+        if info.head == "base":
+            return {"hidden": out.last_hidden_state, "pooled": out.pooler_output}
+        # sentence-transformers: mean over real tokens, then L2 normalisation.
+        mask = tensors["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
+        mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return {"embeddings": torch.nn.functional.normalize(mean, p=2, dim=1)}
+
+    return run

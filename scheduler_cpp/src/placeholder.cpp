@@ -1,1 +1,0 @@
-int pipeedge_sched_placeholder() { return 0; }
