@@ -101,8 +101,8 @@ class StageRuntime:
             self.backend.validate(tensors)
         except ValueError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"stage {self.name} (layers {self.assignment.first_layer}-"
-                               f"{self.assignment.last_layer}): {exc}") from None
+                               f"layers {self.assignment.first_layer}-"
+                               f"{self.assignment.last_layer}: {exc}") from None
         batch = _batch_size(tensors)
         limit = self.assignment.max_microbatch
         if limit and batch > limit:
