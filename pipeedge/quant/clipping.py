@@ -13,16 +13,25 @@ Rules (all statistics per sample, i.e. over every dimension but dim 0):
 * ``"laplace"``: mu = mean(x), b = mean(|x - mu|), range = [mu - c(M) b, mu + c(M) b]
   intersected with [min, max].
 * ``"gelu"``: post-GeLU activations are one-sided (bounded below by GeLU's minimum, about -0.17,
-  with a long positive tail), so the lower end stays at the sample minimum and only the upper
-  tail is clipped. The positive values are modelled as an exponential tail with scale
-  b+ = mean(x | x > 0); with p the fraction of positive values, clipping at alpha costs
-  p * 2 b+^2 e^(-alpha/b+) while the quantization step now spreads over [~0, alpha] only,
-  costing alpha^2 / (12 * 4^M). The optimum t = alpha / b+ solves t e^t = 12 p 4^M (for p = 1
-  this is the two-sided constant of M + 1 bits: one tail gets all the levels). The upper end is
-  min(max, t * b+); samples without positive values are not clipped.
+  with a long positive tail), so the lower end stays at the sample minimum lo and only the upper
+  tail is clipped. The tail is modelled as exponential beyond the threshold u = mean(x | x > 0),
+  with scale b = mean(x - u | x > u) (the mean excess, which for an exponential tail is b at any
+  threshold; starting at u rather than 0 keeps GeLU's bend near zero out of the estimate). With
+  p the fraction of values above u, clipping at alpha costs p 2 b^2 e^(-(alpha - u)/b) and
+  quantizing [lo, alpha] costs (alpha - lo)^2 / (12 * 4^M); setting the derivative to zero gives
+  alpha = lo + b W(12 p 4^M e^((u - lo)/b)), W being Lambert's W. The upper end is
+  min(max, alpha); samples without values above u are not clipped. (For lo = u = 0 and p = 1
+  this is the two-sided constant of M + 1 bits: one tail gets all the levels.) On GeLU of
+  Laplace/Gaussian/Student-t inputs this lands within ~1.3x of the best upper clip on average,
+  versus 2-3x for no clipping at 2-4 bits.
+
+Caveat: both rules assume exponential tails. On power-law tails (e.g. Student-t with 3 degrees of
+freedom) they clip far too hard at 6+ bits and raise the error; use them for 2-5 bits.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -32,19 +41,22 @@ CLIPS = ("", "laplace", "gelu")
 _PAPER_ALPHA = {2: 2.83, 3: 3.89, 4: 5.03, 5: 6.20, 6: 7.41, 7: 8.64, 8: 9.89}
 
 
-def _solve_t_exp_t(k: torch.Tensor) -> torch.Tensor:
-    """Positive root of t * e^t = k (Lambert W on the principal branch), elementwise, k > 0."""
-    log_k = torch.log(k)
-    t = torch.log1p(k)  # close for both small (t ~ k) and large (t ~ ln k) k
-    for _ in range(30):  # Newton on f(t) = t + ln t - ln k, monotone and concave: converges fast
+def _solve_t_exp_t(log_k: torch.Tensor) -> torch.Tensor:
+    """Positive root of t * e^t = k (Lambert W, principal branch) given ln k, elementwise.
+
+    Taking ln k keeps huge arguments (e^((u - lo)/b) with a tiny b) finite.
+    """
+    t = torch.nn.functional.softplus(log_k)  # ln(1 + k): close for small (~k) and large (~ln k)
+    for _ in range(30):  # Newton on f(t) = t + ln t - ln k: monotone and concave, converges fast
         t = t - (t + torch.log(t) - log_k) / (1 + 1 / t)
-        t = t.clamp_min(1e-12)
+        t = t.clamp_min(1e-30)
     return t
 
 
 def solve_laplace_alpha(bits: int) -> float:
     """Root of t e^t = 3 * 4^bits: ACIQ's optimum for a two-sided Laplace, in units of b."""
-    return float(_solve_t_exp_t(torch.tensor(3.0 * 4.0**bits, dtype=torch.float64)))
+    return float(_solve_t_exp_t(torch.tensor(math.log(3.0) + bits * math.log(4.0),
+                                             dtype=torch.float64)))
 
 
 # The paper's values where it gives them, the same equation beyond (9..16 bits: 11.16 ... 20.27).
@@ -70,14 +82,20 @@ def clip_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, *, bits: int
         new_hi = torch.minimum(hi, mu + alpha)
         return new_lo, torch.maximum(new_hi, new_lo)
     if clip == "gelu":
+        m = max(x.shape[1], 1)
         positive = torch.relu(x)
-        n_pos = torch.count_nonzero(positive, dim=1).to(torch.float64)
-        b_pos = positive.sum(dim=1, dtype=torch.float64) / n_pos.clamp_min(1)
-        p = n_pos / max(x.shape[1], 1)
-        k = (12.0 * 4.0**bits) * p.clamp_min(1.0 / max(x.shape[1], 1))
-        t = _solve_t_exp_t(k)
-        alpha = (t * b_pos).to(hi.dtype)
-        new_hi = torch.where(n_pos > 0, torch.minimum(hi, alpha), hi)
+        n_pos = torch.count_nonzero(positive, dim=1)
+        u = (positive.sum(dim=1, dtype=torch.float64) / n_pos.clamp_min(1)).to(x.dtype)
+        excess = torch.relu_(torch.sub(x, u[:, None]))
+        n_tail = torch.count_nonzero(excess, dim=1)
+        b = excess.sum(dim=1, dtype=torch.float64) / n_tail.clamp_min(1)
+        usable = (n_tail > 0) & (b > 0)
+        b = torch.where(usable, b, 1.0)
+        lo64 = lo.double()
+        log_k = (math.log(12.0) + bits * math.log(4.0) + torch.log(n_tail.clamp_min(1) / m)
+                 + (u.double() - lo64) / b)
+        alpha = (lo64 + b * _solve_t_exp_t(log_k)).to(hi.dtype)
+        new_hi = torch.where(usable, torch.minimum(hi, alpha), hi)
         return lo, torch.maximum(new_hi, lo)
     raise ValueError(f"clip '{clip}' is unknown; expected one of {list(CLIPS)}")
 

@@ -12,7 +12,9 @@ values outside it saturate to the end codes.
 Edge cases, chosen so that a receiver never sees silently wrong numbers:
 
 * Constant sample (max == min): scale = 0, every code 0, decoded exactly as `shift`. A range so
-  small that its scale would be below float32's smallest normal number is treated the same way.
+  small that its scale underflows float32 to 0 is treated the same way (its error is then below
+  2^bits float32 subnormal steps). Ranges wider than float32's max, or with a subnormal scale,
+  are quantized in float64 (a rare slow path) so nothing overflows.
 * Non-finite input: a sample containing any NaN or +-inf has no finite range to quantize, and a
   transformer stage would turn it into NaN at the next LayerNorm or softmax anyway. Such a sample
   is sent as (scale, shift) = (NaN, NaN) with all codes 0, so it decodes to all-NaN; the other
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 PARAMS_PER_SAMPLE = 8  # float32 scale + float32 shift, little-endian
 _PARAMS_DTYPE = np.dtype("<f4")
-_TINY = torch.finfo(torch.float32).tiny
+_MAX = torch.finfo(torch.float32).max
 _warned_nonfinite = False
 
 
@@ -56,15 +58,20 @@ def quantize(t: torch.Tensor, *, bits: int, clip: str, samples: int) -> tuple[by
         lo = torch.where(bad, 0.0, lo)
         hi = torch.where(bad, 0.0, hi)
     lo, hi = clip_range(x, lo, hi, bits=bits, clip=clip)
-    scale = ((hi.double() - lo.double()) / levels).float()
-    flat = scale < _TINY  # constant sample (or a range too small to invert in float32)
-    scale = torch.where(flat, 0.0, scale)
-    inv = torch.where(flat, 0.0, 1.0 / torch.where(flat, 1.0, scale))
+    span = hi.double() - lo.double()
+    scale = (span / levels).float()
+    flat = scale == 0  # constant sample (or a range below float32's resolution)
+    inv64 = 1.0 / torch.where(flat, 1.0, scale.double())
+    inv64 = torch.where(flat | bad, 0.0, inv64)
     if any_bad:
         lo = torch.where(bad, 0.0, lo)
-        inv = torch.where(bad, 0.0, inv)
-    q = torch.sub(x, lo[:, None])
-    q.mul_(inv[:, None]).round_().clamp_(0, levels)
+    if bool((span > _MAX).any() or (inv64 > _MAX).any()):
+        # Rare: x - lo or 1/scale would overflow float32 (ranges beyond float32's max or with
+        # a subnormal scale). float64 has the headroom; the codes come out the same.
+        q = torch.sub(x.double(), lo.double()[:, None]).mul_(inv64[:, None])
+    else:
+        q = torch.sub(x, lo[:, None]).mul_(inv64.float()[:, None])
+    q.round_().clamp_(0, levels)
     if any_bad:
         q[bad] = 0  # NaN * 0 is NaN; give bad samples defined codes
         nan = torch.tensor(float("nan"))
@@ -85,8 +92,15 @@ def dequantize(data: memoryview, params: memoryview, *, bits: int, shape: tuple[
     codes = packing.unpack(np.frombuffer(data, np.uint8), bits, numel)
     affine = np.frombuffer(params, _PARAMS_DTYPE).reshape(samples, 2)
     out = np.empty((samples, numel // samples), np.float32)
-    np.multiply(codes.reshape(out.shape), affine[:, :1], out=out, dtype=np.float32)
-    out += affine[:, 1:]
+    wide = affine.astype(np.float64)
+    if (np.abs(wide[:, 1]) + ((1 << bits) - 1) * np.abs(wide[:, 0]) > _MAX).any():
+        # Rare: code * scale may overflow float32 for ranges near its max; float64 cannot, and
+        # the encoder's range was finite, so a rounding overshoot past the max saturates.
+        np.clip(codes.reshape(out.shape) * wide[:, :1] + wide[:, 1:], -_MAX, _MAX, out=out,
+                casting="same_kind")
+    else:
+        np.multiply(codes.reshape(out.shape), affine[:, :1], out=out, dtype=np.float32)
+        out += affine[:, 1:]
     result = torch.from_numpy(out).reshape(shape)
     return result if dtype == torch.float32 else result.to(dtype)
 
