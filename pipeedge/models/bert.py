@@ -59,7 +59,9 @@ class Block(nn.Module):
         if 1 in sublayers:
             self.attention.self = SelfAttention(info)
         if 2 in sublayers:
-            self.attention.output = Namespace(dense=nn.Linear(h, h), LayerNorm=nn.LayerNorm(h, eps=eps))
+            self.attention.output = Namespace(
+                dense=nn.Linear(h, h), LayerNorm=nn.LayerNorm(h, eps=eps)
+            )
         if 3 in sublayers:
             self.intermediate = Namespace(dense=nn.Linear(h, i))
         if 4 in sublayers:
@@ -80,12 +82,16 @@ class Block(nn.Module):
 class Backbone(nn.Module):
     """``bert.*``: embeddings on the first shard, blocks, and the pooler on the last if the head uses it."""
 
-    def __init__(self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool) -> None:
+    def __init__(
+        self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool
+    ) -> None:
         super().__init__()
         if first:
             self.embeddings = Embeddings(info)
         # Keys are global block indices, so names read encoder.layer.<i>... as in the checkpoint.
-        self.encoder = Namespace(layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()}))
+        self.encoder = Namespace(
+            layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
+        )
         if last and info.head in ("base", "sequence-classification"):
             h = info.hidden_size
             self.pooler = Namespace(dense=nn.Linear(h, h))
@@ -103,7 +109,9 @@ class BertShard(ShardModule):
     def embed(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.bert.embeddings(tensors["input_ids"], tensors.get("token_type_ids"))
 
-    def finish(self, hidden: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def finish(
+        self, hidden: torch.Tensor, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         head = self.info.head
         if head == "mean-pooling":
             mask = tensors["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)

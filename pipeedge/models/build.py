@@ -26,7 +26,9 @@ def _meta_shard(info: ModelInfo, first_layer: int, last_layer: int) -> ShardModu
         return _shard_class(info)(info, first_layer, last_layer)
 
 
-def shard_tensor_shapes(info: ModelInfo, first_layer: int, last_layer: int) -> dict[str, torch.Size]:
+def shard_tensor_shapes(
+    info: ModelInfo, first_layer: int, last_layer: int
+) -> dict[str, torch.Size]:
     """Checkpoint tensor name (canonical prefix) -> shape, for the shard [first_layer, last_layer]."""
     return {k: v.shape for k, v in _meta_shard(info, first_layer, last_layer).state_dict().items()}
 

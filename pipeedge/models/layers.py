@@ -21,7 +21,6 @@ from torch import nn
 
 from .registry import ModelInfo
 
-
 # What flows between sub-layers (and, as named tensors, between shards): hidden (B, S, H), or
 # (B, S, I) after sub-layer 3; and the skip connection (B, S, H), set only after sub-layers 1 and 3.
 Flow = tuple[torch.Tensor, torch.Tensor | None]

@@ -61,7 +61,9 @@ def build_reference(
         if info.is_vision:
             out = model(pixel_values=tensors["pixel_values"].to(dtype))
             return {"logits": out.logits}
-        kwargs = {k: tensors[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in tensors}
+        kwargs = {
+            k: tensors[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in tensors
+        }
         out = model(**kwargs)
         if info.head == "sequence-classification":
             return {"logits": out.logits}

@@ -56,7 +56,8 @@ class ModelInfo:
     head: Head
     config: dict[str, Any] = field(hash=False, repr=False)
     num_blocks: int = field(init=False)
-    num_layers: int = field(init=False)  # 4 sub-layers per transformer block, numbered 1..num_layers
+    # 4 sub-layers per transformer block, numbered 1..num_layers as in the seed's partitions.
+    num_layers: int = field(init=False)
 
     def __post_init__(self) -> None:
         missing = [k for k in _REQUIRED_KEYS if k not in self.config]
@@ -148,9 +149,13 @@ def model_info(name: str, config_json: str | None = None) -> ModelInfo:
         try:
             config = json.loads(config_json)
         except json.JSONDecodeError as e:
-            raise ValueError(f"config_json for {name} is not valid JSON ({e}); pass config.json text") from e
+            raise ValueError(
+                f"config_json for {name} is not valid JSON ({e}); pass config.json text"
+            ) from e
         if not isinstance(config, dict):
-            raise ValueError(f"config_json for {name} must be a JSON object, got {type(config).__name__}")
+            raise ValueError(
+                f"config_json for {name} must be a JSON object, got {type(config).__name__}"
+            )
     elif name in _MODELS:
         config = json.loads(_config_file(name).read_text(encoding="utf-8"))
     else:

@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 
 
 def check_layer_range(info: ModelInfo, first_layer: int, last_layer: int) -> None:
-    """Raise ValueError unless 1 <= first_layer <= last_layer <= info.num_layers."""
+    """Raise ValueError unless 1 <= first_layer <= last_layer <= info.num_layers (TypeError if not ints)."""
     for v in (first_layer, last_layer):
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"layer bounds must be ints, got {first_layer!r}..{last_layer!r}")
+            raise TypeError(f"layer bounds must be ints, got {first_layer!r}..{last_layer!r}")
     if not 1 <= first_layer <= last_layer <= info.num_layers:
         raise ValueError(
             f"layer range [{first_layer}, {last_layer}] is invalid for {info.name}: need "
@@ -37,7 +37,11 @@ def check_layer_range(info: ModelInfo, first_layer: int, last_layer: int) -> Non
 
 
 def boundary_spec(
-    info: ModelInfo, cut_after: int, dtype: torch.dtype, batch: int = DYNAMIC, seq_len: int = DYNAMIC
+    info: ModelInfo,
+    cut_after: int,
+    dtype: torch.dtype,
+    batch: int = DYNAMIC,
+    seq_len: int = DYNAMIC,
 ) -> list[TensorSpec]:
     """The tensors that cross a cut after global sub-layer ``cut_after`` (1 <= cut_after < num_layers)."""
     S = info.seq_len if info.is_vision else seq_len
@@ -67,7 +71,9 @@ class ShardModule(nn.Module):
         """First shard: model inputs -> hidden (B, S, H)."""
         raise NotImplementedError
 
-    def finish(self, hidden: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def finish(
+        self, hidden: torch.Tensor, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Last shard: final hidden (B, S, H) -> the head's outputs."""
         raise NotImplementedError
 

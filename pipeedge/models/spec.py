@@ -47,9 +47,7 @@ def validate_inputs(spec: Sequence[TensorSpec], tensors: Mapping[str, torch.Tens
     expected = {s.name: s for s in spec}
     extra = [n for n in tensors if n not in expected]
     if extra:
-        raise ValueError(
-            f"unexpected tensor(s) {extra}; this shard takes {[s.name for s in spec]}"
-        )
+        raise ValueError(f"unexpected tensor(s) {extra}; this shard takes {[s.name for s in spec]}")
     seen: dict[str, tuple[int, str]] = {}  # dynamic symbol -> (size, tensor that fixed it)
     for s in spec:
         if s.name not in tensors:
@@ -60,7 +58,7 @@ def validate_inputs(spec: Sequence[TensorSpec], tensors: Mapping[str, torch.Tens
             )
         t = tensors[s.name]
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"tensor {s.name!r} is a {type(t).__name__}, not a torch.Tensor")
+            raise TypeError(f"tensor {s.name!r} is a {type(t).__name__}, not a torch.Tensor")
         if s.dtype.is_floating_point:
             if not t.dtype.is_floating_point:
                 raise ValueError(
@@ -68,7 +66,9 @@ def validate_inputs(spec: Sequence[TensorSpec], tensors: Mapping[str, torch.Tens
                     f"({s.dtype})"
                 )
         elif t.dtype != s.dtype:
-            raise ValueError(f"tensor {s.name!r} has dtype {t.dtype} but this shard expects {s.dtype}")
+            raise ValueError(
+                f"tensor {s.name!r} has dtype {t.dtype} but this shard expects {s.dtype}"
+            )
         bad_rank = t.dim() != len(s.shape)
         bad_dim = not bad_rank and any(
             d != DYNAMIC and d != n for d, n in zip(s.shape, t.shape, strict=True)

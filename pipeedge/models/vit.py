@@ -81,12 +81,16 @@ class Block(nn.Module):
 class Backbone(nn.Module):
     """``vit.*`` / ``deit.*``: embeddings on the first shard, blocks, final LayerNorm on the last."""
 
-    def __init__(self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool) -> None:
+    def __init__(
+        self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool
+    ) -> None:
         super().__init__()
         if first:
             self.embeddings = Embeddings(info)
         # Keys are global block indices, so names read encoder.layer.<i>... as in the checkpoint.
-        self.encoder = Namespace(layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()}))
+        self.encoder = Namespace(
+            layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
+        )
         if last:
             self.layernorm = nn.LayerNorm(info.hidden_size, eps=info.layer_norm_eps)
 
@@ -108,7 +112,9 @@ class VisionShard(ShardModule):
     def embed(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.backbone.embeddings(tensors["pixel_values"])
 
-    def finish(self, hidden: torch.Tensor, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def finish(
+        self, hidden: torch.Tensor, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         x = self.backbone.layernorm(hidden)
         if self.info.family == "deit":
             # As DeiTForImageClassificationWithTeacher: the mean of the cls and distillation heads.

@@ -135,7 +135,9 @@ def _safetensors_keys(path: Path) -> dict[str, Path]:
 def _check_config(info: ModelInfo, directory: Path) -> None:
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
-        logger.warning("%s has no config.json; cannot check it is a checkpoint of %s", directory, info.name)
+        logger.warning(
+            "%s has no config.json; cannot check it is a checkpoint of %s", directory, info.name
+        )
         return
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     for key in _CONFIG_CHECKS:
@@ -146,7 +148,9 @@ def _check_config(info: ModelInfo, directory: Path) -> None:
             )
 
 
-def _read_hf_directory(info: ModelInfo, names: list[str], directory: Path) -> dict[str, torch.Tensor]:
+def _read_hf_directory(
+    info: ModelInfo, names: list[str], directory: Path
+) -> dict[str, torch.Tensor]:
     _check_config(info, directory)
     index = directory / SAFETENSORS_INDEX
     single = directory / SAFETENSORS_FILE
@@ -163,7 +167,9 @@ def _read_hf_directory(info: ModelInfo, names: list[str], directory: Path) -> di
             if (directory / "pytorch_model.bin").is_file()
             else "is it a Hugging Face model directory?"
         )
-        raise WeightsNotFoundError(f"{directory} has no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}; {hint}")
+        raise WeightsNotFoundError(
+            f"{directory} has no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}; {hint}"
+        )
     return _read_safetensors(info, names, files, where)
 
 
@@ -210,8 +216,10 @@ _NPZ_BLOCK: dict[str, tuple[str, _Convert]] = {
     "layernorm_before.weight": ("LayerNorm_0/scale", _same),
     "layernorm_before.bias": ("LayerNorm_0/bias", _same),
     **{
-        f"attention.attention.{p}.{kind}": (f"{_ATT}/{p}/{'kernel' if kind == 'weight' else 'bias'}",
-                                            _qkv_kernel if kind == "weight" else _flat)
+        f"attention.attention.{p}.{kind}": (
+            f"{_ATT}/{p}/{'kernel' if kind == 'weight' else 'bias'}",
+            _qkv_kernel if kind == "weight" else _flat,
+        )
         for p in ("query", "key", "value")
         for kind in ("weight", "bias")
     },
@@ -238,7 +246,9 @@ def _npz_key(name: str) -> tuple[str, _Convert]:
 
 def _read_npz(info: ModelInfo, names: list[str], path: Path) -> dict[str, torch.Tensor]:
     if info.family != "vit":
-        raise ValueError(f"{path}: .npz weights are only for ViT models, not {info.name} ({info.family})")
+        raise ValueError(
+            f"{path}: .npz weights are only for ViT models, not {info.name} ({info.family})"
+        )
     out: dict[str, torch.Tensor] = {}
     # NpzFile reads a member only when it is indexed, so untouched blocks are never read.
     with np.load(path, allow_pickle=False) as npz:
@@ -295,13 +305,15 @@ def load_shard_state(
         WeightsMismatchError: a tensor's shape, or the directory's config.json, does not fit the model.
 
     Example:
-        >>> state = load_shard_state(model_info("pipeedge/tiny-bert"), 1, 4, seed := 0)
+        >>> state = load_shard_state(model_info("pipeedge/tiny-bert"), 1, 4, 0)  # random, seed 0
+        >>> sorted(state)[0]
+        'bert.embeddings.LayerNorm.bias'
     """
     check_layer_range(info, first_layer, last_layer)
     shapes = shard_tensor_shapes(info, first_layer, last_layer)
     names = list(shapes)
     if isinstance(source, bool):
-        raise ValueError("weights source must be a path, an int seed or a mapping, not a bool")
+        raise TypeError("weights source must be a path, an int seed or a mapping, not a bool")
     if isinstance(source, int):
         state = {n: random_tensor(info, n, shapes[n], source) for n in names}
     elif isinstance(source, Mapping):
@@ -309,7 +321,7 @@ def load_shard_state(
     elif isinstance(source, (str, os.PathLike)):
         state = _read_path(info, names, Path(source))
     else:
-        raise ValueError(
+        raise TypeError(
             f"weights source {source!r} is a {type(source).__name__}; pass a path, an int seed or a mapping"
         )
     for name, t in state.items():
@@ -351,7 +363,9 @@ def load_safetensors_bytes(blob: bytes) -> dict[str, torch.Tensor]:
     try:
         tensors = load(blob)
     except Exception as e:  # safetensors raises its own error types for malformed headers
-        raise WeightsError(f"bytes are not a safetensors blob ({e}); send save_safetensors_bytes output") from e
+        raise WeightsError(
+            f"bytes are not a safetensors blob ({e}); send save_safetensors_bytes output"
+        ) from e
     return {k: tensors[k] for k in sorted(tensors)}
 
 
@@ -364,7 +378,9 @@ _ARCHITECTURE = {
 }
 
 
-def write_hf_directory(info: ModelInfo, source: WeightsSource, out_dir: str | os.PathLike[str]) -> Path:
+def write_hf_directory(
+    info: ModelInfo, source: WeightsSource, out_dir: str | os.PathLike[str]
+) -> Path:
     """Write the whole model as a Hugging Face directory: config.json + model.safetensors (classic hub
     key names), e.g. to build the unsplit transformers reference or a directory of random weights."""
     from safetensors.torch import save_file
@@ -374,7 +390,9 @@ def write_hf_directory(info: ModelInfo, source: WeightsSource, out_dir: str | os
     out.mkdir(parents=True, exist_ok=True)
     config = dict(info.config)
     config["architectures"] = [_ARCHITECTURE[(info.family, info.head)]]
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "config.json").write_text(
+        json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     tensors = {k: state[k].contiguous() for k in sorted(state)}
     save_file(tensors, str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
     logger.info("wrote %s (%d tensors) to %s", info.name, len(tensors), out)
