@@ -478,6 +478,58 @@ def test_legacy_and_unprefixed_names_load(tmp_path):
     )
 
 
+def test_sharded_and_torch_bin_directories(tmp_path):
+    from safetensors.torch import save_file
+
+    info = model_info("pipeedge/tiny-vit")
+    state = perturbed_state(info, 5)
+    names = sorted(state)
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    (sharded / "config.json").write_text(json.dumps(info.config))
+    weight_map = {}
+    for part, chunk in enumerate((names[::2], names[1::2])):
+        file = f"model-{part + 1:05d}-of-00002.safetensors"
+        save_file({k: state[k] for k in chunk}, str(sharded / file))
+        weight_map |= dict.fromkeys(chunk, file)
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    torch_dir = tmp_path / "bin"
+    torch_dir.mkdir()
+    torch.save(
+        {k.removeprefix("vit."): v for k, v in state.items()}, torch_dir / "pytorch_model.bin"
+    )
+    for a, b in [(1, 12), (4, 9)]:
+        for source in (sharded, torch_dir):
+            loaded = load_shard_state(info, a, b, source)
+            assert list(loaded) == shard_tensor_names(info, a, b)
+            assert all(torch.equal(loaded[k], state[k]) for k in loaded)
+    (sharded / weight_map[names[0]]).unlink()
+    with pytest.raises(WeightsNotFoundError, match="listed in model.safetensors.index.json"):
+        load_shard_state(info, 1, 12, sharded)
+
+
+def test_importing_the_package_does_not_import_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, pipeedge.models; sys.exit('transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_shards_run_on_cuda(dtype):
+    info = model_info("pipeedge/tiny-bert")
+    x = example_inputs(info, 3, seq_len=10)
+    cpu = run_pipeline(info, [3], 0, x)
+    a = build_shard(info, 1, 3, None, dtype=dtype).cuda()
+    b = build_shard(info, 4, 8, None, dtype=dtype).cuda()
+    out = b(a(x))  # CPU inputs are moved to the shard's device
+    assert out["hidden"].device.type == "cuda" and out["hidden"].dtype == dtype
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    assert max_diff({k: v.cpu() for k, v in out.items()}, cpu) < tol
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 
@@ -520,6 +572,12 @@ def test_bad_frames_are_rejected_with_a_message_naming_the_tensor():
                 "attention_mask": good["attention_mask"],
             }
         )
+    too_long = example_inputs(info, 1, seq_len=128)
+    too_long = {k: v.repeat(1, 2) for k, v in too_long.items()}
+    with pytest.raises(
+        ValueError, match="input_ids has 256 tokens but the model has 128 positions"
+    ):
+        shard(too_long)
     with pytest.raises(ValueError, match="T=7 but tensor 'hidden' has T=6"):
         later(
             {"hidden": torch.zeros(2, 6, 64), "attention_mask": torch.ones(2, 7, dtype=torch.int64)}

@@ -3,7 +3,8 @@
 Sources (``WeightsSource``):
 
 - a local Hugging Face directory: ``config.json`` + ``model.safetensors`` (or sharded, with
-  ``model.safetensors.index.json``), read key by key with ``safetensors.safe_open``;
+  ``model.safetensors.index.json``), read key by key with ``safetensors.safe_open``; failing those,
+  a ``pytorch_model.bin`` (loaded tensors-only and memory-mapped);
 - a single ``.safetensors`` file;
 - a seed-format ViT ``.npz`` (Google's ``ViT-B_16-224.npz`` naming), converted to torch layout;
 - an ``int`` seed: every tensor is drawn from its own generator, seeded by a hash of
@@ -37,6 +38,7 @@ WeightsSource = Union[str, "os.PathLike[str]", int, Mapping[str, torch.Tensor]]
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_FILE = "pytorch_model.bin"
 # config.json fields that must agree between a checkpoint directory and the model it is loaded as.
 _CONFIG_CHECKS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -161,16 +163,28 @@ def _read_hf_directory(
     elif single.is_file():
         files = _safetensors_keys(single)
         where = f"weights file {single}"
+    elif (directory / TORCH_FILE).is_file():
+        return _read_torch_file(info, names, directory / TORCH_FILE)
     else:
-        hint = (
-            "it has only pytorch_model.bin; re-save it as safetensors"
-            if (directory / "pytorch_model.bin").is_file()
-            else "is it a Hugging Face model directory?"
-        )
         raise WeightsNotFoundError(
-            f"{directory} has no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}; {hint}"
+            f"{directory} has no {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {TORCH_FILE}; "
+            "is it a Hugging Face model directory?"
         )
     return _read_safetensors(info, names, files, where)
+
+
+def _read_torch_file(info: ModelInfo, names: list[str], path: Path) -> dict[str, torch.Tensor]:
+    """Older hub checkpoints (e.g. textattack's) ship only pytorch_model.bin. Tensors-only unpickling;
+    memory-mapped, so the pages of other shards' tensors are never read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # pre-zip (torch < 1.6) files cannot be memory-mapped
+        logger.warning("%s cannot be memory-mapped; reading it whole", path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"cannot read {path} ({e}); re-save it as safetensors") from e
+    picked = select_tensors(info, names, state, where=f"weights file {path}")
+    return {k: v.clone() for k, v in picked.items()}  # detach from the mapping of the whole file
 
 
 # Google ViT .npz naming (as read by the seed): canonical suffix -> (npz key, converter).
