@@ -1,0 +1,195 @@
+// Device classes: exact grouping, pessimistic merging, and the class-level cost tables.
+#include "class_instance.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace pipeedge_sched {
+namespace {
+
+bool same(const Link& a, const Link& b) { return a.bw_Mbps == b.bw_Mbps && a.latency_ms == b.latency_ms; }
+
+// Worse of two legs: lower bandwidth, higher latency.
+Link worst(const Link& a, const Link& b) {
+  return Link{std::min(a.bw_Mbps, b.bw_Mbps), std::max(a.latency_ms, b.latency_ms)};
+}
+
+// True when swapping devices a and b leaves every cost unchanged.
+bool interchangeable(const CostModel& m, std::size_t a, std::size_t b) {
+  const Problem& p = m.problem();
+  const Device& da = p.devices[a];
+  const Device& db = p.devices[b];
+  if (da.time_s != db.time_s || da.mem_MB != db.mem_MB) return false;
+  if (m.models_input() && !same(p.links.client_to_host[a], p.links.client_to_host[b])) return false;
+  if (m.models_output() && !same(p.links.host_to_client[a], p.links.host_to_client[b])) return false;
+  if (!same(m.link(a, b), m.link(b, a))) return false;
+  for (std::size_t x = 0; x < m.devices(); ++x) {
+    if (x == a || x == b) continue;
+    if (!same(m.link(a, x), m.link(b, x)) || !same(m.link(x, a), m.link(x, b))) return false;
+  }
+  return true;
+}
+
+// What the merge heuristic compares: a class's worst-case profile.
+struct Profile {
+  std::vector<double> time_s;
+  double mem_MB;
+  double bw_Mbps;
+};
+
+Profile profile_of(const CostModel& m, const std::vector<std::size_t>& members) {
+  const Problem& p = m.problem();
+  Profile pr{p.devices[members[0]].time_s, p.devices[members[0]].mem_MB, p.devices[members[0]].bw_Mbps};
+  for (std::size_t d : members) {
+    const Device& dev = p.devices[d];
+    for (std::size_t l = 0; l < pr.time_s.size(); ++l) pr.time_s[l] = std::max(pr.time_s[l], dev.time_s[l]);
+    pr.mem_MB = std::min(pr.mem_MB, dev.mem_MB);
+    pr.bw_Mbps = std::min(pr.bw_Mbps, dev.bw_Mbps);
+  }
+  return pr;
+}
+
+double relative_gap(double a, double b) {
+  const double hi = std::max(std::fabs(a), std::fabs(b));
+  return hi > 0 ? std::fabs(a - b) / hi : 0.0;
+}
+
+// How much worse a merged class would be than its parts: relative profile differences.
+double dissimilarity(const Profile& a, const Profile& b) {
+  double diff = 0, total = 0;
+  for (std::size_t l = 0; l < a.time_s.size(); ++l) {
+    diff += std::fabs(a.time_s[l] - b.time_s[l]);
+    total += std::max(a.time_s[l], b.time_s[l]);
+  }
+  return (total > 0 ? diff / total : 0.0) + relative_gap(a.mem_MB, b.mem_MB) + relative_gap(a.bw_Mbps, b.bw_Mbps);
+}
+
+std::uint64_t search_states(const std::vector<std::vector<std::size_t>>& classes) {
+  std::vector<std::uint32_t> count;
+  for (const auto& c : classes) count.push_back(static_cast<std::uint32_t>(c.size()));
+  const std::uint64_t m = count_states(count);
+  const std::uint64_t k = classes.size();
+  return m > std::numeric_limits<std::uint64_t>::max() / std::max<std::uint64_t>(k, 1)
+             ? std::numeric_limits<std::uint64_t>::max()
+             : m * k;
+}
+
+}  // namespace
+
+std::uint64_t count_states(const std::vector<std::uint32_t>& count) {
+  std::uint64_t m = 1;
+  for (std::uint32_t c : count) {
+    if (m > std::numeric_limits<std::uint64_t>::max() / (std::uint64_t{c} + 1)) {
+      return std::numeric_limits<std::uint64_t>::max();
+    }
+    m *= std::uint64_t{c} + 1;
+  }
+  return m;
+}
+
+std::vector<std::vector<std::size_t>> exact_classes(const CostModel& model) {
+  std::vector<std::vector<std::size_t>> classes;
+  for (std::size_t d = 0; d < model.devices(); ++d) {
+    auto it = std::find_if(classes.begin(), classes.end(),
+                           [&](const auto& c) { return interchangeable(model, c.front(), d); });
+    if (it == classes.end()) {
+      classes.push_back({d});
+    } else {
+      it->push_back(d);
+    }
+  }
+  return classes;
+}
+
+std::vector<std::vector<std::size_t>> merge_classes(const CostModel& model,
+                                                    std::vector<std::vector<std::size_t>> classes,
+                                                    std::uint64_t max_states) {
+  std::vector<Profile> profiles;
+  for (const auto& c : classes) profiles.push_back(profile_of(model, c));
+  while (classes.size() > 1 && search_states(classes) > max_states) {
+    std::size_t best_a = 0, best_b = 1;
+    double best = std::numeric_limits<double>::infinity();
+    for (std::size_t a = 0; a < classes.size(); ++a) {
+      for (std::size_t b = a + 1; b < classes.size(); ++b) {
+        const double d = dissimilarity(profiles[a], profiles[b]);
+        if (d < best) {
+          best = d;
+          best_a = a;
+          best_b = b;
+        }
+      }
+    }
+    classes[best_a].insert(classes[best_a].end(), classes[best_b].begin(), classes[best_b].end());
+    std::sort(classes[best_a].begin(), classes[best_a].end());
+    classes.erase(classes.begin() + static_cast<std::ptrdiff_t>(best_b));
+    profiles.erase(profiles.begin() + static_cast<std::ptrdiff_t>(best_b));
+    profiles[best_a] = profile_of(model, classes[best_a]);
+  }
+  return classes;
+}
+
+ClassInstance build_instance(const CostModel& model, const std::vector<std::vector<std::size_t>>& classes) {
+  const Problem& p = model.problem();
+  ClassInstance in;
+  in.layers = model.layers();
+  in.classes = classes.size();
+  in.words = bits::words_for(in.layers);
+  in.members = classes;
+  const std::size_t L = in.layers, K = in.classes, W = in.words;
+
+  in.bytes_out.assign(L + 1, 0.0);
+  for (std::size_t j = 1; j <= L; ++j) in.bytes_out[j] = model.bytes_out(j);
+
+  std::vector<double> capacity(K);
+  for (std::size_t k = 0; k < K; ++k) {
+    const auto& mem = classes[k];
+    in.count.push_back(static_cast<std::uint32_t>(mem.size()));
+    std::vector<double> time = p.devices[mem[0]].time_s;
+    capacity[k] = p.devices[mem[0]].mem_MB;
+    Link input = model.models_input() ? p.links.client_to_host[mem[0]] : Link{};
+    Link output = model.models_output() ? p.links.host_to_client[mem[0]] : Link{};
+    for (std::size_t d : mem) {
+      for (std::size_t l = 0; l < L; ++l) time[l] = std::max(time[l], p.devices[d].time_s[l]);
+      capacity[k] = std::min(capacity[k], p.devices[d].mem_MB);
+      if (model.models_input()) input = worst(input, p.links.client_to_host[d]);
+      if (model.models_output()) output = worst(output, p.links.host_to_client[d]);
+    }
+    std::vector<double> prefix(L + 1, 0.0);
+    for (std::size_t l = 0; l < L; ++l) prefix[l + 1] = prefix[l] + time[l];
+    in.time_prefix.push_back(std::move(prefix));
+    in.input_s.push_back(model.models_input() ? transfer_seconds(model.bytes_in(0), input.bw_Mbps) : 0.0);
+    in.input_latency_s.push_back(input.latency_ms / 1000.0);
+    in.output_s.push_back(model.models_output() ? transfer_seconds(model.bytes_out(L), output.bw_Mbps) : 0.0);
+    in.output_latency_s.push_back(output.latency_ms / 1000.0);
+  }
+
+  in.link.assign(K * K, Link{});
+  for (std::size_t u = 0; u < K; ++u) {
+    for (std::size_t v = 0; v < K; ++v) {
+      bool first = true;
+      Link leg{};
+      for (std::size_t a : classes[u]) {
+        for (std::size_t b : classes[v]) {
+          if (a == b) continue;
+          leg = first ? model.link(a, b) : worst(leg, model.link(a, b));
+          first = false;
+        }
+      }
+      in.link[u * K + v] = leg;  // u == v with one member: never used (pair_allowed)
+    }
+  }
+
+  in.mem_ok.assign(K * L * W, 0);
+  for (std::size_t i = 0; i < L; ++i) {
+    for (std::size_t j = i + 1; j <= L; ++j) {
+      const double need = model.memory_MB(i, j);
+      for (std::size_t k = 0; k < K; ++k) {
+        if (need <= capacity[k]) bits::set(&in.mem_ok[(k * L + i) * W], j - 1);
+      }
+    }
+  }
+  return in;
+}
+
+}  // namespace pipeedge_sched

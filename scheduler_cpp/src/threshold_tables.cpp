@@ -1,0 +1,45 @@
+// Per-threshold tables: O(K L W + K^2 L) per call.
+#include "threshold_tables.hpp"
+
+#include <cmath>
+
+namespace pipeedge_sched {
+
+ThresholdTables make_tables(const ClassInstance& in, double T) {
+  const std::size_t L = in.layers, K = in.classes, W = in.words;
+  ThresholdTables t;
+  t.threshold = T;
+  t.stage.assign(K * L * W, 0);
+  for (std::size_t v = 0; v < K; ++v) {
+    std::size_t last = 0;  // largest j with compute (i, j] <= T; non-decreasing in i
+    for (std::size_t i = 0; i < L; ++i) {
+      if (last < i) last = i;
+      while (last < L && in.compute_s(v, i, last + 1) <= T) ++last;
+      if (last == i) continue;
+      bits::Word* out = &t.stage[(v * L + i) * W];
+      bits::set_range(out, i, last);  // ends i+1..last are bits i..last-1
+      const bits::Word* fit = in.fits(v, i);
+      for (std::size_t w = 0; w < W; ++w) out[w] &= fit[w];
+    }
+  }
+  t.handover.assign(K * K * W, 0);
+  t.pair_ok.assign(K * K, 0);
+  for (std::size_t u = 0; u < K; ++u) {
+    for (std::size_t v = 0; v < K; ++v) {
+      if (!in.pair_allowed(u, v)) continue;
+      bits::Word* out = &t.handover[(u * K + v) * W];
+      for (std::size_t i = 1; i < L; ++i) {
+        const double x = in.transfer_s(u, v, i);
+        if (x <= T && std::isfinite(x)) bits::set(out, i - 1);
+      }
+      t.pair_ok[u * K + v] = bits::any(out, W);
+    }
+  }
+  for (std::size_t k = 0; k < K; ++k) {
+    t.start_ok.push_back(in.input_s[k] <= T && std::isfinite(in.input_s[k]));
+    t.end_ok.push_back(in.output_s[k] <= T && std::isfinite(in.output_s[k]));
+  }
+  return t;
+}
+
+}  // namespace pipeedge_sched
