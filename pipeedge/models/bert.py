@@ -1,4 +1,4 @@
-"""BERT-family pieces, named like the hub checkpoints (``bert.encoder.layer.0.attention.self.query``).
+"""BERT-family pieces, named like the hub checkpoints (``bert.encoder.layer.0.attention.self...``).
 
 BERT blocks are post-norm: ``LN(x + attn(x))`` then ``LN(x + mlp(x))``, so there is no final norm.
 Padded keys are masked in every attention, so padding never changes the real tokens' outputs.
@@ -38,8 +38,8 @@ class Embeddings(nn.Module):
         T = input_ids.shape[1]
         if T > self.position_embeddings.num_embeddings:
             raise ValueError(
-                f"input_ids has {T} tokens but the model has {self.position_embeddings.num_embeddings} "
-                "positions; truncate the input"
+                f"input_ids has {T} tokens but the model has "
+                f"{self.position_embeddings.num_embeddings} positions; truncate the input"
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -80,7 +80,7 @@ class Block(nn.Module):
 
 
 class Backbone(nn.Module):
-    """``bert.*``: embeddings on the first shard, blocks, and the pooler on the last if the head uses it."""
+    """``bert.*``: embeddings on the first shard, blocks, the pooler on the last if used."""
 
     def __init__(
         self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool
@@ -98,7 +98,7 @@ class Backbone(nn.Module):
 
 
 class BertShard(ShardModule):
-    """A BERT-family shard: ids and mask in on the first shard, the head's outputs out of the last."""
+    """A BERT-family shard: ids and mask into the first shard, head outputs out of the last."""
 
     def __init__(self, info: ModelInfo, first_layer: int, last_layer: int) -> None:
         super().__init__(info, first_layer, last_layer)

@@ -29,12 +29,12 @@ def _meta_shard(info: ModelInfo, first_layer: int, last_layer: int) -> ShardModu
 def shard_tensor_shapes(
     info: ModelInfo, first_layer: int, last_layer: int
 ) -> dict[str, torch.Size]:
-    """Checkpoint tensor name (canonical prefix) -> shape, for the shard [first_layer, last_layer]."""
+    """Checkpoint tensor name (canonical prefix) -> shape, for the shard [first, last]."""
     return {k: v.shape for k, v in _meta_shard(info, first_layer, last_layer).state_dict().items()}
 
 
 def shard_tensor_names(info: ModelInfo, first_layer: int, last_layer: int) -> list[str]:
-    """The checkpoint tensors the shard [first_layer, last_layer] needs, e.g. ``vit.encoder.layer.0...``.
+    """The checkpoint tensors the shard [first_layer, last_layer] needs, with canonical prefix.
 
     Example:
         >>> shard_tensor_names(model_info("pipeedge/tiny-vit"), 12, 12)

@@ -40,7 +40,7 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 class Namespace(nn.Module):
-    """An empty container whose children are set by name, so parameter names match checkpoint keys."""
+    """An empty container with children set by name, so parameter names match checkpoint keys."""
 
     def __init__(self, **children: nn.Module) -> None:
         super().__init__()
@@ -72,13 +72,13 @@ class SelfAttention(nn.Module):
 
 
 def padding_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) 1/0 mask -> (B, 1, 1, T) additive bias: padded keys get the dtype's most negative value."""
+    """(B, T) 1/0 mask -> (B, 1, 1, T) additive bias; padded keys get the dtype's lowest value."""
     keep = attention_mask[:, None, None, :].to(dtype)
     return (1.0 - keep) * torch.finfo(dtype).min
 
 
 def block_sublayers(info: ModelInfo, first: int, last: int) -> dict[int, list[int]]:
-    """Which sub-layers (1..4) of which blocks (0-based) the global layer range [first, last] covers."""
+    """Which sub-layers (1..4) of which blocks (0-based) the layer range [first, last] covers."""
     blocks: dict[int, list[int]] = {}
     for layer in range(first, last + 1):
         blocks.setdefault((layer - 1) // 4, []).append((layer - 1) % 4 + 1)

@@ -1,4 +1,4 @@
-"""The unsplit transformers model, as a callable with the same inputs and outputs as a whole pipeline.
+"""The unsplit transformers model, as a callable with the inputs and outputs of a whole pipeline.
 
 Used to check that chaining shards gives the monolithic model's answer. transformers is imported
 inside the functions, so importing this package stays fast for the control plane.
@@ -38,8 +38,8 @@ def build_reference(
     """Load ``hf_dir`` with transformers (eager attention, eval mode) and wrap it.
 
     Raises:
-        ValueError: if transformers had to initialise any weight (the directory is incomplete), since
-            a half-random reference would make any comparison meaningless.
+        ValueError: if transformers had to initialise any weight (the directory is incomplete),
+            since a half-random reference would make any comparison meaningless.
 
     Example:
         >>> ref = build_reference(info, write_hf_directory(info, 0, tmp))

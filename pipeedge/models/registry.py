@@ -2,8 +2,8 @@
 
 The configs live in ``configs/`` inside this package (``/`` in a name becomes ``--``), so nothing is
 downloaded to learn a model's shape. ``google/vit-huge-patch14-224-in21k`` is served like the seed
-serves it: with the 21843-class ImageNet-21k head of Google's ``ViT-H_14.npz`` (the hub checkpoint of
-that name is a headless ``ViTModel``).
+serves it: with the 21843-class ImageNet-21k head of Google's ``ViT-H_14.npz`` (the hub
+checkpoint of that name is a headless ``ViTModel``).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class ModelInfo:
 
     @property
     def num_labels(self) -> int:
-        """Classifier width; transformers defaults to 2 when a config names neither count nor labels."""
+        """Classifier width (2, as in transformers, when the config gives no count or labels)."""
         if "num_labels" in self.config:
             return int(self.config["num_labels"])
         if "id2label" in self.config:
@@ -119,7 +119,7 @@ class ModelInfo:
 
     @property
     def seq_len(self) -> int | None:
-        """Token count for vision models (patches + cls [+ distillation]); None for text (dynamic)."""
+        """Tokens of a vision model (patches + cls [+ distillation]); None for text (dynamic)."""
         if not self.is_vision:
             return None
         extra = 2 if self.family == "deit" else 1

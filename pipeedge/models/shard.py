@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def check_layer_range(info: ModelInfo, first_layer: int, last_layer: int) -> None:
-    """Raise ValueError unless 1 <= first_layer <= last_layer <= info.num_layers (TypeError if not ints)."""
+    """Raise ValueError unless 1 <= first_layer <= last_layer <= info.num_layers."""
     for v in (first_layer, last_layer):
         if isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"layer bounds must be ints, got {first_layer!r}..{last_layer!r}")
@@ -43,7 +43,14 @@ def boundary_spec(
     batch: int = DYNAMIC,
     seq_len: int = DYNAMIC,
 ) -> list[TensorSpec]:
-    """The tensors that cross a cut after global sub-layer ``cut_after`` (1 <= cut_after < num_layers)."""
+    """The tensors that cross a cut after global sub-layer ``cut_after`` (1 <= cut_after < L)."""
+    if isinstance(cut_after, bool) or not isinstance(cut_after, int):
+        raise TypeError(f"cut_after must be an int, got {cut_after!r}")
+    if not 1 <= cut_after < info.num_layers:
+        raise ValueError(
+            f"cut after layer {cut_after} is invalid for {info.name}: "
+            f"need 1 <= cut < {info.num_layers}"
+        )
     S = info.seq_len if info.is_vision else seq_len
     sub = (cut_after - 1) % 4 + 1
     width = info.intermediate_size if sub == 3 else info.hidden_size
@@ -106,7 +113,7 @@ class ShardModule(nn.Module):
         return next(self.parameters()).device
 
     def input_spec(self, batch: int | None = None, seq_len: int | None = None) -> list[TensorSpec]:
-        """What ``forward`` takes; ``batch``/``seq_len`` fix those dims, else they are -1 (dynamic)."""
+        """What ``forward`` takes; ``batch``/``seq_len`` fix those dims, else they are -1."""
         B, T = _dims(batch, seq_len)
         if self.is_first:
             return self.first_input_spec(B, T)

@@ -1,4 +1,4 @@
-"""Tensor specs: what a shard accepts and emits, so a server can reject a bad frame before computing."""
+"""Tensor specs: what a shard takes and gives, so a server can reject bad frames up front."""
 
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def validate_inputs(spec: Sequence[TensorSpec], tensors: Mapping[str, torch.Tens
         if s.dtype.is_floating_point:
             if not t.dtype.is_floating_point:
                 raise ValueError(
-                    f"tensor {s.name!r} has dtype {t.dtype} but this shard expects a floating dtype "
-                    f"({s.dtype})"
+                    f"tensor {s.name!r} has dtype {t.dtype} but this shard expects a floating "
+                    f"dtype ({s.dtype})"
                 )
         elif t.dtype != s.dtype:
             raise ValueError(
@@ -85,7 +85,7 @@ def validate_inputs(spec: Sequence[TensorSpec], tensors: Mapping[str, torch.Tens
             if sym in seen and seen[sym][0] != size:
                 other_size, other = seen[sym]
                 raise ValueError(
-                    f"tensor {s.name!r} has {sym}={size} but tensor {other!r} has {sym}={other_size}; "
-                    "all tensors of a frame must agree"
+                    f"tensor {s.name!r} has {sym}={size} but tensor {other!r} has "
+                    f"{sym}={other_size}; all tensors of a frame must agree"
                 )
             seen.setdefault(sym, (size, s.name))

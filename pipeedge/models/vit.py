@@ -79,7 +79,7 @@ class Block(nn.Module):
 
 
 class Backbone(nn.Module):
-    """``vit.*`` / ``deit.*``: embeddings on the first shard, blocks, final LayerNorm on the last."""
+    """``vit.*`` / ``deit.*``: embeddings on the first shard, blocks, final norm on the last."""
 
     def __init__(
         self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool

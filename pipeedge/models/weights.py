@@ -174,8 +174,8 @@ def _read_hf_directory(
 
 
 def _read_torch_file(info: ModelInfo, names: list[str], path: Path) -> dict[str, torch.Tensor]:
-    """Older hub checkpoints (e.g. textattack's) ship only pytorch_model.bin. Tensors-only unpickling;
-    memory-mapped, so the pages of other shards' tensors are never read."""
+    """Older hub checkpoints (e.g. textattack's) ship only pytorch_model.bin. Unpickled
+    tensors-only and memory-mapped, so the pages of other shards' tensors are never read."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError:  # pre-zip (torch < 1.6) files cannot be memory-mapped
@@ -316,7 +316,7 @@ def load_shard_state(
     Raises:
         WeightsNotFoundError: the path does not exist or holds no readable weights.
         MissingTensorError: a tensor this shard needs is absent.
-        WeightsMismatchError: a tensor's shape, or the directory's config.json, does not fit the model.
+        WeightsMismatchError: a tensor's shape, or the directory's config.json, does not fit.
 
     Example:
         >>> state = load_shard_state(model_info("pipeedge/tiny-bert"), 1, 4, 0)  # random, seed 0
@@ -336,12 +336,14 @@ def load_shard_state(
         state = _read_path(info, names, Path(source))
     else:
         raise TypeError(
-            f"weights source {source!r} is a {type(source).__name__}; pass a path, an int seed or a mapping"
+            f"weights source {source!r} is a {type(source).__name__}; "
+            "pass a path, an int seed or a mapping"
         )
+    where = "the mapping" if isinstance(source, Mapping) else source
     for name, t in state.items():
         if t.shape != shapes[name]:
             raise WeightsMismatchError(
-                f"tensor {name!r} from {source if not isinstance(source, Mapping) else 'the mapping'} "
+                f"tensor {name!r} from {where} "
                 f"has shape {tuple(t.shape)} but {info.name} expects {tuple(shapes[name])}"
             )
     logger.debug("loaded %d tensors of %s [%d, %d]", len(state), info.name, first_layer, last_layer)
@@ -364,7 +366,7 @@ def _read_path(info: ModelInfo, names: list[str], path: Path) -> dict[str, torch
 
 
 def save_safetensors_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
-    """Serialise tensors (sorted by name, so equal states give equal bytes), e.g. to push a shard."""
+    """Serialise tensors sorted by name (equal states give equal bytes), e.g. to push a shard."""
     from safetensors.torch import save
 
     return save({k: state[k].detach().cpu().contiguous() for k in sorted(state)})
@@ -395,8 +397,8 @@ _ARCHITECTURE = {
 def write_hf_directory(
     info: ModelInfo, source: WeightsSource, out_dir: str | os.PathLike[str]
 ) -> Path:
-    """Write the whole model as a Hugging Face directory: config.json + model.safetensors (classic hub
-    key names), e.g. to build the unsplit transformers reference or a directory of random weights."""
+    """Write the whole model as a Hugging Face directory: config.json + model.safetensors (classic
+    hub key names), e.g. for the unsplit transformers reference or a directory of random weights."""
     from safetensors.torch import save_file
 
     state = load_shard_state(info, 1, info.num_layers, source)
