@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
 
@@ -554,7 +555,7 @@ def test_bad_cut_and_non_int_bounds():
 def test_bad_frames_are_rejected_with_a_message_naming_the_tensor():
     spec = boundary_spec(model_info("google/vit-base-patch16-224"), 24, torch.float32)
     msg = "tensor 'hidden' has shape (8, 197, 512) but this shard expects (B, 197, 768)"
-    with pytest.raises(ValueError, match=__import__("re").escape(msg)):
+    with pytest.raises(ValueError, match=re.escape(msg)):
         validate_inputs(spec, {"hidden": torch.zeros(8, 197, 512)})
     with pytest.raises(ValueError, match="tensor 'hidden' has shape \\(8, 197\\)"):
         validate_inputs(spec, {"hidden": torch.zeros(8, 197)})
