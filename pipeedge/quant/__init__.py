@@ -112,7 +112,7 @@ def pack_codes(codes: np.ndarray | Sequence[int], bits: int) -> bytes:
     if arr.size and (arr.min() < 0 or arr.max() >= 1 << bits):
         raise ValueError(f"codes range [{arr.min()}, {arr.max()}] does not fit {bits} bits; "
                          f"expected values in 0..{(1 << bits) - 1}")
-    return packing.pack(arr.astype(packing.code_dtype(bits)), bits).tobytes()
+    return packing.pack(arr.astype(packing.code_dtype(bits)), bits, consume=True)
 
 
 def unpack_codes(data: bytes | memoryview, bits: int, count: int) -> np.ndarray:
@@ -131,16 +131,15 @@ def unpack_codes(data: bytes | memoryview, bits: int, count: int) -> np.ndarray:
 
 def _decode_half(view: memoryview, *, kind: str, shape: tuple[int, ...],
                  dtype: torch.dtype) -> torch.Tensor:
-    """float16/bfloat16 payload -> `dtype`, converting in numpy so no read-only tensor exists."""
-    pattern = np.frombuffer(view, "<u2")
-    if dtype == _HALF_TORCH[kind]:
-        return torch.from_numpy(pattern.astype("=i2")).view(dtype).reshape(shape)
-    if kind == "float16":
-        wide = pattern.view("<f2").astype(np.float32)
-    else:  # bfloat16 is the top half of a float32: widening is a shift, exact for NaN/inf too
-        wide = (pattern.astype(np.uint32) << np.uint32(16)).view(np.float32)
-    result = torch.from_numpy(wide).reshape(shape)
-    return result if dtype == torch.float32 else result.to(dtype)
+    """float16/bfloat16 payload -> `dtype`.
+
+    One copy of the 16-bit patterns into tensor-owned memory (so no tensor aliases the
+    read-only frame), then torch's vectorized cast, which is ~10x numpy's float16 conversion.
+    """
+    patterns = torch.empty(shape, dtype=torch.int16)
+    patterns.numpy().reshape(-1)[:] = np.frombuffer(view, "<i2")
+    half = patterns.view(_HALF_TORCH[kind])
+    return half if dtype == half.dtype else half.to(dtype)
 
 
 def _check_kind(kind: object) -> str:

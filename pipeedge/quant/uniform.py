@@ -50,14 +50,17 @@ def quantize(t: torch.Tensor, *, bits: int, clip: str, samples: int) -> tuple[by
     if x.dtype != torch.float32:
         x = x.float()
     levels = (1 << bits) - 1
-    lo, hi = torch.aminmax(x, dim=1)  # NaN propagates, +-inf shows up: both flag a bad sample
+    # NaN propagates, +-inf shows up: both flag a bad sample. (Two reductions beat
+    # torch.aminmax(dim=1), which is ~25x slower on CPU.)
+    lo, hi = x.amin(dim=1), x.amax(dim=1)
     bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
     any_bad = bool(bad.any())
     if any_bad:
         _note_nonfinite(int(bad.sum()), samples)
         lo = torch.where(bad, 0.0, lo)
         hi = torch.where(bad, 0.0, hi)
-    lo, hi = clip_range(x, lo, hi, bits=bits, clip=clip)
+    scratch = torch.empty_like(x)  # one big temporary, shared by clipping and the codes
+    lo, hi = clip_range(x, lo, hi, bits=bits, clip=clip, scratch=scratch)
     span = hi.double() - lo.double()
     scale = (span / levels).float()
     flat = scale == 0  # constant sample (or a range below float32's resolution)
@@ -70,15 +73,19 @@ def quantize(t: torch.Tensor, *, bits: int, clip: str, samples: int) -> tuple[by
         # a subnormal scale). float64 has the headroom; the codes come out the same.
         q = torch.sub(x.double(), lo.double()[:, None]).mul_(inv64[:, None])
     else:
-        q = torch.sub(x, lo[:, None]).mul_(inv64.float()[:, None])
+        q = torch.sub(x, lo[:, None], out=scratch).mul_(inv64.float()[:, None])
     q.round_().clamp_(0, levels)
     if any_bad:
         q[bad] = 0  # NaN * 0 is NaN; give bad samples defined codes
         nan = torch.tensor(float("nan"))
         scale = torch.where(bad, nan, scale)
         lo = torch.where(bad, nan, lo)
-    codes = q.to(torch.uint8 if bits <= 8 else torch.uint16).cpu().numpy()
-    data = packing.pack(codes, bits).tobytes()
+    code_dtype = packing.code_dtype(bits)
+    if q.device.type == "cpu":  # numpy's float -> uint8 cast is ~4x torch's on CPU
+        codes = q.numpy().astype(code_dtype)
+    else:  # narrow on the device so only the codes cross the bus
+        codes = q.to(torch.uint8 if bits <= 8 else torch.uint16).cpu().numpy()
+    data = packing.pack(codes, bits, consume=True)
     params = torch.stack([scale, lo], dim=1).cpu().numpy().astype(_PARAMS_DTYPE).tobytes()
     return data, params
 
