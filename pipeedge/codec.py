@@ -64,13 +64,20 @@ def encoding_from_name(name: str, *, bits: int = 0, clip: str = "") -> pb.Encodi
     return pb.Encoding(kind=kind, bits=bits, clip=clip)
 
 
-def encode_tensor(name: str, tensor: torch.Tensor, encoding: pb.Encoding | None = None) -> pb.Tensor:
-    """Tensor -> wire message; float tensors are compressed when `encoding` asks for it."""
+def encode_tensor(name: str, tensor: torch.Tensor, encoding: pb.Encoding | None = None,
+                  *, into: pb.Tensor | None = None) -> pb.Tensor:
+    """Tensor -> wire message; float tensors are compressed when `encoding` asks for it.
+
+    Pass `into` (e.g. `frame.tensors.add()`) to fill a message in place: building a Tensor and
+    then appending it to a frame would copy its payload a second time.
+    """
     tensor = tensor.detach()
     if tensor.device.type != "cpu":
         tensor = tensor.cpu()
     tensor = tensor.contiguous()
-    msg = pb.Tensor(name=name, dtype=dtype_to_wire(tensor.dtype), shape=tensor.shape)
+    msg = into if into is not None else pb.Tensor()
+    msg.name, msg.dtype = name, dtype_to_wire(tensor.dtype)
+    msg.shape[:] = tensor.shape
     if encoding is None or encoding.kind == pb.Encoding.RAW or not tensor.is_floating_point():
         msg.data = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
         return msg
@@ -115,10 +122,13 @@ def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
         raise FrameFormatError(f"tensor '{msg.name}': {exc}") from None
 
 
-def encode_tensors(tensors: Mapping[str, torch.Tensor],
-                   encoding: pb.Encoding | None = None) -> list[pb.Tensor]:
-    # Only activations are compressed; masks and ids are integers and pass through raw.
-    return [encode_tensor(k, v, encoding) for k, v in tensors.items()]
+def encode_tensors(frame: pb.Frame, tensors: Mapping[str, torch.Tensor],
+                   encoding: pb.Encoding | None = None) -> pb.Frame:
+    """Append `tensors` to `frame` in place. Only float activations are compressed; masks and
+    ids are integers and always travel raw."""
+    for k, v in tensors.items():
+        encode_tensor(k, v, encoding, into=frame.tensors.add())
+    return frame
 
 
 def decode_tensors(msgs) -> dict[str, torch.Tensor]:

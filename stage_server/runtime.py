@@ -141,8 +141,7 @@ class StageRuntime:
                               session_id=frame.session_id, step=frame.step,
                               deadline_unix_ms=frame.deadline_unix_ms, trace_id=frame.trace_id)
             try:
-                result.tensors.extend(codec.encode_tensors(
-                    outputs, self._encoding if self.link else None))
+                codec.encode_tensors(result, outputs, self._encoding if self.link else None)
             except ValueError as exc:
                 self._fail(work, grpc.StatusCode.INTERNAL, f"stage {self.name}: {exc}")
                 continue

@@ -16,6 +16,8 @@ class WeightsNotFound(Exception):
 
 
 def load_shard_state(assignment: pb.AssignRequest, cache: WeightCache) -> dict[str, torch.Tensor]:
+    if assignment.backend == pb.ECHO:
+        return {}  # echo stages hold no model
     info = models.model_info(assignment.model_name, assignment.model_config_json or None)
     source = assignment.weights.WhichOneof("source")
     first, last = assignment.first_layer, assignment.last_layer

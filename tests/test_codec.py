@@ -44,6 +44,7 @@ def test_bad_tensors_are_rejected_with_a_reason(mutate, needle):
 
 
 def test_duplicate_names_rejected():
-    msgs = codec.encode_tensors({"a": torch.zeros(1)}) * 2
+    frame = codec.encode_tensors(pb.Frame(), {"a": torch.zeros(1)})
+    codec.encode_tensors(frame, {"a": torch.ones(1)})
     with pytest.raises(codec.FrameFormatError, match="appears twice"):
-        codec.decode_tensors(msgs)
+        codec.decode_tensors(frame.tensors)

@@ -22,7 +22,7 @@ def resolve_address(address: str | None, pipeline_file: str | Path | None) -> st
 
 def request_frame(request_id: str, inputs: Mapping[str, torch.Tensor],
                   timeout_s: float | None) -> pb.Frame:
-    frame = pb.Frame(request_id=request_id, tensors=codec.encode_tensors(inputs))
+    frame = codec.encode_tensors(pb.Frame(request_id=request_id), inputs)
     if timeout_s:
         frame.deadline_unix_ms = int((time.time() + timeout_s) * 1000)
     return frame

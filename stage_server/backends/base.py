@@ -29,6 +29,10 @@ class ShardBackend(abc.ABC):
 
 def load_backend(assignment: pb.AssignRequest, state: dict[str, torch.Tensor]) -> ShardBackend:
     """Build the backend an assignment asks for from the shard's own tensors."""
+    if assignment.backend == pb.ECHO:
+        from pipeedge.stage_server.backends.echo_backend import EchoBackend
+
+        return EchoBackend()
     if assignment.backend == pb.ONNX:
         from pipeedge.stage_server.backends.onnx_backend import OnnxShardBackend
 
