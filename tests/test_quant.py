@@ -85,6 +85,25 @@ def test_half_kinds_equal_torch_casts(kind: str, torch_dtype: torch.dtype) -> No
             assert y.dtype == out_dtype
 
 
+@pytest.mark.parametrize("clip", quant.CLIPS)
+def test_encode_leaves_its_input_alone(clip: str) -> None:
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 40, 7, generator=gen)
+    before = x.clone()
+    for bits in (3, 8, 12):
+        quant.encode(x, kind="uniform", bits=bits, clip=clip)
+    assert torch.equal(x, before)
+
+
+def test_half_kinds_scalar_and_odd_shapes() -> None:
+    for kind in ("float16", "bfloat16"):
+        for shape in [(), (1,), (3, 5, 1)]:
+            x = torch.randn(shape)
+            data, params = quant.encode(x, kind=kind)
+            y = quant.decode(data, params, kind=kind, bits=0, shape=shape, dtype=torch.float32)
+            assert y.shape == shape and torch.equal(y, x.to(quant._HALF_TORCH[kind]).float())
+
+
 def test_uniform_other_dtypes_and_layouts() -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 6, 10, generator=gen)
@@ -135,6 +154,8 @@ def test_pack_hand_checked_examples() -> None:
     assert list(quant.unpack_codes(bytes([0b111001]), 2, 3)) == [1, 2, 3]
     assert list(quant.unpack_codes(bytes([0b11011101, 0b1]), 3, 3)) == [5, 3, 7]
     assert list(quant.unpack_codes(bytes([0xFF, 0x03, 0x00]), 9, 2)) == [0x1FF, 1]
+    # bits past the last code are padding and ignored
+    assert list(quant.unpack_codes(bytes([0b11111001]), 2, 3)) == [1, 2, 3]
 
 
 def _reference_pack(codes: np.ndarray, bits: int) -> bytes:
@@ -254,12 +275,37 @@ def test_gelu_clipping_lowers_mse_on_post_gelu_activations(bits: int, ratio: flo
     assert (y.amax(1) < x.amax(1)).all()  # the upper tail is
 
 
+def test_gelu_rule_matches_its_documented_formula() -> None:
+    """alpha = lo + b W(12 p 4^M e^((u - lo)/b)), u = mean(x | x > 0), b = mean(x - u | x > u)."""
+    torch.manual_seed(11)
+    x = torch.nn.functional.gelu(torch.distributions.Laplace(0.0, 1.5).sample((2, 4000)))
+    bits = 4
+    _, affine, _ = _roundtrip(x, bits, clip="gelu")
+    for row, (scale, shift) in zip(x.double().numpy(), affine, strict=True):
+        lo = row.min()
+        u = row[row > 0].mean()
+        tail = row[row > u] - u
+        b, p = tail.mean(), tail.size / row.size
+        k = 12 * p * 4.0**bits * math.exp((u - lo) / b)
+        t = math.log(k)
+        for _ in range(50):  # Newton for t e^t = k
+            t -= (t + math.log(t) - math.log(k)) / (1 + 1 / t)
+        alpha = min(lo + b * t, row.max())
+        assert shift == pytest.approx(lo, abs=1e-6)
+        assert shift + scale * (2**bits - 1) == pytest.approx(alpha, rel=1e-4)
+
+
 def test_clipping_keeps_values_inside_the_clip_range() -> None:
     torch.manual_seed(0)
     x = torch.distributions.Laplace(0.0, 1.0).sample((4, 5000))
     y, affine, _ = _roundtrip(x, 3, clip="laplace")
     lo, hi = affine[:, 1], affine[:, 1] + affine[:, 0] * 7
     assert (y.amin(1).numpy() >= lo - 1e-6).all() and (y.amax(1).numpy() <= hi + 1e-5).all()
+    mu = x.double().mean(1)
+    b = (x.double() - mu[:, None]).abs().mean(1)
+    alpha = quant.laplace_alpha(3) * b
+    np.testing.assert_allclose(lo, torch.maximum(x.amin(1).double(), mu - alpha), rtol=1e-5)
+    np.testing.assert_allclose(hi, torch.minimum(x.amax(1).double(), mu + alpha), rtol=1e-5)
     inside = (x >= torch.tensor(lo)[:, None]) & (x <= torch.tensor(hi)[:, None])
     err = (y - x).abs()[inside]
     assert float(err.max()) <= float(affine[:, 0].max()) / 2 * 1.001
