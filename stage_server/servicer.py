@@ -42,7 +42,7 @@ class StageServicer(pb_grpc.StageServicer):
             start = time.perf_counter()
             try:
                 state = load_shard_state(request, self.cache)
-                backend = load_backend(request, state)
+                backend = load_backend(request, state, cache_dir=self.cache.root.parent)
                 del state
             except WeightsNotFound as exc:
                 context.abort(grpc.StatusCode.NOT_FOUND, str(exc))

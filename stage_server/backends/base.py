@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from collections.abc import Mapping
 
 import torch
@@ -27,8 +28,12 @@ class ShardBackend(abc.ABC):
         """Free memory held by the shard."""
 
 
-def load_backend(assignment: pb.AssignRequest, state: dict[str, torch.Tensor]) -> ShardBackend:
-    """Build the backend an assignment asks for from the shard's own tensors."""
+def load_backend(assignment: pb.AssignRequest, state: dict[str, torch.Tensor], *,
+                 cache_dir: Path | None = None) -> ShardBackend:
+    """Build the backend an assignment asks for from the shard's own tensors.
+
+    `cache_dir` is the stage's cache root, for backends that keep derived files (ONNX exports).
+    """
     if assignment.backend == pb.ECHO:
         from pipeedge.stage_server.backends.echo_backend import EchoBackend
 
@@ -36,7 +41,7 @@ def load_backend(assignment: pb.AssignRequest, state: dict[str, torch.Tensor]) -
     if assignment.backend == pb.ONNX:
         from pipeedge.stage_server.backends.onnx_backend import OnnxShardBackend
 
-        return OnnxShardBackend(assignment, state)
+        return OnnxShardBackend(assignment, state, cache_dir=cache_dir)
     from pipeedge.stage_server.backends.torch_backend import TorchShardBackend
 
     return TorchShardBackend(assignment, state)
