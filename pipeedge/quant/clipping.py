@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+import numpy as np
 
 CLIPS = ("", "laplace", "gelu")
 
@@ -41,22 +41,21 @@ CLIPS = ("", "laplace", "gelu")
 _PAPER_ALPHA = {2: 2.83, 3: 3.89, 4: 5.03, 5: 6.20, 6: 7.41, 7: 8.64, 8: 9.89}
 
 
-def _solve_t_exp_t(log_k: torch.Tensor) -> torch.Tensor:
+def _solve_t_exp_t(log_k: np.ndarray) -> np.ndarray:
     """Positive root of t * e^t = k (Lambert W, principal branch) given ln k, elementwise.
 
     Taking ln k keeps huge arguments (e^((u - lo)/b) with a tiny b) finite.
     """
-    t = torch.nn.functional.softplus(log_k)  # ln(1 + k): close for small (~k) and large (~ln k)
+    log_k = np.asarray(log_k, dtype=np.float64)
+    t = np.logaddexp(0.0, log_k)  # ln(1 + k): close for small (~k) and large (~ln k) k
     for _ in range(30):  # Newton on f(t) = t + ln t - ln k: monotone and concave, converges fast
-        t = t - (t + torch.log(t) - log_k) / (1 + 1 / t)
-        t = t.clamp_min(1e-30)
+        t = np.maximum(t - (t + np.log(t) - log_k) / (1 + 1 / t), 1e-30)
     return t
 
 
 def solve_laplace_alpha(bits: int) -> float:
     """Root of t e^t = 3 * 4^bits: ACIQ's optimum for a two-sided Laplace, in units of b."""
-    return float(_solve_t_exp_t(torch.tensor(math.log(3.0) + bits * math.log(4.0),
-                                             dtype=torch.float64)))
+    return float(_solve_t_exp_t(np.float64(math.log(3.0) + bits * math.log(4.0))))
 
 
 # The paper's values where it gives them, the same equation beyond (9..16 bits: 11.16 ... 20.27).
@@ -69,47 +68,43 @@ def laplace_alpha(bits: int) -> float:
     return LAPLACE_ALPHA[bits]
 
 
-def clip_range(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, *, bits: int, clip: str,
-               scratch: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Narrow the per-sample [lo, hi] (each shape (N,)) of `x` (shape (N, M)) per `clip`.
+def clip_range(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, bits: int, clip: str,
+               scratch: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Narrow the per-sample [lo, hi] (float32, shape (N,)) of `x` (float32, (N, M)) per `clip`.
 
     `scratch` (like `x`) is overwritten if given: fresh multi-MB temporaries cost a page fault
-    per 4 KiB on CPU, about as much as the arithmetic itself.
+    per 4 KiB, about as much as the arithmetic itself.
     """
     if clip == "":
         return lo, hi
     if scratch is None:
-        scratch = torch.empty_like(x)
+        scratch = np.empty_like(x)
     if clip == "laplace":
-        mu = torch.minimum(torch.maximum(x.mean(dim=1), lo), hi)  # guard float drift of mean
-        b = torch.sub(x, mu[:, None], out=scratch).abs_().mean(dim=1)
-        alpha = b * laplace_alpha(bits)
-        new_lo = torch.maximum(lo, mu - alpha)
-        new_hi = torch.minimum(hi, mu + alpha)
-        return new_lo, torch.maximum(new_hi, new_lo)
+        mu = np.clip(x.mean(axis=1), lo, hi)  # guard float drift of the mean
+        b = np.abs(np.subtract(x, mu[:, None], out=scratch), out=scratch).mean(axis=1)
+        alpha = b * np.float32(laplace_alpha(bits))
+        new_lo = np.maximum(lo, mu - alpha)
+        return new_lo, np.maximum(np.minimum(hi, mu + alpha), new_lo)
     if clip == "gelu":
         m = max(x.shape[1], 1)
-        u = _mean_of_positive(torch.clamp_min(x, 0, out=scratch))[0]
-        b, n_tail = _mean_of_positive(torch.sub(x, u[:, None], out=scratch).relu_())
-        b = b.double()
+        u = _mean_of_positive(np.maximum(x, 0, out=scratch))[0].astype(np.float32)
+        b, n_tail = _mean_of_positive(np.maximum(np.subtract(x, u[:, None], out=scratch), 0,
+                                                 out=scratch))
+        b = b.astype(np.float64)
         usable = (n_tail > 0) & (b > 0)
-        b = torch.where(usable, b, 1.0)
-        lo64 = lo.double()
-        log_k = (math.log(12.0) + bits * math.log(4.0) + torch.log(n_tail.double().clamp_min(1) / m)
-                 + (u.double() - lo64) / b)
-        alpha = (lo64 + b * _solve_t_exp_t(log_k)).to(hi.dtype)
-        new_hi = torch.where(usable, torch.minimum(hi, alpha), hi)
-        return lo, torch.maximum(new_hi, lo)
+        b = np.where(usable, b, 1.0)
+        lo64 = lo.astype(np.float64)
+        log_k = (math.log(12.0) + bits * math.log(4.0) + np.log(np.maximum(n_tail, 1) / m)
+                 + (u - lo64) / b)
+        alpha = (lo64 + b * _solve_t_exp_t(log_k)).astype(np.float32)
+        new_hi = np.where(usable, np.minimum(hi, alpha), hi)
+        return lo, np.maximum(new_hi, lo)
     raise ValueError(f"clip '{clip}' is unknown; expected one of {list(CLIPS)}")
 
 
-def _mean_of_positive(nonneg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean of the positive values, their count) per row of a non-negative tensor, which is
-    overwritten; mean 0 for rows without any.
-
-    Counts come from sign() summed in float32 (exact below 2^24 per row, and pairwise summed
-    beyond): torch's count_nonzero and float64 sums are ~15x slower on CPU.
-    """
-    total = nonneg.sum(dim=1)
-    count = nonneg.sign_().sum(dim=1)
-    return total / count.clamp_min(1), count
+def _mean_of_positive(nonneg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean of the positive values, their count) per row of a non-negative array; mean 0 for
+    rows without any. (count_nonzero, not sign(): numpy's float32 sign is ~15x slower.)"""
+    total = nonneg.sum(axis=1)
+    count = np.count_nonzero(nonneg, axis=1)
+    return total / np.maximum(count, 1), count

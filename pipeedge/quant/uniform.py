@@ -31,62 +31,58 @@ import numpy as np
 import torch
 
 from pipeedge.quant import packing
+from pipeedge.quant.cast import serial_cast
 from pipeedge.quant.clipping import clip_range
 
 logger = logging.getLogger(__name__)
 
 PARAMS_PER_SAMPLE = 8  # float32 scale + float32 shift, little-endian
 _PARAMS_DTYPE = np.dtype("<f4")
-_MAX = torch.finfo(torch.float32).max
+_MAX = float(np.finfo(np.float32).max)
 _warned_nonfinite = False
 
 
 def quantize(t: torch.Tensor, *, bits: int, clip: str, samples: int) -> tuple[bytes, bytes]:
-    """(packed codes, params) for `t` viewed as `samples` rows; inputs already validated."""
+    """(packed codes, params) for `t` viewed as `samples` rows; inputs already validated.
+
+    The arithmetic is numpy on the calling thread: as fast as single-threaded torch here, and it
+    never waits on torch's thread pool (see `cast`).
+    """
     numel = t.numel()
     if numel == 0:
         return b"", bytes(PARAMS_PER_SAMPLE * samples)
-    x = t.detach().reshape(samples, numel // samples)
-    if x.dtype != torch.float32:
-        x = x.float()
+    x = serial_cast(t, torch.float32).numpy().reshape(samples, numel // samples)  # read only
     levels = (1 << bits) - 1
-    # NaN propagates, +-inf shows up: both flag a bad sample. (Two reductions beat
-    # torch.aminmax(dim=1), which is ~25x slower on CPU.)
-    lo, hi = x.amin(dim=1), x.amax(dim=1)
-    bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
-    any_bad = bool(bad.any())
-    if any_bad:
-        _note_nonfinite(int(bad.sum()), samples)
-        lo = torch.where(bad, 0.0, lo)
-        hi = torch.where(bad, 0.0, hi)
-    scratch = torch.empty_like(x)  # one big temporary, shared by clipping and the codes
-    lo, hi = clip_range(x, lo, hi, bits=bits, clip=clip, scratch=scratch)
-    span = hi.double() - lo.double()
-    scale = (span / levels).float()
-    flat = scale == 0  # constant sample (or a range below float32's resolution)
-    inv64 = 1.0 / torch.where(flat, 1.0, scale.double())
-    inv64 = torch.where(flat | bad, 0.0, inv64)
-    if any_bad:
-        lo = torch.where(bad, 0.0, lo)
-    if bool((span > _MAX).any() or (inv64 > _MAX).any()):
-        # Rare: x - lo or 1/scale would overflow float32 (ranges beyond float32's max or with
-        # a subnormal scale). float64 has the headroom; the codes come out the same.
-        q = torch.sub(x.double(), lo.double()[:, None]).mul_(inv64[:, None])
-    else:
-        q = torch.sub(x, lo[:, None], out=scratch).mul_(inv64.float()[:, None])
-    q.round_().clamp_(0, levels)
-    if any_bad:
-        q[bad] = 0  # NaN * 0 is NaN; give bad samples defined codes
-        nan = torch.tensor(float("nan"))
-        scale = torch.where(bad, nan, scale)
-        lo = torch.where(bad, nan, lo)
-    code_dtype = packing.code_dtype(bits)
-    if q.device.type == "cpu":  # numpy's float -> uint8 cast is ~4x torch's on CPU
-        codes = q.numpy().astype(code_dtype)
-    else:  # narrow on the device so only the codes cross the bus
-        codes = q.to(torch.uint8 if bits <= 8 else torch.uint16).cpu().numpy()
+    with np.errstate(all="ignore"):  # NaN/inf samples are handled explicitly below
+        lo, hi = x.min(axis=1), x.max(axis=1)  # NaN propagates, +-inf shows: a bad sample
+        bad = ~(np.isfinite(lo) & np.isfinite(hi))
+        if bad.any():
+            _note_nonfinite(int(bad.sum()), samples)
+            lo, hi = np.where(bad, 0, lo), np.where(bad, 0, hi)
+        scratch = np.empty_like(x)  # one big temporary, shared by clipping and the codes
+        lo, hi = clip_range(x, lo, hi, bits=bits, clip=clip, scratch=scratch)
+        lo = np.where(bad, np.float32(0), lo).astype(np.float32)
+        span = hi.astype(np.float64) - lo
+        scale = (span / levels).astype(np.float32)
+        flat = (scale == 0) | bad  # constant sample (or a range below float32's resolution)
+        inv = np.where(flat, 0.0, 1.0 / np.where(flat, 1.0, scale.astype(np.float64)))
+        if (span > _MAX).any() or (inv > _MAX).any():
+            # Rare: x - lo or 1/scale would overflow float32 (a range beyond float32's max or a
+            # subnormal scale). float64 has the headroom; the codes come out the same.
+            q = np.subtract(x, lo[:, None], dtype=np.float64)
+            q *= inv[:, None]
+        else:
+            q = np.subtract(x, lo[:, None], out=scratch)
+            q *= inv.astype(np.float32)[:, None]
+        np.rint(q, out=q)
+        np.clip(q, 0, levels, out=q)
+        if bad.any():
+            q[bad] = 0  # NaN * 0 is NaN; give bad samples defined codes
+            scale = np.where(bad, np.float32("nan"), scale)
+            lo = np.where(bad, np.float32("nan"), lo)
+        codes = q.astype(packing.code_dtype(bits))
     data = packing.pack(codes, bits, consume=True)
-    params = torch.stack([scale, lo], dim=1).cpu().numpy().astype(_PARAMS_DTYPE).tobytes()
+    params = np.stack([scale, lo], axis=1).astype(_PARAMS_DTYPE).tobytes()
     return data, params
 
 
@@ -100,16 +96,17 @@ def dequantize(data: memoryview, params: memoryview, *, bits: int, shape: tuple[
     affine = np.frombuffer(params, _PARAMS_DTYPE).reshape(samples, 2)
     out = np.empty((samples, numel // samples), np.float32)
     wide = affine.astype(np.float64)
-    if (np.abs(wide[:, 1]) + ((1 << bits) - 1) * np.abs(wide[:, 0]) > _MAX).any():
-        # Rare: code * scale may overflow float32 for ranges near its max; float64 cannot, and
-        # the encoder's range was finite, so a rounding overshoot past the max saturates.
-        np.clip(codes.reshape(out.shape) * wide[:, :1] + wide[:, 1:], -_MAX, _MAX, out=out,
-                casting="same_kind")
-    else:
-        np.multiply(codes.reshape(out.shape), affine[:, :1], out=out, dtype=np.float32)
-        out += affine[:, 1:]
+    with np.errstate(all="ignore"):  # NaN params (a NaN sample) are meant to propagate
+        if (np.abs(wide[:, 1]) + ((1 << bits) - 1) * np.abs(wide[:, 0]) > _MAX).any():
+            # Rare: code * scale may overflow float32 for ranges near its max; float64 cannot,
+            # and the encoder's range was finite, so a rounding overshoot saturates.
+            np.clip(codes.reshape(out.shape) * wide[:, :1] + wide[:, 1:], -_MAX, _MAX,
+                    out=out, casting="same_kind")
+        else:
+            np.multiply(codes.reshape(out.shape), affine[:, :1], out=out, dtype=np.float32)
+            out += affine[:, 1:]
     result = torch.from_numpy(out).reshape(shape)
-    return result if dtype == torch.float32 else result.to(dtype)
+    return result if dtype == torch.float32 else serial_cast(result, dtype)
 
 
 def _note_nonfinite(count: int, samples: int) -> None:
