@@ -9,11 +9,14 @@ import uuid
 
 import grpc
 
+from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.errors import status_from_int
 from pipeedge.partition import PartitionError
 from pipeedge.stage_server.backends import load_backend
+from pipeedge.stage_server.links import measure_link
+from pipeedge.stage_server.profiler import profile_layers
 from pipeedge.stage_server.routing import Route, error_frame
 from pipeedge.stage_server.runtime import StageRuntime
 from pipeedge.stage_server.shard_loader import WeightsNotFound, load_shard_state
@@ -153,6 +156,31 @@ class StageServicer(pb_grpc.StageServicer):
         status.bytes_received, status.bytes_sent = c.bytes_in, c.bytes_out
         status.parameter_bytes = rt.backend.parameter_bytes
         return status
+
+    # -- profiling and links ----------------------------------------------------------------------
+    def Profile(self, request: pb.ProfileRequest, context):
+        try:
+            yield from profile_layers(request, cache_dir=self.cache.root.parent,
+                                      default_threads=self.threads, default_device=self.device)
+        except (ValueError, KeyError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"cannot profile {request.model_name}: {_one_line(exc)}")
+
+    def Ping(self, request: pb.PingRequest, context) -> pb.PingReply:
+        if request.reply_bytes > channels.MAX_MESSAGE_BYTES // 2:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"reply_bytes {request.reply_bytes} is over the limit of "
+                          f"{channels.MAX_MESSAGE_BYTES // 2}")
+        return pb.PingReply(payload=bytes(request.reply_bytes))
+
+    def MeasureLink(self, request: pb.MeasureLinkRequest, context) -> pb.LinkMeasurement:
+        try:
+            return measure_link(request.peer, payload_bytes=request.payload_bytes or 4_000_000,
+                                repeats=request.repeats or 3)
+        except grpc.RpcError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          f"stage {self.name} cannot reach peer {request.peer}: {exc.code().name}; "
+                          "check that address from this device")
 
     def shutdown(self) -> None:
         with self._assign_lock:

@@ -1,0 +1,71 @@
+"""Per-layer profiling on this device: compute time, weight memory and output sizes.
+
+Each layer is built alone as a one-layer shard (seeded random weights: timing does not depend
+on the values) through the same backend factory that serves assignments, so an ONNX device is
+profiled with ONNX. Layers run in order on real activations; only one layer is in memory at once.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+
+import torch
+
+from pipeedge import models
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge.stage_server.backends import load_backend
+from pipeedge.stage_server.device_info import memory_capacity_mb
+
+
+def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
+                   default_device: str) -> Iterator[pb.ProfileEvent]:
+    info = models.model_info(req.model_name, req.model_config_json or None)
+    batch = req.batch_size or 8
+    warmup, repeats = req.warmup or 2, req.repeats or 5
+    threads = req.threads or default_threads
+    device = req.device or default_device
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        tensors = models.example_inputs(info, batch, seed=0)
+        capacity = memory_capacity_mb()
+        label = f"{device} ({torch.get_num_threads()} threads)"
+        for layer in range(1, info.num_layers + 1):
+            assignment = pb.AssignRequest(model_name=req.model_name,
+                                          model_config_json=req.model_config_json,
+                                          first_layer=layer, last_layer=layer,
+                                          backend=req.backend, dtype=req.dtype, device=device,
+                                          threads=threads, weights=pb.WeightSource(random_seed=0))
+            state = models.load_shard_state(info, layer, layer, 0)
+            backend = load_backend(assignment, state, cache_dir=cache_dir)
+            del state
+            for _ in range(warmup):
+                outputs = backend.run(tensors)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                outputs = backend.run(tensors)
+                times.append(time.perf_counter() - start)
+            event = pb.ProfileEvent(layer=layer, layers=info.num_layers,
+                                    time_s=statistics.median(times),
+                                    mem_mb=backend.parameter_bytes / 1e6,
+                                    parameters_out=_elements_per_item(outputs, batch),
+                                    done=layer == info.num_layers,
+                                    memory_capacity_mb=capacity, device=label)
+            if layer == 1:
+                event.parameters_in = sum(t.numel() for t in tensors.values()) // batch
+            backend.close()
+            # The next layer gets this layer's outputs, plus what the shard interface carries
+            # through unchanged (BERT's attention mask).
+            tensors = {**{k: v for k, v in tensors.items() if k == "attention_mask"}, **outputs}
+            yield event
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _elements_per_item(tensors: dict[str, torch.Tensor], batch: int) -> int:
+    """Float elements per item crossing a cut (masks and ids are not counted, as in the seed)."""
+    return sum(t.numel() for t in tensors.values() if t.is_floating_point()) // batch
