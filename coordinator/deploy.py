@@ -22,8 +22,8 @@ from pipeedge.pipeline_file import Pipeline, StageInfo
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16}
-_BACKENDS = {"torch": pb.TORCH, "onnx": pb.ONNX}
+DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16}
+BACKENDS = {"torch": pb.TORCH, "onnx": pb.ONNX}
 
 
 class DeployError(Exception):
@@ -56,14 +56,14 @@ def plan_stages(dep: Deployment, ranges: list[LayerRange] | None = None) -> list
 def assign_request(dep: Deployment, stage: PlannedStage, next_hop: str,
                    weights: pb.WeightSource) -> pb.AssignRequest:
     backend = stage.host.backend or dep.backend
-    if backend not in _BACKENDS:
+    if backend not in BACKENDS:
         raise DeployError(f"backend '{backend}' for host {stage.host.name} is unknown; "
-                          f"use one of {sorted(_BACKENDS)}")
-    if dep.dtype not in _DTYPES:
-        raise DeployError(f"dtype '{dep.dtype}' is unknown; use one of {sorted(_DTYPES)}")
+                          f"use one of {sorted(BACKENDS)}")
+    if dep.dtype not in DTYPES:
+        raise DeployError(f"dtype '{dep.dtype}' is unknown; use one of {sorted(DTYPES)}")
     req = pb.AssignRequest(stage_name=stage.host.name, model_name=dep.model,
                            first_layer=stage.layers.first, last_layer=stage.layers.last,
-                           backend=_BACKENDS[backend], dtype=_DTYPES[dep.dtype],
+                           backend=BACKENDS[backend], dtype=DTYPES[dep.dtype],
                            device=dep.device, max_microbatch=dep.microbatch, next_hop=next_hop,
                            weights=weights)
     encoding = stage.host.encoding or dep.encoding

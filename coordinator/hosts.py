@@ -25,6 +25,8 @@ class Host:
     peer_address: str = ""       # as other stages reach it, when different (NAT, containers)
     backend: str = ""            # per-host override of the deployment's backend
     encoding: str = ""           # per-host override: encoding of this stage's output
+    mem_mb: float = 0.0          # memory for the scheduler; 0 = what the device reports
+    bw_mbps: float = 0.0         # link bandwidth for the scheduler; 0 = measured or 1000
 
     @property
     def next_hop_address(self) -> str:
@@ -120,7 +122,8 @@ def load_deployment(path: str | Path, **overrides) -> Deployment:
         hosts.append(Host(name=str(h.get("name", h["address"])), address=str(h["address"]),
                           device_type=str(h.get("device_type", "")),
                           peer_address=str(h.get("peer_address", "")),
-                          backend=str(h.get("backend", "")), encoding=str(h.get("encoding", ""))))
+                          backend=str(h.get("backend", "")), encoding=str(h.get("encoding", "")),
+                          mem_mb=float(h.get("mem_mb", 0)), bw_mbps=float(h.get("bw_mbps", 0))))
     names = [h.name for h in hosts]
     if len(set(names)) != len(names):
         raise HostsFileError(f"{path}: host names must be unique, got {names}")

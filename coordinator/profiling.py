@@ -1,0 +1,133 @@
+"""`pipeedge-coord profile`: profile each device type on its own hardware, in parallel, and
+write the scheduler's inputs in the seed's formats (models.yml, device_types.yml, devices.yml).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import yaml
+from tqdm import tqdm
+
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge.coordinator.deploy import BACKENDS, DTYPES
+from pipeedge.coordinator.hosts import Deployment, Host
+from pipeedge.coordinator.stage_control import StageControl
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BW_MBPS = 1000.0  # used for a device type until links are measured or given
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """One device's measurement of one model (seed semantics, per-item element counts)."""
+
+    host: Host
+    time_s: tuple[float, ...]
+    mem_mb: tuple[float, ...]
+    parameters_out: tuple[int, ...]
+    parameters_in: int
+    memory_capacity_mb: float
+
+
+def device_type(host: Host) -> str:
+    return host.device_type or host.name
+
+
+def hosts_to_profile(dep: Deployment, *, all_hosts: bool) -> list[Host]:
+    """One host per device type (the first listed), or every host with `all_hosts`."""
+    if all_hosts:
+        return list(dep.hosts)
+    chosen: dict[str, Host] = {}
+    for h in dep.hosts:
+        chosen.setdefault(device_type(h), h)
+    return list(chosen.values())
+
+
+def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
+                  progress: bool = True) -> list[LayerProfile]:
+    """Profile `hosts` in parallel, one progress bar per host."""
+    results: list[LayerProfile | Exception | None] = [None] * len(hosts)
+
+    def work(i: int, host: Host) -> None:
+        ctl = StageControl(host.name, host.address)
+        bar = tqdm(desc=f"profile {host.name}", unit="layer", position=i, leave=True,
+                   disable=not progress)
+        try:
+            ctl.check_serving()
+            req = pb.ProfileRequest(model_name=dep.model, dtype=DTYPES[dtype], batch_size=batch,
+                                    backend=BACKENDS[host.backend or dep.backend])
+            events = []
+            for event in ctl.stub.Profile(req, timeout=3600):
+                bar.total = event.layers
+                bar.update()
+                events.append(event)
+            results[i] = LayerProfile(
+                host, tuple(e.time_s for e in events), tuple(e.mem_mb for e in events),
+                tuple(e.parameters_out for e in events), events[0].parameters_in,
+                events[0].memory_capacity_mb)
+        except grpc.RpcError as exc:
+            results[i] = RuntimeError(f"profiling on {host.name} failed: {exc.details()}")
+        except Exception as exc:
+            results[i] = exc
+        finally:
+            bar.close()
+            ctl.close()
+
+    threads = [threading.Thread(target=work, args=(i, h)) for i, h in enumerate(hosts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return [r for r in results if r is not None]
+
+
+def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir: Path, *,
+                          batch: int, dtype: str) -> dict[str, Path]:
+    """Merge measurements into models.yml / device_types.yml and write devices.yml."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {k: out_dir / f"{k}.yml" for k in ("models", "device_types", "devices")}
+    models_doc = _load(paths["models"])
+    types_doc = _load(paths["device_types"])
+    first = profiles[0]
+    models_doc[dep.model] = {"layers": len(first.time_s), "mem_MB": list(first.mem_mb),
+                             "parameters_in": first.parameters_in,
+                             "parameters_out": list(first.parameters_out)}
+    by_type: dict[str, list[LayerProfile]] = {}
+    for p in profiles:
+        by_type.setdefault(device_type(p.host), []).append(p)
+    dtype_key = f"torch.{dtype}"
+    for dtype_name, group in by_type.items():
+        host = group[0].host
+        entry = types_doc.setdefault(dtype_name, {})
+        entry["mem_MB"] = host.mem_mb or min(p.memory_capacity_mb for p in group)
+        entry["bw_Mbps"] = host.bw_mbps or entry.get("bw_Mbps", DEFAULT_BW_MBPS)
+        profiles_doc = entry.setdefault("model_profiles", {}) or {}
+        entry["model_profiles"] = profiles_doc
+        runs = [r for r in profiles_doc.get(dep.model, [])
+                if not (r.get("batch_size") == batch and r.get("dtype") == dtype_key)]
+        # Several hosts of one type: average them, layer by layer.
+        times = [sum(p.time_s[i] for p in group) / len(group) for i in range(len(first.time_s))]
+        runs.append({"batch_size": batch, "dtype": dtype_key, "time_s": times})
+        profiles_doc[dep.model] = runs
+    devices_doc: dict[str, list[str]] = {}
+    for h in dep.hosts:
+        devices_doc.setdefault(device_type(h), []).append(h.name)
+    for key, doc in (("models", models_doc), ("device_types", types_doc),
+                     ("devices", devices_doc)):
+        paths[key].write_text(yaml.safe_dump(doc, sort_keys=False, width=100))
+    return paths
+
+
+def _load(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
