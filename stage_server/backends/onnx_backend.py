@@ -1,0 +1,197 @@
+"""ONNX Runtime shard backend: the shard exported to ONNX once, then run by onnxruntime on the CPU.
+
+The export is cached on the device (see ``onnx_cache``), keyed by model, weights, layer range and
+opset, so a restarted stage loads the file instead of exporting again. Frames are validated
+against the same ``input_spec`` as the torch backend and outputs carry the same names and dtypes
+(float32), so torch and onnx stages mix freely in one pipeline.
+
+Settings (environment of ``pipeedge-stage``):
+
+- ``AssignRequest.threads`` (else ``pipeedge-stage --threads``; 0 = onnxruntime's default, one
+  per core): intra-op threads of the session.
+- ``PIPEEDGE_ORT_OPT_LEVEL``: graph optimization level, ``disable``, ``basic``, ``extended`` or
+  ``all`` (default ``all``).
+- ``PIPEEDGE_ORT_SPIN``: ``1`` lets idle intra-op threads spin (lowest latency on an otherwise
+  idle device), ``0`` (default) makes them sleep, leaving the cores to the stage's receive and
+  send threads and to other processes.
+- ``PIPEEDGE_ONNX_OPSET``: opset to export with (default 17); part of the cache key, so files
+  built by ``pipeedge-coord export-onnx --opset N`` are found only with the same N.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeedge import models
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge.models.onnx_export import DEFAULT_OPSET, OUTPUT_PREFIX, export_shard
+from pipeedge.stage_server.backends.base import ShardBackend
+from pipeedge.stage_server.backends.onnx_cache import (OnnxCache, ShardKey, config_id, pushed_id,
+                                                       seed_id, state_id)
+
+log = logging.getLogger(__name__)
+
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class OrtSettings:
+    """How this stage runs onnxruntime; from the assignment and the environment."""
+
+    threads: int = 0
+    opt_level: str = "all"
+    spin: bool = False
+    opset: int = DEFAULT_OPSET
+
+    @classmethod
+    def from_env(cls, threads: int = 0, env: Mapping[str, str] | None = None) -> OrtSettings:
+        env = os.environ if env is None else env
+        level = env.get("PIPEEDGE_ORT_OPT_LEVEL", "all").strip().lower()
+        if level not in _OPT_LEVELS:
+            raise ValueError(f"PIPEEDGE_ORT_OPT_LEVEL={level!r} is unknown; use one of "
+                             f"{', '.join(_OPT_LEVELS)}")
+        spin = env.get("PIPEEDGE_ORT_SPIN", "0").strip()
+        if spin not in ("0", "1"):
+            raise ValueError(f"PIPEEDGE_ORT_SPIN={spin!r} is invalid; use 0 or 1")
+        opset = env.get("PIPEEDGE_ONNX_OPSET", str(DEFAULT_OPSET)).strip()
+        if not opset.isdigit():
+            raise ValueError(f"PIPEEDGE_ONNX_OPSET={opset!r} is not a number; use e.g. 17")
+        return cls(threads=threads, opt_level=level, spin=spin == "1", opset=int(opset))
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        so = ort.SessionOptions()
+        so.graph_optimization_level = levels[self.opt_level]
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spin else "0")
+        return so
+
+
+def weights_id(assignment: pb.AssignRequest, state: Mapping[str, torch.Tensor]) -> str:
+    """The weights part of the cache key: pushed sha256, digest of local tensors, or the seed."""
+    source = assignment.weights.WhichOneof("source")
+    if source == "pushed_sha256":
+        return pushed_id(assignment.weights.pushed_sha256)
+    if source == "local_path":
+        return state_id(state)
+    return seed_id(assignment.weights.random_seed if source == "random_seed" else 0)
+
+
+def shard_key(assignment: pb.AssignRequest, info: models.ModelInfo, weights: str,
+              opset: int) -> ShardKey:
+    return ShardKey(model=info.name, first_layer=assignment.first_layer,
+                    last_layer=assignment.last_layer, weights=weights, opset=opset,
+                    config=config_id(info.config))
+
+
+class OnnxShardBackend(ShardBackend):
+    """``cache_dir`` is the stage's cache root (exports go to its ``onnx/``); None = the default
+    ``~/.cache/pipeedge/onnx``."""
+
+    def __init__(self, assignment: pb.AssignRequest, state: dict[str, torch.Tensor],
+                 cache_dir: Path | None = None, *, settings: OrtSettings | None = None) -> None:
+        info = models.model_info(assignment.model_name, assignment.model_config_json or None)
+        what = f"{info.name} layers {assignment.first_layer}-{assignment.last_layer}"
+        if assignment.dtype not in (pb.DTYPE_UNSPECIFIED, pb.FLOAT32):
+            raise ValueError(f"backend onnx computes {what} in float32 only; set dtype: float32 "
+                             "or backend: torch")
+        if (assignment.device or "cpu") != "cpu":
+            raise ValueError(f"backend onnx runs {what} on the CPU only, not "
+                             f"{assignment.device}; set device: cpu or backend: torch")
+        self.settings = settings or OrtSettings.from_env(threads=assignment.threads)
+        shard = models.build_shard(info, assignment.first_layer, assignment.last_layer, state)
+        self.parameter_bytes = models.parameter_bytes(shard)
+        self._spec = shard.input_spec()
+        self._order = tuple(s.name for s in shard.output_spec())
+        self._max_tokens = (int(info.config.get("max_position_embeddings", 512))
+                            if shard.is_first and not info.is_vision else 0)
+        self.key = shard_key(assignment, info, weights_id(assignment, state), self.settings.opset)
+        self.cache = OnnxCache(cache_dir / "onnx" if cache_dir else None)
+        self.export_seconds = 0.0  # 0 when the cache had the file
+        start = time.perf_counter()
+        self.session = self._open(shard)
+        self.load_seconds = time.perf_counter() - start
+        del shard  # the session holds its own copy of the weights
+        graph_in = {i.name for i in self.session.get_inputs()}
+        self._inputs = tuple(s for s in self._spec if s.name in graph_in)
+        self._outputs = tuple(o.name for o in self.session.get_outputs())
+        computed = {n[len(OUTPUT_PREFIX):] for n in self._outputs}
+        self._passthrough = tuple(n for n in self._order if n not in computed)
+        log.info("onnx %s: %s (export %.2fs, load %.2fs, %s threads, opt %s)", what,
+                 "exported" if self.export_seconds else "from cache", self.export_seconds,
+                 self.load_seconds, self.settings.threads or "default", self.settings.opt_level)
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.export_seconds == 0.0
+
+    def _open(self, shard: models.ShardModule):
+        path = self.cache.lookup(self.key)
+        if path is not None:
+            try:
+                return self._session(path)
+            except Exception as exc:  # a file that hashes fine but onnxruntime rejects
+                log.warning("cached ONNX %s does not load (%s); exporting again", self.key.stem,
+                            " ".join(str(exc).split())[:200])
+                self.cache.discard(self.key)
+        start = time.perf_counter()
+        path = self.cache.store(
+            self.key, lambda p: export_shard(shard, p, opset=self.settings.opset))
+        self.export_seconds = time.perf_counter() - start
+        try:
+            return self._session(path)
+        except Exception as exc:
+            self.cache.discard(self.key)
+            raise ValueError(f"onnxruntime cannot load the export of {self.key.describe()}: "
+                             f"{' '.join(str(exc).split())[:300]}; use backend torch") from exc
+
+    def _session(self, path: Path):
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(path), sess_options=self.settings.session_options(),
+                                    providers=["CPUExecutionProvider"])
+
+    def validate(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        models.validate_inputs(self._spec, tensors)
+
+    def run(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self._max_tokens and tensors["input_ids"].shape[1] > self._max_tokens:
+            # What the torch shard's embeddings raise; the graph would fail less clearly.
+            raise ValueError(f"input_ids has {tensors['input_ids'].shape[1]} tokens but the "
+                             f"model has {self._max_tokens} positions; truncate the input")
+        feeds = {s.name: _array(tensors[s.name] if s.name in tensors
+                                else _zeros(s, tensors)) for s in self._inputs}
+        values = self.session.run(self._outputs, feeds)
+        computed = {n[len(OUTPUT_PREFIX):]: torch.from_numpy(v)
+                    for n, v in zip(self._outputs, values)}
+        return {n: computed[n] if n in computed else tensors[n] for n in self._order}
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _array(t: torch.Tensor):
+    """A numpy view of ``t`` (no copy when it is already contiguous and float32/int64)."""
+    t = t.detach().cpu()
+    if t.is_floating_point() and t.dtype != torch.float32:
+        t = t.float()  # as the torch shard casts floats to its compute dtype
+    return t.contiguous().numpy()
+
+
+def _zeros(spec: models.TensorSpec, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """An optional input left out (BERT token_type_ids): zeros, as the torch shard uses."""
+    like = next(iter(tensors.values()))
+    return torch.zeros(tuple(like.shape[: len(spec.shape)]), dtype=spec.dtype)
