@@ -1,10 +1,19 @@
-"""Synchronous client: one request (`infer`) or a pipelined stream of them (`infer_many`)."""
+"""Synchronous client: one request (`infer`) or a pipelined stream of them (`infer_many`).
+
+Failover: when the pipeline source can move (the coordinator's control plane, or the pipeline
+file it rewrites), a request that fails because a stage died is resent, with the same request
+id, to the new pipeline once the coordinator has re-planned. Results are matched by request id,
+so none is delivered twice.
+"""
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -12,34 +21,50 @@ import grpc
 import torch
 
 from pipeedge import channels
+from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
-from pipeedge.client.frames import request_frame, resolve_address, result_tensors, rpc_error
-from pipeedge.errors import DeadlineExceededError, StageUnavailableError
+from pipeedge.client.discovery import make_source
+from pipeedge.client.frames import request_frame, result_tensors, rpc_error
+from pipeedge.errors import (DeadlineExceededError, NotDeployedError, PipelineError,
+                             StageUnavailableError, status_from_int)
+
+log = logging.getLogger(__name__)
 
 _DONE = object()
+# Failures that a new pipeline can cure: a dead or reassigned stage, or one not yet redeployed.
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
+              grpc.StatusCode.CANCELLED)
 
 
 class PipelineClient:
     """Talks to a pipeline's first stage.
 
     Args:
-        address: "host:port" of the first stage; if omitted, read from `pipeline_file`.
-        pipeline_file: the file `pipeedge-coord deploy` wrote (default ./pipeline.json).
+        address: "host:port" of the first stage (no failover); or
+        pipeline_file: the file `pipeedge-coord deploy`/`serve` writes (default ./pipeline.json);
+        coordinator: "host:port" of `pipeedge-coord serve`, which tells where the pipeline starts.
         timeout_s: deadline for each request.
+        recovery_timeout_s: how long to wait for the coordinator to re-plan after a failure.
+        max_retries: resends of one request before its error is raised.
 
     Example:
-        >>> with PipelineClient("127.0.0.1:50051") as client:       # doctest: +SKIP
+        >>> with PipelineClient(coordinator="10.0.0.1:50050") as client:   # doctest: +SKIP
         ...     out = client.infer({"pixel_values": torch.rand(8, 3, 224, 224)})
     """
 
     def __init__(self, address: str | None = None, *, pipeline_file: str | Path | None = None,
-                 timeout_s: float = 60.0) -> None:
-        self.address = resolve_address(address, pipeline_file)
+                 coordinator: str | None = None, timeout_s: float = 60.0,
+                 recovery_timeout_s: float = 30.0, max_retries: int = 3) -> None:
+        self._source = make_source(address, pipeline_file, coordinator)
         self.timeout_s = timeout_s
-        self._channel = channels.open_channel(self.address)
-        self._stub = pb_grpc.StageStub(self._channel)
+        self.recovery_timeout_s = recovery_timeout_s
+        self.max_retries = max_retries
+        self.recoveries: list[float] = []  # seconds from a failure to the first result after it
         self._prefix = uuid.uuid4().hex[:8]
         self._count = 0
+        self._channel: grpc.Channel | None = None
+        self.address, self.version = self._source.entry()
+        self._connect(self.address)
 
     def __enter__(self) -> "PipelineClient":
         return self
@@ -48,84 +73,207 @@ class PipelineClient:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        if self._channel:
+            self._channel.close()
+        self._source.close()
+
+    def _connect(self, address: str) -> None:
+        if self._channel:
+            self._channel.close()
+        self.address = address
+        self._channel = channels.open_channel(address)
+        self._stub = pb_grpc.StageStub(self._channel)
 
     def _next_id(self) -> str:
         self._count += 1
         return f"{self._prefix}-{self._count}"
 
+    def _failover(self) -> bool:
+        """Wait for a newer pipeline and connect to it; False if none came."""
+        newer = self._source.wait_newer(self.version, self.recovery_timeout_s)
+        if newer is None:
+            return False
+        log.info("pipeline moved to %s (version %d)", *newer)
+        self._connect(newer[0])
+        self.version = newer[1]
+        return True
+
+    # -- one request ----------------------------------------------------------------------------
     def infer(self, inputs: Mapping[str, torch.Tensor], *,
               timeout_s: float | None = None) -> dict[str, torch.Tensor]:
         """Run one microbatch through the pipeline and return the last stage's outputs."""
         timeout = timeout_s or self.timeout_s
         request_id = self._next_id()
-        try:
-            result = self._stub.Infer(request_frame(request_id, inputs, timeout),
-                                      timeout=timeout)
-        except grpc.RpcError as exc:
-            raise rpc_error(exc, request_id) from None
-        return result_tensors(result)
+        frame = request_frame(request_id, inputs, timeout)
+        failed_at = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                result = self._stub.Infer(frame, timeout=timeout)
+            except grpc.RpcError as exc:
+                error = rpc_error(exc, request_id)
+                if exc.code() not in _RETRYABLE or attempt == self.max_retries:
+                    raise error from None
+                failed_at = failed_at or time.monotonic()
+                if not self._failover():
+                    time.sleep(0.2 * (attempt + 1))
+                _restamp(frame, timeout)
+                continue
+            if failed_at:
+                self.recoveries.append(time.monotonic() - failed_at)
+            return result_tensors(result)
+        raise AssertionError("unreachable")
 
+    # -- a stream of requests ---------------------------------------------------------------------
     def infer_many(self, batches: Iterable[Mapping[str, torch.Tensor]], *, window: int = 4,
                    timeout_s: float | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """Stream microbatches with up to `window` in flight; results come in input order.
 
-        A request that fails raises its typed error at its position in the output.
+        A request that fails for good raises its typed error at its position in the output.
         """
-        timeout = timeout_s or self.timeout_s
-        slots = threading.Semaphore(window)
-        ids: list[str] = []
-        stop = threading.Event()
-
-        def requests():
-            source = iter(batches)
-            while True:
-                # Take a slot before pulling the next input, so inputs are produced just in time.
-                while not slots.acquire(timeout=0.2):
-                    if stop.is_set():
-                        return
-                inputs = next(source, None)
-                if inputs is None or stop.is_set():
-                    return
-                ids.append(self._next_id())
-                yield request_frame(ids[-1], inputs, timeout)
-
-        call = self._stub.Forward(requests())
-        results: queue.Queue = queue.Queue()
-
-        def receive():
-            try:
-                for frame in call:
-                    results.put(frame)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.CANCELLED:
-                    results.put(exc)
-            results.put(_DONE)
-
-        threading.Thread(target=receive, name="sdk-receive", daemon=True).start()
-        arrived: dict[str, object] = {}
-        position = 0
+        stream = _Stream(self, iter(batches), window, timeout_s or self.timeout_s)
         try:
-            while True:
-                while position < len(ids) and ids[position] in arrived:
-                    frame = arrived.pop(ids[position])
+            yield from stream.results()
+        finally:
+            stream.stop()
+
+
+class _Stream:
+    """State of one `infer_many` call, surviving stream re-opens after failures."""
+
+    def __init__(self, client: PipelineClient, source: Iterator, window: int,
+                 timeout: float) -> None:
+        self.client = client
+        self.source = source
+        self.window = window
+        self.timeout = timeout
+        self.order: list[str] = []                        # request ids in input order
+        self.pending: OrderedDict[str, pb.Frame] = OrderedDict()  # sent, not yet answered
+        self.ready: dict[str, object] = {}                # answered, waiting for their turn
+        self.attempts: dict[str, int] = {}
+        self.exhausted = False
+        self.cond = threading.Condition()
+        self.call = None
+        self.failed_at: float | None = None
+        self._stopped = False
+
+    def stop(self) -> None:
+        with self.cond:
+            self._stopped = True
+            self.cond.notify_all()
+        if self.call is not None:
+            self.call.cancel()
+
+    def results(self) -> Iterator[dict[str, torch.Tensor]]:
+        position = 0
+        resend: list[str] = []
+        while True:
+            inbox: queue.Queue = queue.Queue()
+            alive = threading.Event()
+            alive.set()
+            self.call = self.client._stub.Forward(self._requests(resend, alive))
+            threading.Thread(target=_receive, args=(self.call, inbox), daemon=True,
+                             name="sdk-receive").start()
+            broken = False
+            while not broken:
+                while position < len(self.order) and self.order[position] in self.ready:
+                    item = self.ready.pop(self.order[position])
                     position += 1
-                    yield result_tensors(frame)
+                    if isinstance(item, PipelineError):
+                        raise item
+                    yield item
+                with self.cond:
+                    if self.exhausted and not self.pending:
+                        return
                 try:
-                    item = results.get(timeout=timeout)
+                    item = inbox.get(timeout=self.timeout)
                 except queue.Empty:
                     raise DeadlineExceededError(
-                        f"no result from {self.address} within {timeout:.0f}s; a stage may be "
-                        "stalled (check `pipeedge-coord status`)") from None
-                if item is _DONE:
-                    break
-                if isinstance(item, grpc.RpcError):
-                    raise rpc_error(item)
-                arrived[item.request_id] = item
-                slots.release()
-            if position < len(ids):
-                raise StageUnavailableError(f"stream to {self.address} ended with "
-                                            f"{len(ids) - position} results missing")
-        finally:
-            stop.set()
-            call.cancel()
+                        f"no result from {self.client.address} within {self.timeout:.0f}s; a "
+                        "stage may be stalled (check `pipeedge-coord status`)") from None
+                if isinstance(item, pb.Frame):
+                    broken = self._accept(item)
+                else:  # the stream ended or broke
+                    with self.cond:
+                        if self.exhausted and not self.pending:
+                            continue  # a clean end: every answer is in
+                    broken = True
+                    if isinstance(item, grpc.RpcError) and item.code() not in _RETRYABLE:
+                        raise rpc_error(item)
+            # Re-open on the (possibly new) pipeline and resend everything unanswered.
+            alive.clear()
+            self.call.cancel()
+            self.failed_at = self.failed_at or time.monotonic()
+            with self.cond:
+                resend = list(self.pending)
+            for rid in resend:
+                self.attempts[rid] = self.attempts.get(rid, 0) + 1
+                if self.attempts[rid] > self.client.max_retries:
+                    raise StageUnavailableError(
+                        f"request {rid} failed {self.attempts[rid]} times; the pipeline at "
+                        f"{self.client.address} keeps failing", request_id=rid)
+                _restamp(self.pending[rid], self.timeout)
+            if not self.client._failover():
+                time.sleep(0.2)
+
+    def _accept(self, frame: pb.Frame) -> bool:
+        """Take one result; True if it shows the pipeline broke (resend and re-open)."""
+        with self.cond:
+            if frame.request_id not in self.pending:
+                return False  # an answer to a request already answered: never deliver twice
+            code = status_from_int(frame.error.code) if frame.error.code else None
+            if code in _RETRYABLE:
+                return True
+            self.pending.pop(frame.request_id)
+            self.cond.notify_all()
+        try:
+            self.ready[frame.request_id] = result_tensors(frame)
+        except PipelineError as exc:
+            self.ready[frame.request_id] = exc
+        if self.failed_at is not None:
+            self.client.recoveries.append(time.monotonic() - self.failed_at)
+            self.failed_at = None
+        return False
+
+    def _requests(self, resend: list[str], alive: threading.Event):
+        for rid in resend:
+            frame = self.pending.get(rid)
+            if frame is not None:
+                yield frame
+        while True:
+            with self.cond:
+                while (len(self.pending) >= self.window and alive.is_set()
+                       and not self._stopped):
+                    self.cond.wait(0.2)
+                if self.exhausted or self._stopped or not alive.is_set():
+                    return
+            # Pull the next input only when a slot is free, so inputs are produced just in time.
+            inputs = next(self.source, None)
+            with self.cond:
+                if inputs is None:
+                    self.exhausted = True
+                    self.cond.notify_all()
+                    return
+                rid = self.client._next_id()
+                frame = request_frame(rid, inputs, self.timeout)
+                self.order.append(rid)
+                self.pending[rid] = frame
+            yield frame
+
+
+def _receive(call, inbox: queue.Queue) -> None:
+    try:
+        for frame in call:
+            inbox.put(frame)
+    except grpc.RpcError as exc:
+        inbox.put(exc)
+        return
+    inbox.put(_DONE)
+
+
+def _restamp(frame: pb.Frame, timeout: float) -> None:
+    """A resent request gets a fresh deadline."""
+    if frame.deadline_unix_ms:
+        frame.deadline_unix_ms = int((time.time() + timeout) * 1000)
+
+
+__all__ = ["PipelineClient", "NotDeployedError"]

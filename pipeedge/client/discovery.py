@@ -1,0 +1,90 @@
+"""Where the pipeline starts, and how to learn that it moved after a failure.
+
+Three sources, one interface: a fixed address (no failover), the pipeline file (re-read until
+it changes), or the coordinator's control plane (`GetPipeline` with `newer_than`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import grpc
+
+from pipeedge import channels
+from pipeedge._proto import coordinator_pb2 as cpb
+from pipeedge._proto import coordinator_pb2_grpc as cpb_grpc
+from pipeedge.pipeline_file import DEFAULT_PATH, Pipeline
+
+
+class PipelineSource:
+    """Fixed entry address: nothing to refresh."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+
+    def entry(self) -> tuple[str, int]:
+        """(entry address, version)."""
+        return self._address, 0
+
+    def wait_newer(self, version: int, timeout_s: float) -> tuple[str, int] | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class PipelineFileSource(PipelineSource):
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def entry(self) -> tuple[str, int]:
+        pipeline = Pipeline.load(self.path)
+        return pipeline.entry, int(pipeline.extra.get("version", 0))
+
+    def wait_newer(self, version: int, timeout_s: float) -> tuple[str, int] | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                address, current = self.entry()
+                if current > version:
+                    return address, current
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                pass
+            time.sleep(0.1)
+        return None
+
+
+class CoordinatorSource(PipelineSource):
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel = channels.open_channel(address)
+        self._stub = cpb_grpc.CoordinatorStub(self._channel)
+
+    def entry(self) -> tuple[str, int]:
+        info = self._stub.GetPipeline(cpb.GetPipelineRequest(),
+                                      timeout=channels.CONTROL_DEADLINE_S)
+        if not info.version:
+            raise RuntimeError(f"coordinator {self.address} has no pipeline deployed yet")
+        return info.entry, info.version
+
+    def wait_newer(self, version: int, timeout_s: float) -> tuple[str, int] | None:
+        try:
+            info = self._stub.GetPipeline(cpb.GetPipelineRequest(newer_than=version),
+                                          timeout=timeout_s)
+        except grpc.RpcError:
+            return None
+        return (info.entry, info.version) if info.version > version else None
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def make_source(address: str | None, pipeline_file: str | Path | None,
+                coordinator: str | None) -> PipelineSource:
+    if coordinator:
+        return CoordinatorSource(coordinator)
+    if address:
+        return PipelineSource(address)
+    return PipelineFileSource(Path(pipeline_file) if pipeline_file else DEFAULT_PATH)
