@@ -64,6 +64,41 @@ def deploy(hosts_file, partition, model, microbatch, pipeline_path, no_progress)
 
 
 @main.command()
+@click.argument("hosts_file", type=click.Path(path_type=Path))
+@click.option("--host", default="0.0.0.0", show_default=True, help="Control-plane address.")
+@click.option("--port", default=50050, show_default=True, help="Control-plane port.")
+@click.option("--check-interval", default=0.5, show_default=True,
+              help="Seconds between health checks of every stage.")
+def serve(hosts_file, host, port, check_interval):
+    """Deploy, then keep the pipeline alive: re-plan around failed stages (SDK: coordinator=)."""
+    import signal
+    import threading
+
+    from pipeedge.coordinator.control_plane import ControlPlane, start_server
+    from pipeedge.coordinator.deploy import DeployError
+    from pipeedge.coordinator.hosts import HostsFileError, load_deployment
+    from pipeedge.partition import PartitionError
+
+    try:
+        dep = load_deployment(hosts_file)
+        plane = ControlPlane(dep, pipeline_path=Path(dep.pipeline_file),
+                             check_interval_s=check_interval)
+        pipeline = plane.deploy()
+        server, bound = start_server(plane, f"{host}:{port}")
+    except (HostsFileError, PartitionError, DeployError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    plane.start_watching()
+    click.echo(f"serving pipeline v{plane.version} ({pipeline.model}, entry {pipeline.entry}) on "
+               f"{host}:{bound}; pipeline file {dep.pipeline_file}")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    plane.stop()
+    server.stop(2).wait()
+
+
+@main.command()
 @_PIPELINE_OPT
 def status(pipeline_path):
     """Show each stage's assignment, queues and counters."""
