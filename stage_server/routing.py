@@ -17,10 +17,23 @@ from pipeedge._proto import stage_pb2 as pb
 _END = object()
 
 
+class InFlight:
+    """Requests a stage has accepted and not yet answered, across all of its streams."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.value = 0
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.value += n
+
+
 class Route:
     """Result queue of one upstream stream, with the count of requests still owed an answer."""
 
-    def __init__(self) -> None:
+    def __init__(self, in_flight: InFlight | None = None) -> None:
+        self._in_flight = in_flight or InFlight()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._outstanding = 0
@@ -31,12 +44,14 @@ class Route:
         """Count one request accepted from this stream."""
         with self._lock:
             self._outstanding += 1
+        self._in_flight.add(1)
 
     def deliver(self, frame: pb.Frame) -> None:
         """Hand back one result (or error) frame for a request counted with `expect`."""
         with self._lock:
             self._outstanding -= 1
             finished = self._input_done and self._outstanding <= 0
+        self._in_flight.add(-1)
         self._results.put(frame)
         if finished:
             self._close()

@@ -48,8 +48,9 @@ def build_server(address: str, servicer: StageServicer) -> tuple[grpc.Server, in
 
 
 def serve(*, host: str, port: int, name: str, cache_dir: Path, threads: int, device: str,
-          grace_s: float = 10.0, ready_file: Path | None = None) -> None:
-    servicer = StageServicer(name, WeightCache(cache_dir), threads=threads, device=device)
+          grace_s: float = 10.0, ready_file: Path | None = None, max_in_flight: int = 64) -> None:
+    servicer = StageServicer(name, WeightCache(cache_dir), threads=threads, device=device,
+                             max_in_flight=max_in_flight)
     server, bound, health_servicer = build_server(f"{host}:{port}", servicer)
     server.start()
     log.info("stage %s listening on %s:%d (device %s, threads %s)", name, host, bound, device,

@@ -17,7 +17,7 @@ from pipeedge.partition import PartitionError
 from pipeedge.stage_server.backends import load_backend
 from pipeedge.stage_server.links import measure_link
 from pipeedge.stage_server.profiler import profile_layers
-from pipeedge.stage_server.routing import Route, error_frame
+from pipeedge.stage_server.routing import InFlight, Route, error_frame
 from pipeedge.stage_server.runtime import StageRuntime
 from pipeedge.stage_server.shard_loader import WeightsNotFound, load_shard_state
 from pipeedge.stage_server.weight_cache import WeightCache, WeightPushError
@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 
 class StageServicer(pb_grpc.StageServicer):
     def __init__(self, name: str, cache: WeightCache, *, threads: int = 0,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", max_in_flight: int = 64) -> None:
         self.name = name
+        # Accepted-but-unanswered requests over all streams; past the limit new ones are refused
+        # with RESOURCE_EXHAUSTED instead of queueing without bound.
+        self.in_flight = InFlight()
+        self.max_in_flight = max_in_flight
         self.cache = cache
         self.threads = threads
         self.device = device
@@ -97,7 +101,7 @@ class StageServicer(pb_grpc.StageServicer):
 
     # -- data path --------------------------------------------------------------------------------
     def Forward(self, request_iterator, context):
-        route = Route()
+        route = Route(self.in_flight)
         context.add_callback(route.cancel)
         reader = threading.Thread(target=self._read_stream, args=(request_iterator, route),
                                   name="upstream-reader", daemon=True)
@@ -105,7 +109,7 @@ class StageServicer(pb_grpc.StageServicer):
         yield from route.results()
 
     def Infer(self, request: pb.Frame, context) -> pb.Frame:
-        route = Route()
+        route = Route(self.in_flight)
         self._submit(request, route)
         route.input_done()
         remaining = context.time_remaining()
@@ -136,6 +140,13 @@ class StageServicer(pb_grpc.StageServicer):
                                       f"stage {self.name} has no assignment; run "
                                       "`pipeedge-coord deploy hosts.yml` first", self.name))
             return
+        if self.in_flight.value >= self.max_in_flight:
+            route.expect()
+            route.deliver(error_frame(
+                frame, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"stage {self.name} has {self.in_flight.value} requests in flight (limit "
+                f"{self.max_in_flight}); send fewer at once or raise --max-in-flight", self.name))
+            return
         runtime.submit(frame, route)
 
     # -- status -----------------------------------------------------------------------------------
@@ -150,7 +161,7 @@ class StageServicer(pb_grpc.StageServicer):
         status.assignment.CopyFrom(rt.assignment)
         status.assignment_id = rt.assignment_id
         status.queue_in_depth, status.queue_out_depth = qin, qout
-        status.in_flight = qin + qout + (rt.link.in_flight if rt.link else 0)
+        status.in_flight = self.in_flight.value
         status.frames_processed, status.items_processed, status.errors = c.frames, c.items, c.errors
         status.compute_seconds = c.compute_s
         status.bytes_received, status.bytes_sent = c.bytes_in, c.bytes_out

@@ -89,3 +89,34 @@ def _wait(predicate, timeout=30.0):
     while not predicate():
         assert time.monotonic() < deadline, "timed out waiting for the control plane"
         time.sleep(0.1)
+
+
+def test_sigterm_reports_not_serving_and_finishes_what_it_holds(cluster_factory):
+    import signal
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from pipeedge import channels
+
+    cluster = cluster_factory(1)
+    dep = load_deployment(cluster.hosts_file(MODEL, partition="1,12", microbatch=2))
+    from pipeedge.coordinator import deploy as deploy_mod
+
+    pipeline = deploy_mod.deploy(dep, deploy_mod.plan_stages(dep), progress=False)
+    x = models.example_inputs(models.model_info(MODEL), 2)
+    channel = channels.open_channel(pipeline.entry)
+    health = health_pb2_grpc.HealthStub(channel)
+    with PipelineClient(pipeline.entry) as client:
+        stream = client.infer_many([x] * 12, window=4)
+        first = next(stream)
+        cluster.stages[0].process.send_signal(signal.SIGTERM)
+        rest = list(stream)  # requests already held by the stage are answered
+        assert len(rest) == 11 and all(torch.equal(r["logits"], first["logits"]) for r in rest)
+    status = None
+    try:
+        status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+    except Exception:
+        pass  # already gone is fine too
+    assert status in (None, health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert cluster.stages[0].process.wait(timeout=20) == 0
+    channel.close()
