@@ -75,6 +75,19 @@ std::uint64_t search_states(const std::vector<std::vector<std::size_t>>& classes
              : m * k;
 }
 
+// w_l = mean over classes of time_k(l) / total_k.
+void set_work_model(ClassInstance& in) {
+  const std::size_t L = in.layers, K = in.classes;
+  std::vector<double> w(L, 0.0);
+  for (std::size_t k = 0; k < K; ++k) {
+    const double total = in.time_prefix[k][L];
+    if (total <= 0) continue;
+    for (std::size_t l = 0; l < L; ++l) w[l] += in.compute_s(k, l, l + 1) / total / static_cast<double>(K);
+  }
+  in.work_suffix.assign(L + 1, 0.0);
+  for (std::size_t l = L; l-- > 0;) in.work_suffix[l] = in.work_suffix[l + 1] + w[l];
+}
+
 }  // namespace
 
 std::uint64_t count_states(const std::vector<std::uint32_t>& count) {
@@ -179,6 +192,10 @@ ClassInstance build_instance(const CostModel& model, const std::vector<std::vect
       in.link[u * K + v] = leg;  // u == v with one member: never used (pair_allowed)
     }
   }
+
+  set_work_model(in);
+  in.weight_suffix.assign(L + 1, 0.0);
+  for (std::size_t l = L; l-- > 0;) in.weight_suffix[l] = in.weight_suffix[l + 1] + p.model.mem_MB[l];
 
   in.mem_ok.assign(K * L * W, 0);
   for (std::size_t i = 0; i < L; ++i) {

@@ -25,6 +25,10 @@ struct ClassInstance {
   std::vector<double> input_s, input_latency_s;     // per class; 0 when not modelled
   std::vector<double> output_s, output_latency_s;   // per class; 0 when not modelled
   std::vector<bits::Word> mem_ok;                   // [(k * L + i) * W]: ends j with (i, j] fitting
+  // Additive layer measures for capacity bounds (pruning): work w_l is the classes' mean
+  // normalised time profile, so stages of equal compute carry similar work on any device.
+  std::vector<double> work_suffix;                  // [i]: sum of w_l over layers after i
+  std::vector<double> weight_suffix;                // [i]: weight MB of layers after i
 
   double compute_s(std::size_t k, std::size_t i, std::size_t j) const {
     return time_prefix[k][j] - time_prefix[k][i];
@@ -36,6 +40,12 @@ struct ClassInstance {
   // A u -> v hand-over needs two distinct devices: within one class, at least two members.
   bool pair_allowed(std::size_t u, std::size_t v) const { return u != v || count[u] >= 2; }
   const bits::Word* fits(std::size_t k, std::size_t i) const { return &mem_ok[(k * layers + i) * words]; }
+};
+
+// A stage of a class-level schedule.
+struct PathStep {
+  std::size_t cls;  // class of the stage's device
+  std::size_t end;  // last layer of the stage (it covers (previous end, end])
 };
 
 // Groups devices whose swap changes no cost: equal profile and memory, and swapping the two

@@ -50,10 +50,53 @@ bool gather_cuts(const ClassInstance& in, const ThresholdTables& t, const ReachS
   return seen != 0;
 }
 
+// First position from which the unused devices might still finish: the layers, work and
+// weights after it must fit in the sum of their per-stage maxima (relaxations of one stage each).
+std::size_t first_viable(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t,
+                         const std::vector<std::uint32_t>& used) {
+  const std::size_t K = in.classes, L = in.layers;
+  std::size_t span = 0;
+  double work = 0, memory = 0;
+  for (std::size_t v = 0; v < K; ++v) {
+    const std::uint32_t left = space.count[v] - used[v];
+    span += left * t.max_span[v];
+    work += left * t.max_work[v];
+    memory += left * t.max_weight[v];
+  }
+  std::size_t first = span >= L ? 0 : L - span;
+  auto after = [&](const std::vector<double>& suffix, double cap) {  // least i with suffix[i] <= cap
+    return static_cast<std::size_t>(
+        std::partition_point(suffix.begin(), suffix.end(), [cap](double x) { return x > cap; }) - suffix.begin());
+  };
+  first = std::max(first, after(in.work_suffix, work));
+  first = std::max(first, after(in.weight_suffix, memory));
+  return first;
+}
+
+// Clears positions before first_viable(); returns false if nothing is left at m.
+bool prune(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t,
+           const std::vector<std::uint32_t>& used, ReachSets& reach, std::uint64_t m) {
+  const std::size_t K = in.classes, W = in.words;
+  const std::size_t first = first_viable(in, space, t, used);
+  if (first <= 1) return true;
+  const std::size_t first_bit = first - 1;  // position p is bit p - 1
+  bool alive = false;
+  for (std::size_t u = 0; u < K; ++u) {
+    if (!used[u]) continue;
+    bits::Word* r = reach.at(m, u);
+    for (std::size_t w = 0; w < W && w * 64 < first_bit; ++w) {
+      const std::size_t lo = w * 64;
+      r[w] &= (first_bit >= lo + 64) ? 0 : ~((bits::Word{1} << (first_bit - lo)) - 1);
+    }
+    alive = alive || bits::any(r, W);
+  }
+  return alive;
+}
+
 }  // namespace
 
 bool forward(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t, std::size_t max_stages,
-             bool stop_at_goal, ReachSets& reach) {
+             bool stop_at_goal, ReachSets& reach, const LatencyFilter* filter) {
   const std::size_t K = in.classes, W = in.words, L = in.layers;
   reach.reset(space, K, W);
   for (std::size_t v = 0; v < K; ++v) {
@@ -69,6 +112,18 @@ bool forward(const ClassInstance& in, const CountSpace& space, const ThresholdTa
   for (std::uint64_t m = 1; m < space.size; ++m) {
     if (!reach.live[m]) continue;
     const std::uint32_t stages = space.digits(m, used);
+    if (!prune(in, space, t, used, reach, m)) continue;
+    if (filter) {
+      bool alive = false;
+      for (std::size_t u = 0; u < K; ++u) {
+        if (!used[u]) continue;
+        bits::Word* r = reach.at(m, u);
+        const bits::Word* keep = filter->mask(space, used, u);
+        for (std::size_t w = 0; w < W; ++w) r[w] &= keep[w];
+        alive = alive || bits::any(r, W);
+      }
+      if (!alive) continue;
+    }
     for (std::size_t u = 0; u < K; ++u) {
       if (used[u] && t.end_ok[u] && bits::test(reach.at(m, u), L - 1)) found = true;
     }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "count_space.hpp"
+#include "latency_filter.hpp"
 #include "threshold_tables.hpp"
 
 namespace pipeedge_sched {
@@ -32,8 +33,10 @@ struct ReachSets {
 
 // Fills `reach` with every state reachable using at most max_stages stages; returns whether a
 // complete schedule exists. stop_at_goal returns at the first complete one (reach then partial).
+// A filter, when given, also drops the states it rules out.
 bool forward(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t,
-             std::size_t max_stages, bool stop_at_goal, ReachSets& reach);
+             std::size_t max_stages, bool stop_at_goal, ReachSets& reach,
+             const LatencyFilter* filter = nullptr);
 
 // Fills `useful` with the reachable states from which a complete schedule is still possible.
 void backward(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t,

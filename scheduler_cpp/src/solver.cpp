@@ -9,6 +9,7 @@
 
 #include "bottleneck.hpp"
 #include "class_instance.hpp"
+#include "latency_filter.hpp"
 #include "pipeedge_sched/cost_model.hpp"
 #include "refine.hpp"
 #include "relaxation.hpp"
@@ -18,10 +19,13 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr std::size_t kNoLimit = static_cast<std::size_t>(-1);
+constexpr std::uint64_t kPlainDpStates = std::uint64_t{1} << 14;  // count vectors x classes
+constexpr int kCappedTries = 3;  // latency guesses over the state cap before giving up
 
 struct ClassPlan {
   bool found = false;
-  bool tie_break_exact = true;   // false: the stage-limited passes hit the cap
+  bool tie_break_exact = true;   // false: the latency search hit its limits
+  double latency_bound = 0;      // when not exact: proven lower bound on the latency
   std::vector<PathStep> path;
 };
 
@@ -67,48 +71,80 @@ std::vector<PathStep> greedy_path(const ClassInstance& in, const CountSpace& spa
   return path;
 }
 
+// Latency of a class path, summed as the DPs do.
+double path_latency(const ClassInstance& in, const std::vector<PathStep>& path) {
+  double latency = in.input_s[path.front().cls] + in.input_latency_s[path.front().cls];
+  std::size_t begin = 0;
+  for (std::size_t k = 0; k < path.size(); ++k) {
+    const std::size_t v = path[k].cls;
+    if (k > 0) latency += in.transfer_s(path[k - 1].cls, v, begin) + in.link_latency_s(path[k - 1].cls, v);
+    latency += in.compute_s(v, begin, path[k].end);
+    begin = path[k].end;
+  }
+  return latency + in.output_s[path.back().cls] + in.output_latency_s[path.back().cls];
+}
+
 // Least (latency, bottleneck, stages) schedule with every stage cost <= T.
 ClassPlan best_path(const ClassInstance& in, const CountSpace& space, double threshold, const Options& options,
                     SearchStats& stats) {
   ClassPlan plan;
   const ThresholdTables t = make_tables(in, threshold);
   ReachSets reach, useful;
-  RefineResult r = refine(in, space, t, kNoLimit, options.max_refine_states, reach, useful);
-  stats.refine_states = r.states;
-  if (!r.capped) {
-    plan.found = r.found;
-    plan.path = r.path;
-    return plan;
-  }
-  // Too many useful states: the best schedule with at most s stages is final once no
-  // schedule with more stages can beat it, even with unlimited devices.
-  // At T* every complete schedule has bottleneck T*, so equal latency with more stages loses;
-  // without a threshold a longer schedule of equal latency might still have a lower bottleneck.
-  const bool bounded = std::isfinite(threshold);
-  auto beaten = [bounded](double bound, double latency) { return bounded ? bound >= latency : bound > latency; };
-  RefineResult best;
-  std::size_t devices = 0;
-  for (std::uint32_t c : in.count) devices += c;
-  for (std::size_t s = 1;; s = std::min(2 * s, devices)) {
-    RefineResult limited = refine(in, space, t, s, options.max_refine_states, reach, useful);
-    stats.refine_states = limited.states;
-    if (limited.capped) break;
-    if (limited.found && (!best.found || limited.key < best.key)) best = limited;
-    if (s >= devices || (best.found && beaten(relaxed_latency_beyond(in, t, s), best.key.latency_s))) {
-      plan.found = best.found;
-      plan.path = best.path;
+  RefineResult r;
+  // Small spaces: one plain DP. Large ones go straight to the filtered search below.
+  if (space.size * in.classes <= kPlainDpStates) {
+    r = refine(in, space, t, kNoLimit, options.max_refine_states, reach, useful);
+    stats.refine_states = r.states;
+    if (!r.capped) {
+      plan.found = r.found;
+      plan.path = r.path;
       return plan;
     }
   }
+  // Too many states. Search the latency between a Lagrangian lower bound and an
+  // incumbent: the DP restricted by LatencyFilter(g) keeps every schedule of latency <= g, so
+  // if its best schedule has latency <= g it is optimal (tie-breaks included); otherwise no
+  // schedule is below g. Guesses grow from the bound; a capped guess is cut back. A few capped
+  // tries end the search with the incumbent and the proven bound.
+  const LatencyPenalties lagrange = latency_penalties(in, t, kInf);
+  double lo = lagrange.bound, hi = kInf;
+  if (!lagrange.schedule.empty()) {
+    plan.path = lagrange.schedule;
+    hi = path_latency(in, plan.path);
+  }
+  double delta = std::max(1e-4 * std::fabs(lo), 1e-9);
+  int capped = 0;
+  for (int attempt = 0; attempt < 40 && capped < kCappedTries && std::isfinite(lo); ++attempt) {
+    const double guess = std::min(hi, lo + delta);
+    const LatencyFilter filter(in, t, guess, lagrange.penalty);
+    r = refine(in, space, t, kNoLimit, options.max_refine_states, reach, useful, &filter);
+    stats.refine_states = r.states;
+    if (r.capped) {
+      ++capped;
+      delta = (guess - lo) / 4;
+      continue;
+    }
+    if (r.found && r.key.latency_s <= guess) {
+      plan.path = r.path;
+      plan.found = true;
+      return plan;
+    }
+    if (r.found && r.key.latency_s < hi) {
+      plan.path = r.path;
+      hi = r.key.latency_s;
+    }
+    if (guess >= hi) break;  // cannot happen: the incumbent itself survives the filter
+    lo = guess;
+    delta *= 4;
+  }
   plan.tie_break_exact = false;
-  plan.found = best.found;
-  plan.path = best.path;
-  if (!plan.found) {  // any T-feasible schedule will do; the full useful sets exist
+  plan.latency_bound = lo;
+  if (plan.path.empty()) {  // any T-feasible schedule will do
     forward(in, space, t, kNoLimit, false, reach);
     backward(in, space, t, kNoLimit, reach, useful);
     plan.path = greedy_path(in, space, t, useful);
-    plan.found = !plan.path.empty();
   }
+  plan.found = !plan.path.empty();
   return plan;
 }
 
@@ -149,20 +185,24 @@ Schedule solve(const Problem& problem, const Options& options) {
   double threshold = kInf;
   double bound = kInf;
   Schedule out;
+  ClassPlan plan;
   if (problem.objective == Objective::Throughput) {
-    ReachSets scratch;
-    const BottleneckResult b = min_bottleneck(in, space, scratch);
+    const BottleneckResult b = min_bottleneck(in, space, options.max_refine_states);
     stats.feasibility_checks = b.checks;
-    if (!b.feasible) {
-      out.method = exhaustive ? "exact search: no schedule fits" : "heuristic (merged device classes) found no schedule";
-      out.exact = exhaustive;
-      out.stats = stats;
-      return out;
+    stats.refine_states = b.best.states;
+    if (b.feasible) {
+      threshold = b.threshold;
+      bound = threshold;
+      if (b.refined) {
+        plan.found = true;
+        plan.path = b.best.path;
+      } else {
+        plan = best_path(in, space, threshold, options, stats);
+      }
     }
-    threshold = b.threshold;
-    bound = threshold;
+  } else {
+    plan = best_path(in, space, threshold, options, stats);
   }
-  const ClassPlan plan = best_path(in, space, threshold, options, stats);
   if (!plan.found) {
     out.method = exhaustive ? "exact search: no schedule fits" : "heuristic (merged device classes) found no schedule";
     out.exact = exhaustive;
@@ -174,16 +214,20 @@ Schedule solve(const Problem& problem, const Options& options) {
   if (exhaustive) {
     out.exact = problem.objective == Objective::Throughput || plan.tie_break_exact;
     out.lower_bound = problem.objective == Objective::Throughput ? bound : objective_value(out, problem.objective);
-    out.method = plan.tie_break_exact ? "exact" : "exact bottleneck; latency tie-break greedy (state cap)";
-    if (!out.exact) {
-      out.lower_bound = relaxed_latency_beyond(in, make_tables(in, kInf), 0);
+    if (plan.tie_break_exact) {
+      out.method = "exact";
+    } else if (problem.objective == Objective::Throughput) {
+      out.method = "exact bottleneck; latency tie-break stopped at the state cap";
+    } else {
+      out.method = "latency search stopped at the state cap; gap is against its proven bound";
     }
+    if (!out.exact) out.lower_bound = plan.latency_bound;
   } else {
     const ClassInstance fine = build_instance(model, exact);
     out.exact = false;
     out.lower_bound = problem.objective == Objective::Throughput
-                          ? relaxed_bottleneck(fine)
-                          : relaxed_latency_beyond(fine, make_tables(fine, kInf), 0);
+                          ? bottleneck_lower_bound(fine)
+                          : latency_bound_beyond(fine, make_tables(fine, kInf), 0, out.latency_s, 200);
     out.method = "heuristic: " + std::to_string(exact.size()) + " device classes merged into " +
                  std::to_string(in.classes) + " (exact search limit)";
   }

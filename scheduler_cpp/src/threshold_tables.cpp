@@ -1,7 +1,9 @@
 // Per-threshold tables: O(K L W + K^2 L) per call.
 #include "threshold_tables.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace pipeedge_sched {
 
@@ -10,6 +12,9 @@ ThresholdTables make_tables(const ClassInstance& in, double T) {
   ThresholdTables t;
   t.threshold = T;
   t.stage.assign(K * L * W, 0);
+  t.max_span.assign(K, 0);
+  t.max_work.assign(K, 0.0);
+  t.max_weight.assign(K, 0.0);
   for (std::size_t v = 0; v < K; ++v) {
     std::size_t last = 0;  // largest j with compute (i, j] <= T; non-decreasing in i
     for (std::size_t i = 0; i < L; ++i) {
@@ -20,6 +25,15 @@ ThresholdTables make_tables(const ClassInstance& in, double T) {
       bits::set_range(out, i, last);  // ends i+1..last are bits i..last-1
       const bits::Word* fit = in.fits(v, i);
       for (std::size_t w = 0; w < W; ++w) out[w] &= fit[w];
+      for (std::size_t w = W; w-- > 0;) {
+        if (out[w]) {  // highest end j = bit + 1
+          const std::size_t j = w * 64 + 63 - static_cast<std::size_t>(__builtin_clzll(out[w])) + 1;
+          t.max_span[v] = std::max(t.max_span[v], j - i);
+          t.max_work[v] = std::max(t.max_work[v], in.work_suffix[i] - in.work_suffix[j]);
+          t.max_weight[v] = std::max(t.max_weight[v], in.weight_suffix[i] - in.weight_suffix[j]);
+          break;
+        }
+      }
     }
   }
   t.handover.assign(K * K * W, 0);
@@ -36,6 +50,8 @@ ThresholdTables make_tables(const ClassInstance& in, double T) {
     }
   }
   for (std::size_t k = 0; k < K; ++k) {
+    t.max_work[k] = t.max_work[k] * (1 + 1e-9) + 1e-12;
+    t.max_weight[k] = t.max_weight[k] * (1 + 1e-9) + 1e-9;
     t.start_ok.push_back(in.input_s[k] <= T && std::isfinite(in.input_s[k]));
     t.end_ok.push_back(in.output_s[k] <= T && std::isfinite(in.output_s[k]));
   }

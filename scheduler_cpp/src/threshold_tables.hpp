@@ -16,6 +16,11 @@ struct ThresholdTables {
   std::vector<std::uint8_t> pair_ok;  // [u * K + v]: any handover bit set
   std::vector<std::uint8_t> start_ok; // [v]: client -> v input leg within T
   std::vector<std::uint8_t> end_ok;   // [u]: u -> client output leg within T
+  // Per class, the most one allowed stage can hold, measured in layers, work and weight MB
+  // (with slack for rounding: bounds built on these must never drop a feasible state).
+  std::vector<std::size_t> max_span;
+  std::vector<double> max_work;
+  std::vector<double> max_weight;
 
   const bits::Word* stages_from(const ClassInstance& in, std::size_t v, std::size_t i) const {
     return &stage[(v * in.layers + i) * in.words];

@@ -52,7 +52,7 @@ struct Options {
   std::uint64_t max_search_states = std::uint64_t{1} << 21;
   // Tie-break DP limit: valued (count vector, class, layer) states before the stage-count
   // limited passes take over.
-  std::uint64_t max_refine_states = std::uint64_t{1} << 22;
+  std::uint64_t max_refine_states = std::uint64_t{1} << 21;
 };
 
 // Throws std::invalid_argument for malformed input. An infeasible instance is not an error:
