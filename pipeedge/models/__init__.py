@@ -1,10 +1,13 @@
-"""Model shards for pipeline-parallel inference: ViT, DeiT (distilled) and the BERT family.
+"""Model shards for pipeline-parallel inference: ViT, DeiT (distilled), the BERT family, and the
+decoder-only GPT-2 and Llama families (``decoder.py``; per-session KV cache in ``kv_cache.py``).
 
 A model of N transformer blocks has 4*N sub-layers; a shard is any contiguous range of them. See
 ``shard.py`` for the tensors that cross a cut, ``weights.py`` for where a shard's tensors come from.
 """
 
 from .build import build_shard, example_inputs, parameter_bytes, shard_tensor_names
+from .decoder import DecoderShard
+from .kv_cache import KVCache, kv_cache_bytes_per_layer
 from .reference import build_reference
 from .registry import MODEL_NAMES, ModelInfo, model_info
 from .shard import ShardModule, boundary_spec, check_layer_range
@@ -23,6 +26,8 @@ from .weights import (
 )
 
 __all__ = [
+    "DecoderShard",
+    "KVCache",
     "MODEL_NAMES",
     "MissingTensorError",
     "ModelInfo",
@@ -37,6 +42,7 @@ __all__ = [
     "build_shard",
     "check_layer_range",
     "example_inputs",
+    "kv_cache_bytes_per_layer",
     "load_safetensors_bytes",
     "load_shard_state",
     "model_info",

@@ -17,6 +17,11 @@ logger = logging.getLogger(__name__)
 
 
 def _shard_class(info: ModelInfo) -> type[ShardModule]:
+    if info.is_decoder:  # decoder-only LMs (decoder.py): GPT-2, Llama
+        from .gpt2 import GPT2Shard
+        from .llama import LlamaShard
+
+        return GPT2Shard if info.family == "gpt2" else LlamaShard
     return VisionShard if info.is_vision else BertShard
 
 
@@ -108,6 +113,10 @@ def example_inputs(
     if info.is_vision:
         s = info.image_size
         return {"pixel_values": torch.randn(batch_size, info.num_channels, s, s, generator=g)}
+    if info.is_decoder:  # decoders take token ids only (no padding, no mask)
+        from .decoder import decoder_example_inputs
+
+        return decoder_example_inputs(info, batch_size, seq_len, g)
 
     max_pos = int(info.config.get("max_position_embeddings", 512))
     if not 1 <= seq_len <= max_pos:

@@ -28,6 +28,8 @@ def _model_class(info: ModelInfo) -> type:
         ("bert", "base"): "BertModel",
         ("bert", "mean-pooling"): "BertModel",
         ("bert", "sequence-classification"): "BertForSequenceClassification",
+        ("gpt2", "causal-lm"): "GPT2LMHeadModel",
+        ("llama", "causal-lm"): "LlamaForCausalLM",
     }
     return getattr(transformers, names[(info.family, info.head)])
 
@@ -61,6 +63,9 @@ def build_reference(
         if info.is_vision:
             out = model(pixel_values=tensors["pixel_values"].to(dtype))
             return {"logits": out.logits}
+        if info.is_decoder:  # as the last decoder shard: logits of the last position only
+            out = model(input_ids=tensors["input_ids"], use_cache=False)
+            return {"logits": out.logits[:, -1]}
         kwargs = {
             k: tensors[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in tensors
         }

@@ -13,8 +13,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
-Family = Literal["vit", "deit", "bert"]
-Head = Literal["image-classification", "sequence-classification", "base", "mean-pooling"]
+Family = Literal["vit", "deit", "bert", "gpt2", "llama"]
+Head = Literal["image-classification", "sequence-classification", "base", "mean-pooling", "causal-lm"]
+
+# Decoder-only (autoregressive) families: shards keep a per-session KV cache (see ``decoder.py``).
+DECODER_FAMILIES: tuple[str, ...] = ("gpt2", "llama")
+# Checkpoint prefix of the backbone where it is not ``<family>.``.
+_PREFIXES = {"gpt2": "transformer.", "llama": "model."}
 
 # name -> (family, head). DeiT here always means the *distilled* variant (cls + distillation token).
 _MODELS: dict[str, tuple[Family, Head]] = {
@@ -32,6 +37,12 @@ _MODELS: dict[str, tuple[Family, Head]] = {
     "pipeedge/tiny-vit": ("vit", "image-classification"),
     "pipeedge/tiny-deit": ("deit", "image-classification"),
     "pipeedge/tiny-bert": ("bert", "base"),
+    # Decoder-only models (text generation).
+    "gpt2": ("gpt2", "causal-lm"),
+    "gpt2-medium": ("gpt2", "causal-lm"),
+    "TinyLlama/TinyLlama-1.1B-Chat-v1.0": ("llama", "causal-lm"),
+    "pipeedge/tiny-gpt2": ("gpt2", "causal-lm"),
+    "pipeedge/tiny-llama": ("llama", "causal-lm"),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
@@ -42,6 +53,8 @@ _ARCHITECTURES: dict[str, tuple[Family, Head]] = {
     "DeiTForImageClassificationWithTeacher": ("deit", "image-classification"),
     "BertModel": ("bert", "base"),
     "BertForSequenceClassification": ("bert", "sequence-classification"),
+    "GPT2LMHeadModel": ("gpt2", "causal-lm"),
+    "LlamaForCausalLM": ("llama", "causal-lm"),
 }
 
 _REQUIRED_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
@@ -98,8 +111,14 @@ class ModelInfo:
 
     @property
     def prefix(self) -> str:
-        """Checkpoint prefix of the backbone (``vit.``, ``deit.``, ``bert.``); heads have none."""
-        return f"{self.family}."
+        """Checkpoint prefix of the backbone (``vit.``, ``deit.``, ``bert.``, ``transformer.`` for
+        GPT-2, ``model.`` for Llama); heads have none."""
+        return _PREFIXES.get(self.family, f"{self.family}.")
+
+    @property
+    def is_decoder(self) -> bool:
+        """Decoder-only language model: sessions, KV cache, logits of the last position."""
+        return self.family in DECODER_FAMILIES
 
     @property
     def is_vision(self) -> bool:
@@ -171,4 +190,21 @@ def model_info(name: str, config_json: str | None = None) -> ModelInfo:
                 f"({', '.join(_ARCHITECTURES)}); known models: {', '.join(MODEL_NAMES)}"
             )
         family, head = _ARCHITECTURES[archs[0]]
+    if family == "gpt2":
+        config = _gpt2_canonical_keys(config)
     return ModelInfo(name=name, family=family, head=head, config=config)
+
+
+def _gpt2_canonical_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """GPT-2 configs name the core fields n_embd/n_layer/n_head/n_inner (transformers maps them
+    through ``GPT2Config.attribute_map``); add the common names beside them, as GPT2Config accepts
+    both, so every shard reads ``hidden_size`` etc. the same way."""
+    out = dict(config)
+    aliases = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
+               "num_attention_heads": "n_head", "max_position_embeddings": "n_positions"}
+    for key, alias in aliases.items():
+        if key not in out and alias in out:
+            out[key] = out[alias]
+    if "intermediate_size" not in out and "hidden_size" in out:
+        out["intermediate_size"] = out.get("n_inner") or 4 * int(out["hidden_size"])
+    return out

@@ -51,6 +51,10 @@ def boundary_spec(
             f"cut after layer {cut_after} is invalid for {info.name}: "
             f"need 1 <= cut < {info.num_layers}"
         )
+    if info.is_decoder:  # no attention mask; the context width may differ (decoder.py)
+        from .decoder import decoder_boundary_spec
+
+        return decoder_boundary_spec(info, cut_after, dtype, batch, seq_len)
     S = info.seq_len if info.is_vision else seq_len
     sub = (cut_after - 1) % 4 + 1
     width = info.intermediate_size if sub == 3 else info.hidden_size

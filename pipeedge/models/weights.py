@@ -70,12 +70,24 @@ def candidate_keys(info: ModelInfo, name: str) -> list[str]:
     cands = [name]
     if name.startswith(info.prefix):
         cands.append(name[len(info.prefix) :])
+    if info.is_decoder and name == "lm_head.weight" and _tied(info):
+        # Tied LM head: checkpoints usually store only the input embedding.
+        emb = _EMBEDDING[info.family]
+        cands += [info.prefix + emb, emb]
     legacy = {"LayerNorm.weight": "LayerNorm.gamma", "LayerNorm.bias": "LayerNorm.beta"}
     for c in list(cands):
         for new, old in legacy.items():
             if c.endswith(new):
                 cands.append(c[: -len(new)] + old)
     return cands
+
+
+# Decoders: the input embedding (without prefix) that a tied LM head shares.
+_EMBEDDING = {"gpt2": "wte.weight", "llama": "embed_tokens.weight"}
+
+
+def _tied(info: ModelInfo) -> bool:
+    return bool(info.config.get("tie_word_embeddings", info.family == "gpt2"))
 
 
 def _missing(info: ModelInfo, where: str, name: str) -> MissingTensorError:
@@ -286,10 +298,13 @@ def _stable_seed(*parts: object) -> int:
 def random_tensor(info: ModelInfo, name: str, shape: torch.Size, seed: int) -> torch.Tensor:
     """Tensor ``name`` of the seeded random model: normal(0, initializer_range) for weights and
     embeddings, zeros for biases, ones for LayerNorm weights (as transformers initialises)."""
+    if info.is_decoder and name == "lm_head.weight" and _tied(info):
+        name = info.prefix + _EMBEDDING[info.family]  # a tied head equals the embedding
     parent, _, leaf = name.rpartition(".")
     if leaf in ("bias", "beta"):
         return torch.zeros(shape)
-    if "layernorm" in parent.rsplit(".", 1)[-1].lower():
+    norm = parent.rsplit(".", 1)[-1].lower()
+    if "layernorm" in norm or norm in ("ln_1", "ln_2", "ln_f", "norm"):  # GPT-2/Llama norms too
         return torch.ones(shape)
     std = float(info.config.get("initializer_range", 0.02))
     g = torch.Generator().manual_seed(_stable_seed(info.name, name, seed))
@@ -391,6 +406,8 @@ _ARCHITECTURE = {
     ("bert", "base"): "BertModel",
     ("bert", "mean-pooling"): "BertModel",
     ("bert", "sequence-classification"): "BertForSequenceClassification",
+    ("gpt2", "causal-lm"): "GPT2LMHeadModel",
+    ("llama", "causal-lm"): "LlamaForCausalLM",
 }
 
 
