@@ -78,7 +78,7 @@ def bench_shard(model: str, blocks: int, batches: list[int], threads: int, budge
         ref, got = run_torch(), onnx_backend.run(x)  # also the warm-up
         diff = max((ref[k] - got[k]).abs().max().item() for k in ref if k != "attention_mask")
         times = time_pair({"torch": run_torch, "onnx": lambda: onnx_backend.run(x)},
-                          budget_s, min_rounds=3)
+                          budget_s, min_rounds=5)
         t_torch, t_onnx = statistics.median(times["torch"]), statistics.median(times["onnx"])
         # Each onnx run is paired with the torch run just before it: load from other processes
         # comes and goes over seconds, so paired ratios vary less than a ratio of two medians.
@@ -107,7 +107,7 @@ def main() -> int:
     ap.add_argument("--blocks", default="1,3,6")
     ap.add_argument("--microbatches", default="1,8")
     ap.add_argument("--threads", type=int, default=0, help="0 = torch's default")
-    ap.add_argument("--budget", type=float, default=4.0, help="seconds of timing per row")
+    ap.add_argument("--budget", type=float, default=6.0, help="seconds of timing per row")
     args = ap.parse_args()
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)

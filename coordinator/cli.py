@@ -206,6 +206,41 @@ def release(pipeline_path):
         click.echo(f"{name}: {'released' if released else 'nothing to release or unreachable'}")
 
 
+@main.command("export-onnx")
+@click.argument("hosts_file", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", default="onnx-export", show_default=True,
+              type=click.Path(path_type=Path), help="Directory to write the files into.")
+@click.option("--partition", "-pt", default=None, help="Override: e.g. 1,24,25,48.")
+@click.option("--model", "-m", default=None, help="Override the model in hosts.yml.")
+@click.option("--all", "all_stages", is_flag=True, help="Export every stage, not only onnx ones.")
+@click.option("--opset", default=17, show_default=True,
+              help="Must match the stages' PIPEEDGE_ONNX_OPSET (default 17).")
+@click.option("--weights-path", type=click.Path(path_type=Path), default=None,
+              help="Where this machine has the weights of local:/push: [default: hosts.yml's].")
+def export_onnx(hosts_file, out_dir, partition, model, all_stages, opset, weights_path):
+    """Export the onnx stages' shards ahead of time, named as the devices' cache expects."""
+    from pipeedge.coordinator import onnx_export
+    from pipeedge.coordinator.deploy import DeployError, plan_stages
+    from pipeedge.coordinator.hosts import HostsFileError, load_deployment
+    from pipeedge.coordinator.tables import render
+    from pipeedge.partition import PartitionError
+
+    try:
+        dep = load_deployment(hosts_file, partition=partition, model=model)
+        stages = onnx_export.onnx_stages(dep, plan_stages(dep), all_stages)
+        done = onnx_export.export_stages(dep, stages, out_dir, opset=opset,
+                                         weights_path=weights_path)
+    except (HostsFileError, PartitionError, DeployError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    click.echo(render(["host", "layers", "file", "MB", "export s"],
+                      [[d.host, f"{d.first_layer}-{d.last_layer}", d.stem + ".onnx",
+                        f"{d.megabytes:.1f}", f"{d.seconds:.1f}" if d.seconds else "cached"]
+                       for d in done]))
+    click.echo(f"\nwrote {out_dir}; on each host copy its files ({out_dir}/<file stem>.*) into "
+               "<pipeedge-stage --cache-dir>/onnx/, e.g. rsync -a "
+               f"{out_dir}/ HOST:~/.cache/pipeedge/onnx/")
+
+
 @main.command("models")
 def list_models():
     """List the models PipeEdge ships configs for."""

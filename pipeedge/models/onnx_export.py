@@ -34,6 +34,8 @@ OUTPUT_PREFIX = "out."
 # ONNX protobufs cannot exceed 2 GiB; bigger shards keep their weights in a ``.data`` file.
 EXTERNAL_DATA_BYTES = 1 << 30
 _AXIS_NAMES = ("batch", "sequence")
+# Stateless encoder families; decoders with a KV cache need a different graph interface.
+EXPORTABLE_FAMILIES = ("vit", "deit", "bert")
 
 
 class OnnxExportError(ValueError):
@@ -87,6 +89,10 @@ def export_shard(shard: ShardModule, path: Path, *, opset: int = DEFAULT_OPSET,
         OnnxExportError: naming the model and layer range, with the exporter's reason.
     """
     what = f"{shard.info.name} layers {shard.first_layer}-{shard.last_layer}"
+    if shard.info.family not in EXPORTABLE_FAMILIES:
+        raise OnnxExportError(f"cannot export {what}: ONNX export covers the "
+                              f"{'/'.join(EXPORTABLE_FAMILIES)} families, not "
+                              f"{shard.info.family}; use backend torch")
     if shard.dtype != torch.float32 or shard.device.type != "cpu":
         raise OnnxExportError(f"cannot export {what}: ONNX shards are float32 on the CPU, this "
                               f"one is {shard.dtype} on {shard.device}; use dtype float32")
