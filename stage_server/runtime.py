@@ -22,6 +22,7 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge.stage_server.backends import ShardBackend
 from pipeedge.stage_server.downstream import DownstreamLink, Outgoing
 from pipeedge.stage_server.routing import Route, error_frame
+from pipeedge.stage_server.sessions import SessionError
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class StageRuntime:
         if frame.error.code:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                "a request frame must not carry an error")
+        if frame.session_id and not frame.tensors:
+            return {}  # end-of-session frame (sessions.py): nothing to validate
         try:
             tensors = codec.decode_tensors(frame.tensors)
             self.backend.validate(tensors)
@@ -128,7 +131,15 @@ class StageRuntime:
                 continue
             start = time.perf_counter()
             try:
-                outputs = self.backend.run(work.inputs)
+                # Autoregressive decoding: a session's frames use (and extend) that session's
+                # state on the backend; an empty one ends the session (sessions.py).
+                if frame.session_id:
+                    outputs = self.backend.run_session(work.inputs, frame.session_id, frame.step)
+                else:
+                    outputs = self.backend.run(work.inputs)
+            except SessionError as exc:
+                self._fail(work, exc.code, str(exc))
+                continue
             except Exception as exc:  # a shard failure must not take the server down
                 log.exception("compute failed for request %s", frame.request_id)
                 self._fail(work, grpc.StatusCode.INTERNAL,

@@ -24,6 +24,14 @@ class ShardBackend(abc.ABC):
     def run(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Compute the shard's outputs for one microbatch."""
 
+    # Autoregressive decoding (pipeedge.stage_server.sessions): frames with a session_id come
+    # here instead of `run`. Stateless backends ignore the session; an end-of-session frame (no
+    # tensors) has nothing to free. Decoder backends override this to keep a per-session cache.
+    def run_session(self, tensors: Mapping[str, torch.Tensor], session_id: str,
+                    step: int) -> dict[str, torch.Tensor]:
+        """Compute one step of session `session_id` (step 0 = prefill; no tensors = end it)."""
+        return self.run(tensors) if tensors else {}
+
     def close(self) -> None:
         """Free memory held by the shard."""
 
@@ -38,6 +46,14 @@ def load_backend(assignment: pb.AssignRequest, state: dict[str, torch.Tensor], *
         from pipeedge.stage_server.backends.echo_backend import EchoBackend
 
         return EchoBackend()
+    if assignment.backend == pb.ONNX and assignment.model_name:
+        # Decoders keep a per-session KV cache, which only the torch backend implements.
+        from pipeedge import models
+
+        info = models.model_info(assignment.model_name, assignment.model_config_json or None)
+        if info.is_decoder:
+            raise ValueError(f"{info.name} is a decoder (text generation); serve it with the "
+                             "torch backend (backend: torch)")
     if assignment.backend == pb.ONNX:
         from pipeedge.stage_server.backends.onnx_backend import OnnxShardBackend
 

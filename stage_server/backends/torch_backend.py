@@ -26,6 +26,12 @@ class TorchShardBackend(ShardBackend):
         self.module.to(self.device).eval()
         self.parameter_bytes = models.parameter_bytes(self.module)
         self._spec = self.module.input_spec()
+        # Decoder-only models: per-session KV cache of this shard's layers (sessions.py).
+        self.sessions = None
+        if isinstance(self.module, models.DecoderShard):
+            from pipeedge.stage_server.sessions import SessionStore
+
+            self.sessions = SessionStore(self.module.new_cache, stage=assignment.stage_name)
 
     def validate(self, tensors: Mapping[str, torch.Tensor]) -> None:
         models.validate_inputs(self._spec, tensors)
@@ -35,5 +41,19 @@ class TorchShardBackend(ShardBackend):
             inputs = {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
             return self.module(inputs)
 
+    def run_session(self, tensors: Mapping[str, torch.Tensor], session_id: str,
+                    step: int) -> dict[str, torch.Tensor]:
+        if self.sessions is None:  # stateless model: the session is only a label
+            return super().run_session(tensors, session_id, step)
+
+        def compute(inputs, cache):
+            with torch.inference_mode():
+                inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+                return self.module(inputs, cache=cache)
+
+        return self.sessions.run(tensors, session_id, step, compute)
+
     def close(self) -> None:
+        if self.sessions is not None:
+            self.sessions.close()
         self.module = None  # type: ignore[assignment]

@@ -1,0 +1,438 @@
+"""Text generation over a deployed decoder pipeline: tokens stream back as they are produced.
+
+Every generation is a *session*: the prompt goes down the pipeline as step 0 (prefill), then one
+sampled token per step; each stage keeps the KV cache of its own layers for the session, and the
+last stage returns the logits of the last position only. Sampling (greedy, temperature, top-k,
+top-p, seed) and stop conditions run here, on the client. A finished, failed or abandoned
+generation sends an end-of-session frame (a frame with the session id and no tensors), which
+frees the session on every stage; stages also drop sessions left idle.
+
+Several sessions in flight keep every stage busy: while stage 2 computes session A's step, stage 1
+already works on session B's. ``generate_many`` drives up to ``concurrency`` sessions over one
+multiplexed stream; ``generate`` is one session. Both are safe to call from several threads at once
+(the HTTP server does).
+
+Example:
+    >>> gen = TextGenerator(pipeline_file="pipeline.json")            # doctest: +SKIP
+    >>> for ev in gen.generate("Once upon a time", max_new_tokens=32):
+    ...     print(ev.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+import torch
+
+from pipeedge import channels, codec, models
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.client.frames import result_tensors, rpc_error
+from pipeedge.errors import DeadlineExceededError, StageUnavailableError
+from pipeedge.tokenizer import TextStream, Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+# -- sampling ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens and when to stop.
+
+    ``temperature`` 0 means greedy (argmax). ``top_k`` 0 and ``top_p`` 1 disable those filters.
+    ``stop_token_ids`` None means the model's end-of-sequence ids; pass ``()`` to never stop early.
+    ``stop`` strings end the text before their first occurrence (not included in the output).
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] | None = None
+    stop: tuple[str, ...] = ()
+
+    def check(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
+                or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def sample_token(logits: torch.Tensor, params: SamplingParams,
+                 generator: torch.Generator | None = None) -> int:
+    """Pick the next token from one position's logits (V,): argmax when greedy, else temperature,
+    then top-k, then top-p (nucleus) filtering, as transformers' sampling warpers apply them."""
+    logits = logits.float()
+    if params.greedy:
+        return int(torch.argmax(logits))
+    logits = logits / params.temperature
+    if params.top_k and params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - params.top_p)
+        remove[-1] = False  # always keep the most likely token
+        logits = logits.masked_fill(remove.scatter(0, order, remove), float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenEvent:
+    """One generated token. ``text`` is the new text it completes (may be empty: a partial UTF-8
+    character, a special token, or text held back while it could still become a stop string).
+    ``finish_reason`` is set on a generation's last event: "stop" (stop token or string) or
+    "length" (max_new_tokens reached)."""
+
+    index: int                  # which prompt (generate_many); 0 for generate
+    token_id: int
+    text: str
+    finish_reason: str | None = None
+    logits: torch.Tensor | None = None  # (vocab,) float32, with return_logits=True
+
+
+@dataclass
+class Completion:
+    index: int
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+
+# -- transport: one Forward stream shared by all sessions of a client ------------------------------
+
+_CLOSE = object()
+
+
+class _Mux:
+    """Sends frames over one long-lived Forward stream and hands each result to the future
+    registered for its request id. A broken stream fails its waiters; the next send reopens."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._channel = channels.open_channel(address)
+        self._stub = pb_grpc.StageStub(self._channel)
+        self._lock = threading.Lock()
+        self._outbox: queue.SimpleQueue | None = None
+        self._call = None
+        self._waiters: dict[str, Future] = {}
+        self._closed = False
+
+    def send(self, frame: pb.Frame) -> Future:
+        fut: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise StageUnavailableError(f"generator for {self.address} is closed")
+            if self._outbox is None:
+                self._open()
+            self._waiters[frame.request_id] = fut
+            self._outbox.put(frame)
+        return fut
+
+    def _open(self) -> None:
+        outbox: queue.SimpleQueue = queue.SimpleQueue()
+        call = self._stub.Forward(iter(outbox.get, _CLOSE))
+        self._outbox, self._call = outbox, call
+        threading.Thread(target=self._receive, args=(call, outbox), name="generate-receive",
+                         daemon=True).start()
+
+    def _receive(self, call, outbox: queue.SimpleQueue) -> None:
+        error: BaseException | None = None
+        try:
+            for frame in call:
+                with self._lock:
+                    fut = self._waiters.pop(frame.request_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(frame)
+        except grpc.RpcError as exc:
+            error = rpc_error(exc) if exc.code() != grpc.StatusCode.CANCELLED else \
+                StageUnavailableError(f"stream to {self.address} was cancelled")
+        with self._lock:
+            if self._outbox is outbox:
+                self._outbox, self._call = None, None
+            waiters, self._waiters = self._waiters, {}
+        outbox.put(_CLOSE)
+        error = error or StageUnavailableError(f"stream to {self.address} ended")
+        for fut in waiters.values():
+            if not fut.done():
+                fut.set_exception(error)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            outbox, call = self._outbox, self._call
+        if outbox is not None:
+            outbox.put(_CLOSE)
+        if call is not None:
+            call.cancel()
+        self._channel.close()
+
+
+# -- one generation ---------------------------------------------------------------------------------
+
+
+class _Run:
+    """State of one session: prompt, sampled tokens, stop handling, text stream."""
+
+    def __init__(self, index: int, prompt_ids: list[int], params: SamplingParams,
+                 tokenizer: Tokenizer, eos_ids: tuple[int, ...], return_logits: bool) -> None:
+        self.index = index
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.session_id = uuid.uuid4().hex
+        self.step = 0
+        self.stop_ids = set(eos_ids if params.stop_token_ids is None else params.stop_token_ids)
+        self.stream = TextStream(tokenizer)
+        self.completion = Completion(index, prompt_ids)
+        self.return_logits = return_logits
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        self.generator = torch.Generator().manual_seed(int(seed) + index)
+        self.pending = ""   # text held back while it may be the start of a stop string
+        self.hold = max((len(s) for s in params.stop), default=1) - 1
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        ids = self.prompt_ids if self.step == 0 else self.completion.token_ids[-1:]
+        return {"input_ids": torch.tensor([ids], dtype=torch.int64)}
+
+    def advance(self, logits: torch.Tensor) -> TokenEvent:
+        """Sample from the last position's logits; the returned event says if the run is over."""
+        row = logits[0].float()
+        token = sample_token(row, self.params, self.generator)
+        c = self.completion
+        c.token_ids.append(token)
+        self.step += 1
+        finish = None
+        if token in self.stop_ids:
+            finish, delta = "stop", self.stream.flush()
+        else:
+            delta = self.stream.push(token)
+            if len(c.token_ids) >= self.params.max_new_tokens:
+                finish, delta = "length", delta + self.stream.flush()
+        text = self.pending + delta
+        if self.params.stop:
+            cut = min((i for i in (text.find(s) for s in self.params.stop) if i >= 0),
+                      default=-1)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+            elif finish is None and self.hold:
+                keep = len(text) - self.hold
+                text, self.pending = text[:max(keep, 0)], text[max(keep, 0):]
+            else:
+                self.pending = ""
+        c.text += text
+        c.finish_reason = finish
+        return TokenEvent(self.index, token, text, finish, row if self.return_logits else None)
+
+
+# -- the generator ----------------------------------------------------------------------------------
+
+
+class TextGenerator:
+    """Generates text on a deployed decoder pipeline.
+
+    Args:
+        address: "host:port" of the first stage; if omitted, read from ``pipeline_file``.
+        pipeline_file: the file ``pipeedge-coord deploy`` wrote (default ./pipeline.json).
+        model: the model name (default: the pipeline file's); needed with a bare address.
+        model_config_json: config.json text when the model is not one PipeEdge ships.
+        tokenizer: a ``Tokenizer``, or a local directory holding the model's tokenizer. Default:
+            the pipeline's weights directory if it has tokenizer files, else byte-level.
+        timeout_s: deadline for each step.
+    """
+
+    def __init__(self, address: str | None = None, *, pipeline_file: str | Path | None = None,
+                 model: str | None = None, model_config_json: str | None = None,
+                 tokenizer: Tokenizer | str | Path | None = None,
+                 timeout_s: float = 60.0) -> None:
+        weights_dir = None
+        if address is None or model is None:
+            from pipeedge.pipeline_file import Pipeline
+
+            pipeline = Pipeline.load(Path(pipeline_file) if pipeline_file else Path("pipeline.json"))
+            address = address or pipeline.entry
+            model = model or pipeline.model
+            kind, _, path = pipeline.weights.partition(":")
+            weights_dir = path if kind in ("local", "push") else None
+        self.info = models.model_info(model, model_config_json)
+        if not self.info.is_decoder:
+            raise ValueError(f"{model} is not a decoder (text-generation) model; use "
+                             "PipelineClient.infer for it")
+        self.model = model
+        self.address = address
+        self.timeout_s = timeout_s
+        if isinstance(tokenizer, Tokenizer):
+            self.tokenizer = tokenizer
+        else:
+            self.tokenizer = load_tokenizer(tokenizer or weights_dir, self.info.config)
+        self.max_positions = int(self.info.config.get("max_position_embeddings", 2048))
+        self._mux = _Mux(address)
+        self._ids = itertools.count(1)
+        self._prefix = uuid.uuid4().hex[:8]
+
+    def __enter__(self) -> "TextGenerator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._mux.close()
+
+    # -- public API ---------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(i) for i in prompt]
+        if not ids:
+            bos = self.info.config.get("bos_token_id")
+            if bos is None:
+                raise ValueError("the prompt is empty and the model has no bos_token_id")
+            ids = [int(bos)]
+        vocab = int(self.info.config["vocab_size"])
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary 0..{vocab - 1}")
+        return ids
+
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+                 return_logits: bool = False, **kwargs) -> Iterator[TokenEvent]:
+        """Stream the tokens of one generation as they are produced.
+
+        Keyword arguments are ``SamplingParams`` fields (``max_new_tokens``, ``temperature``,
+        ``top_k``, ``top_p``, ``seed``, ``stop``, ``stop_token_ids``). Closing the iterator early
+        ends the session on every stage.
+        """
+        return self.generate_many([prompt], params, concurrency=1, return_logits=return_logits,
+                                  **kwargs)
+
+    def generate_many(self, prompts: Iterable[str | Sequence[int]],
+                      params: SamplingParams | None = None, *, concurrency: int = 4,
+                      return_logits: bool = False, **kwargs) -> Iterator[TokenEvent]:
+        """Generate for several prompts with up to ``concurrency`` sessions in flight; events of
+        different prompts interleave (``TokenEvent.index`` says which)."""
+        params = self._params(params, kwargs)
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        runs = (self._new_run(i, p, params, return_logits) for i, p in enumerate(prompts))
+        return self._drive(runs, concurrency)
+
+    def complete(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+                 **kwargs) -> Completion:
+        """Generate to the end and return the whole completion."""
+        return self.complete_many([prompt], params, concurrency=1, **kwargs)[0]
+
+    def complete_many(self, prompts: Sequence[str | Sequence[int]],
+                      params: SamplingParams | None = None, *, concurrency: int = 4,
+                      **kwargs) -> list[Completion]:
+        params = self._params(params, kwargs)
+        runs = [self._new_run(i, p, params, False) for i, p in enumerate(prompts)]
+        for _ in self._drive(iter(runs), concurrency):
+            pass
+        return [r.completion for r in runs]
+
+    # -- internals ----------------------------------------------------------------------------
+    @staticmethod
+    def _params(params: SamplingParams | None, kwargs: dict) -> SamplingParams:
+        params = replace(params or SamplingParams(), **kwargs)
+        if isinstance(params.stop, str):
+            params = replace(params, stop=(params.stop,))
+        params = replace(params, stop=tuple(s for s in params.stop if s))
+        if params.stop_token_ids is not None:
+            params = replace(params, stop_token_ids=tuple(int(t) for t in params.stop_token_ids))
+        params.check()
+        return params
+
+    def _new_run(self, index: int, prompt, params: SamplingParams, return_logits: bool) -> _Run:
+        ids = self.encode_prompt(prompt)
+        if len(ids) + params.max_new_tokens > self.max_positions:
+            raise ValueError(f"prompt of {len(ids)} tokens + max_new_tokens "
+                             f"{params.max_new_tokens} exceed the {self.max_positions} positions "
+                             f"of {self.model}; shorten the prompt or lower max_new_tokens")
+        return _Run(index, ids, params, self.tokenizer, self.tokenizer.eos_token_ids,
+                    return_logits)
+
+    def _send(self, run: _Run) -> Future:
+        frame = pb.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
+                         session_id=run.session_id, step=run.step,
+                         deadline_unix_ms=int((time.time() + self.timeout_s) * 1000))
+        codec.encode_tensors(frame, run.inputs())
+        return self._mux.send(frame)
+
+    def _end(self, run: _Run) -> None:
+        """Free the session on every stage (fire and forget)."""
+        frame = pb.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
+                         session_id=run.session_id, step=run.step)
+        try:
+            self._mux.send(frame)
+        except Exception:  # the stream is gone: the stages' idle timeout frees it
+            log.debug("could not end session %s", run.session_id)
+
+    def _drive(self, runs: Iterator[_Run], concurrency: int) -> Iterator[TokenEvent]:
+        active: dict[Future, _Run] = {}
+
+        def start_next() -> None:
+            run = next(runs, None)
+            if run is not None:
+                active[self._send(run)] = run
+
+        try:
+            for _ in range(concurrency):
+                start_next()
+            while active:
+                done, _ = wait(list(active), timeout=self.timeout_s, return_when=FIRST_COMPLETED)
+                if not done:
+                    raise DeadlineExceededError(
+                        f"no generation step came back from {self.address} within "
+                        f"{self.timeout_s:.0f}s; a stage may be stalled (pipeedge-coord status)")
+                for fut in done:
+                    run = active.pop(fut)
+                    try:
+                        frame = fut.result()
+                    except Exception:
+                        active[fut] = run  # still open: end it in `finally`
+                        raise
+                    try:
+                        logits = result_tensors(frame)["logits"]
+                    except Exception:
+                        active[fut] = run
+                        raise
+                    event = run.advance(logits)
+                    if event.finish_reason is None:
+                        active[self._send(run)] = run  # next step goes out before we yield
+                    else:
+                        self._end(run)
+                        start_next()
+                    yield event
+        finally:
+            for run in active.values():
+                self._end(run)
