@@ -48,3 +48,30 @@ bench-quant: $(STAMP)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
+
+# --- Docker packaging (docker/): the offline wheelhouse and the container end-to-end test ------
+#   make wheelhouse   - every wheel the image needs: wheelhouse/deps (torch CPU included) and
+#                       wheelhouse/pipeedge (this project, `pip wheel . --no-deps`)
+#   make test-docker  - base image, offline image build, 3 stage containers, deploy, parity,
+#                       restart; tears everything down (docker/test_docker.sh)
+WHEELHOUSE          ?= wheelhouse
+# pyproject extras collected and baked into the image (the Dockerfile's PIPEEDGE_EXTRAS).
+WHEELHOUSE_EXTRAS   ?= onnx
+# More `pip download` options, e.g. an index that serves the CPU torch wheel for this platform:
+#   WHEELHOUSE_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+WHEELHOUSE_PIP_ARGS ?=
+
+.PHONY: wheelhouse test-docker
+
+wheelhouse: $(STAMP)
+	mkdir -p $(WHEELHOUSE)
+	rm -rf $(WHEELHOUSE)/pipeedge $(WHEELHOUSE)/deps.new
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE)/pipeedge -C build-dir=build/wheelhouse/{wheel_tag} .
+	$(PY) -m pip download -q --only-binary=:all: -d $(WHEELHOUSE)/deps.new $(WHEELHOUSE_PIP_ARGS) \
+	  "$(TORCH_SPEC)" "$$(ls $(WHEELHOUSE)/pipeedge/pipeedge-*.whl)$(if $(WHEELHOUSE_EXTRAS),[$(WHEELHOUSE_EXTRAS)])"
+	rm -f $(WHEELHOUSE)/deps.new/pipeedge-*.whl
+	rm -rf $(WHEELHOUSE)/deps && mv $(WHEELHOUSE)/deps.new $(WHEELHOUSE)/deps
+	@echo "wheelhouse: $$(ls $(WHEELHOUSE)/deps | wc -l) dependency wheels + $$(ls $(WHEELHOUSE)/pipeedge) ($$(du -sh $(WHEELHOUSE) | cut -f1))"
+
+test-docker: wheelhouse
+	PY=$(PY) WHEELHOUSE=$(WHEELHOUSE) PIPEEDGE_EXTRAS=$(WHEELHOUSE_EXTRAS) bash docker/test_docker.sh
