@@ -103,6 +103,7 @@ class OnnxShardBackend(ShardBackend):
 
     def __init__(self, assignment: pb.AssignRequest, state: dict[str, torch.Tensor],
                  cache_dir: Path | None = None, *, settings: OrtSettings | None = None) -> None:
+        _require_runtime()
         info = models.model_info(assignment.model_name, assignment.model_config_json or None)
         what = f"{info.name} layers {assignment.first_layer}-{assignment.last_layer}"
         if assignment.dtype not in (pb.DTYPE_UNSPECIFIED, pb.FLOAT32):
@@ -120,7 +121,8 @@ class OnnxShardBackend(ShardBackend):
                             if shard.is_first and not info.is_vision else 0)
         self.key = shard_key(assignment, info, weights_id(assignment, state), self.settings.opset)
         self.cache = OnnxCache(cache_dir / "onnx" if cache_dir else None)
-        self.export_seconds = 0.0  # 0 when the cache had the file
+        self.cache_hit = True
+        self.export_seconds = 0.0
         start = time.perf_counter()
         self.session = self._open(shard)
         self.load_seconds = time.perf_counter() - start - self.export_seconds  # session only
@@ -128,15 +130,9 @@ class OnnxShardBackend(ShardBackend):
         graph_in = {i.name for i in self.session.get_inputs()}
         self._inputs = tuple(s for s in self._spec if s.name in graph_in)
         self._outputs = tuple(o.name for o in self.session.get_outputs())
-        computed = {n[len(OUTPUT_PREFIX):] for n in self._outputs}
-        self._passthrough = tuple(n for n in self._order if n not in computed)
         log.info("onnx %s: %s (export %.2fs, load %.2fs, %s threads, opt %s)", what,
-                 "exported" if self.export_seconds else "from cache", self.export_seconds,
+                 "from cache" if self.cache_hit else "exported", self.export_seconds,
                  self.load_seconds, self.settings.threads or "default", self.settings.opt_level)
-
-    @property
-    def cache_hit(self) -> bool:
-        return self.export_seconds == 0.0
 
     def _open(self, shard: models.ShardModule):
         path = self.cache.lookup(self.key)
@@ -147,6 +143,7 @@ class OnnxShardBackend(ShardBackend):
                 log.warning("cached ONNX %s does not load (%s); exporting again", self.key.stem,
                             " ".join(str(exc).split())[:200])
                 self.cache.discard(self.key)
+        self.cache_hit = False
         start = time.perf_counter()
         path = self.cache.store(
             self.key, lambda p: export_shard(shard, p, opset=self.settings.opset))
@@ -181,6 +178,15 @@ class OnnxShardBackend(ShardBackend):
 
     def close(self) -> None:
         self.session = None
+
+
+def _require_runtime() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(f"backend onnx needs onnx and onnxruntime on this device ({exc}); "
+                         "pip install 'pipeedge[onnx]' or use backend torch") from None
 
 
 def _array(t: torch.Tensor):
