@@ -22,8 +22,8 @@ from pipeedge import channels
 from pipeedge._proto import coordinator_pb2 as cpb
 from pipeedge._proto import coordinator_pb2_grpc as cpb_grpc
 from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator import planning
 from pipeedge.coordinator.hosts import Deployment, Host
-from pipeedge.coordinator.planner import plan_ranges
 from pipeedge.pipeline_file import Pipeline
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,7 @@ class ControlPlane:
             hosts = [h for h in self.dep.ordered_hosts() if h.name not in self.down]
             if not hosts:
                 raise deploy_mod.DeployError("no host is up; start stage servers and retry")
-            ranges = plan_ranges(self.dep, hosts)
-            stages = [deploy_mod.PlannedStage(h, r) for h, r in zip(hosts, ranges)]
+            stages = planning.plan(self.dep, hosts, strict=False).stages
             try:
                 pipeline = deploy_mod.deploy(self.dep, stages, progress=False)
                 break

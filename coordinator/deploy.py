@@ -17,7 +17,7 @@ from pipeedge import codec, models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.hosts import Deployment, Host
 from pipeedge.coordinator.stage_control import StageControl
-from pipeedge.partition import LayerRange, PartitionError, parse_partition
+from pipeedge.partition import LayerRange
 from pipeedge.pipeline_file import Pipeline, StageInfo
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,6 @@ class DeployError(Exception):
 class PlannedStage:
     host: Host
     layers: LayerRange
-
-
-def plan_stages(dep: Deployment, ranges: list[LayerRange] | None = None) -> list[PlannedStage]:
-    """Pair layer ranges with hosts in order, checking the partition against the model."""
-    info = models.model_info(dep.model)
-    if ranges is None:
-        if not dep.partition:
-            # Automatic scheduling lives in the scheduler; without it, one stage per host.
-            raise PartitionError("hosts.yml has no partition; add one, e.g. partition: "
-                                 f"1,{info.num_layers // 2},{info.num_layers // 2 + 1},"
-                                 f"{info.num_layers}")
-        ranges = parse_partition(dep.partition, info.num_layers)
-    hosts = dep.ordered_hosts()
-    if len(ranges) > len(hosts):
-        raise PartitionError(f"partition has {len(ranges)} stages but hosts.yml lists "
-                             f"{len(hosts)} host(s); add hosts or merge stages")
-    return [PlannedStage(h, r) for h, r in zip(hosts, ranges)]
 
 
 def assign_request(dep: Deployment, stage: PlannedStage, next_hop: str,

@@ -65,6 +65,7 @@ class Deployment:
     device: str = ""             # compute device for every stage ("cpu", "cuda:0"); "" = server's
     encoding: str = "raw"
     pipeline_file: str = "pipeline.json"
+    scheduler_dir: str = ""      # where models.yml etc. live; "" = beside hosts.yml
     source: Path = field(default=Path("hosts.yml"), compare=False)
 
     def ordered_hosts(self) -> list[Host]:
@@ -136,4 +137,5 @@ def load_deployment(path: str | Path, **overrides) -> Deployment:
         backend=str(data.get("backend", "torch")), dtype=str(data.get("dtype", "float32")),
         microbatch=int(data.get("microbatch", 8)), device=str(data.get("device", "")),
         encoding=str(data.get("encoding", "raw")),
-        pipeline_file=str(data.get("pipeline_file", "pipeline.json")), source=path)
+        pipeline_file=str(data.get("pipeline_file", "pipeline.json")),
+        scheduler_dir=str(data.get("scheduler_dir", "")), source=path)

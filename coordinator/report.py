@@ -31,3 +31,21 @@ def similarity_table(embeddings: torch.Tensor, texts: list[str]) -> str:
             rows.append((sim[i, j].item(), short[i], short[j]))
     rows.sort(reverse=True)
     return "\n".join(f"  {s:+.3f}  {a!r} ~ {b!r}" for s, a, b in rows)
+
+
+def plan_table(plan) -> str:
+    """The plan as a table, with the scheduler's predictions when it made the plan."""
+    from pipeedge.coordinator.tables import render
+
+    if plan.schedule is None:
+        rows = [[i + 1, s.host.name, str(s.layers)] for i, s in enumerate(plan.stages)]
+        return render(["stage", "host", "layers"], rows) + f"\nplan: {plan.how}"
+    sched = plan.schedule
+    rows = [[i + 1, s.host, f"{s.first_layer}-{s.last_layer}", f"{s.compute_s:.3f}",
+             f"{s.transfer_s:.3f}", f"{s.memory_MB:.0f}",
+             "<- bottleneck" if abs(s.cost_s - sched.bottleneck_s) < 1e-12 else ""]
+            for i, s in enumerate(sched.stages)]
+    table = render(["stage", "host", "layers", "compute s", "transfer s", "memory MB", ""], rows)
+    return (f"{table}\nplan: {plan.how}; bottleneck {sched.bottleneck_s:.3f} s per microbatch "
+            f"of {sched.batch_size} -> predicted {sched.throughput_items_s:.2f} items/s, "
+            f"latency {sched.latency_s:.3f} s")

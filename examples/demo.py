@@ -18,6 +18,7 @@ import torch
 from pipeedge import models
 from pipeedge.client import PipelineClient
 from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator import planning
 from pipeedge.coordinator.bench import run_bench
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.inputs import text_inputs
@@ -36,7 +37,7 @@ SENTENCES = [
 
 def deploy(cluster: LocalCluster, model: str, partition: str, **kw):
     dep = load_deployment(cluster.hosts_file(model, partition=partition, **kw))
-    stages = deploy_mod.plan_stages(dep)
+    stages = planning.plan(dep).stages
     pipeline = deploy_mod.deploy(dep, stages)
     print(render(["stage", "host", "layers", "weights MB"],
                  [[i + 1, s.name, f"{s.first_layer}-{s.last_layer}", f"{b / 1e6:.1f}"]

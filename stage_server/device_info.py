@@ -9,7 +9,8 @@ _CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"),                    # cgroup
 
 
 def memory_capacity_mb() -> float:
-    """The smaller of physical RAM and this process's cgroup memory limit, in MB (1e6 bytes)."""
+    """The smaller of physical RAM and this process's cgroup memory limit, in MB (2^20 bytes,
+    the scheduler's unit)."""
     total = _meminfo_total_bytes()
     for path in _CGROUP_LIMITS:
         try:
@@ -18,7 +19,7 @@ def memory_capacity_mb() -> float:
             continue
         if text.isdigit():
             total = min(total, int(text))
-    return total / 1e6
+    return total / 2**20
 
 
 def _meminfo_total_bytes() -> int:

@@ -51,7 +51,7 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
                 times.append(time.perf_counter() - start)
             event = pb.ProfileEvent(layer=layer, layers=info.num_layers,
                                     time_s=statistics.median(times),
-                                    mem_mb=backend.parameter_bytes / 1e6,
+                                    mem_mb=backend.parameter_bytes / 2**20,
                                     parameters_out=_elements_per_item(outputs, batch),
                                     done=layer == info.num_layers,
                                     memory_capacity_mb=capacity, device=label)

@@ -9,6 +9,8 @@ import torch
 
 from pipeedge import models
 from pipeedge.client import PipelineClient
+from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator import planning
 from pipeedge.coordinator.control_plane import ControlPlane, start_server
 from pipeedge.coordinator.hosts import load_deployment
 
@@ -100,9 +102,7 @@ def test_sigterm_reports_not_serving_and_finishes_what_it_holds(cluster_factory)
 
     cluster = cluster_factory(1)
     dep = load_deployment(cluster.hosts_file(MODEL, partition="1,12", microbatch=2))
-    from pipeedge.coordinator import deploy as deploy_mod
-
-    pipeline = deploy_mod.deploy(dep, deploy_mod.plan_stages(dep), progress=False)
+    pipeline = deploy_mod.deploy(dep, planning.plan(dep).stages, progress=False)
     x = models.example_inputs(models.model_info(MODEL), 2)
     channel = channels.open_channel(pipeline.entry)
     health = health_pb2_grpc.HealthStub(channel)

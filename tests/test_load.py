@@ -12,6 +12,7 @@ import torch
 from pipeedge import models
 from pipeedge.client import PipelineClient, PipelineError
 from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator import planning
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.stage_control import StageControl
 
@@ -20,7 +21,7 @@ MODEL = "pipeedge/tiny-vit"
 
 def _deploy(cluster, partition):
     dep = load_deployment(cluster.hosts_file(MODEL, partition=partition, microbatch=2))
-    return deploy_mod.deploy(dep, deploy_mod.plan_stages(dep), progress=False)
+    return deploy_mod.deploy(dep, planning.plan(dep).stages, progress=False)
 
 
 def _rss_mb(pid: int) -> float:

@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime")
 from pipeedge import models  # noqa: E402
 from pipeedge.client import InvalidInputError, PipelineClient  # noqa: E402
 from pipeedge.coordinator import deploy as deploy_mod  # noqa: E402
+from pipeedge.coordinator import planning  # noqa: E402
 from pipeedge.coordinator.cli import main as coord  # noqa: E402
 from pipeedge.coordinator.hosts import load_deployment  # noqa: E402
 
@@ -33,7 +34,7 @@ def hosts_file(cluster, partition: str, backends: list[str], weights: str):
 
 def deploy(path):
     dep = load_deployment(path)
-    return deploy_mod.deploy(dep, deploy_mod.plan_stages(dep), progress=False)
+    return deploy_mod.deploy(dep, planning.plan(dep).stages, progress=False)
 
 
 def from_cache(stage) -> bool:

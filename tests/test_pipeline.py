@@ -13,6 +13,7 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge.client import (AsyncPipelineClient, InvalidInputError, NotDeployedError,
                              PipelineClient, StageUnavailableError)
 from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator import planning
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.stage_control import StageControl
 
@@ -21,7 +22,7 @@ VIT = "google/vit-base-patch16-224"
 
 def deploy(cluster, model, partition, **kw):
     dep = load_deployment(cluster.hosts_file(model, partition=partition, **kw))
-    return deploy_mod.deploy(dep, deploy_mod.plan_stages(dep), progress=False)
+    return deploy_mod.deploy(dep, planning.plan(dep).stages, progress=False)
 
 
 def unsplit(model, inputs, seed=0):

@@ -15,6 +15,7 @@ from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.client import PipelineClient
 from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator import planning
 from pipeedge.coordinator.cli import main
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.stage_control import StageControl
@@ -121,7 +122,7 @@ def test_up_writes_hosts_file_and_deployed_pipeline_equals_unsplit(running, test
     assert code == 0 and out.count(" yes ") == 2, out
 
     dep = load_deployment(testbed_file.parent / "hosts.yml")
-    pipeline = deploy_mod.deploy(dep, deploy_mod.plan_stages(dep), progress=False)
+    pipeline = deploy_mod.deploy(dep, planning.plan(dep).stages, progress=False)
     info = models.model_info(TINY)
     batches = [models.example_inputs(info, 4, seed=s) for s in range(4)]
     full = models.build_shard(info, 1, info.num_layers,
