@@ -71,14 +71,16 @@ def bench_shard(model: str, blocks: int, batches: list[int], threads: int, budge
     for batch in batches:
         x = shard_inputs(info, first, batch)
 
-        def run_torch():
+        def run_torch(x=x):
             with torch.inference_mode():
                 return torch_backend.run(x)
 
-        ref, got = run_torch(), onnx_backend.run(x)  # also the warm-up
+        def run_onnx(x=x):
+            return onnx_backend.run(x)
+
+        ref, got = run_torch(), run_onnx()  # also the warm-up
         diff = max((ref[k] - got[k]).abs().max().item() for k in ref if k != "attention_mask")
-        times = time_pair({"torch": run_torch, "onnx": lambda: onnx_backend.run(x)},
-                          budget_s, min_rounds=5)
+        times = time_pair({"torch": run_torch, "onnx": run_onnx}, budget_s, min_rounds=5)
         t_torch, t_onnx = statistics.median(times["torch"]), statistics.median(times["onnx"])
         # Each onnx run is paired with the torch run just before it: load from other processes
         # comes and goes over seconds, so paired ratios vary less than a ratio of two medians.

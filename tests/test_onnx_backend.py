@@ -10,13 +10,13 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from pipeedge import models  # noqa: E402
-from pipeedge._proto import stage_pb2 as pb  # noqa: E402
-from pipeedge.models.onnx_export import OnnxExportError, export_shard  # noqa: E402
-from pipeedge.stage_server.backends import load_backend  # noqa: E402
-from pipeedge.stage_server.backends.onnx_backend import (OnnxShardBackend, OrtSettings,  # noqa: E402
+from pipeedge import models
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge.models.onnx_export import OnnxExportError, export_shard
+from pipeedge.stage_server.backends import load_backend
+from pipeedge.stage_server.backends.onnx_backend import (OnnxShardBackend, OrtSettings,
                                                          shard_key, weights_id)
-from pipeedge.stage_server.backends.onnx_cache import OnnxCache  # noqa: E402
+from pipeedge.stage_server.backends.onnx_cache import OnnxCache
 
 TINY = ("pipeedge/tiny-vit", "pipeedge/tiny-deit", "pipeedge/tiny-bert")
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

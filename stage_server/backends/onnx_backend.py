@@ -139,7 +139,7 @@ class OnnxShardBackend(ShardBackend):
         if path is not None:
             try:
                 return self._session(path)
-            except Exception as exc:  # a file that hashes fine but onnxruntime rejects
+            except Exception as exc:  # noqa: BLE001 - hashes fine, yet onnxruntime rejects it
                 log.warning("cached ONNX %s does not load (%s); exporting again", self.key.stem,
                             " ".join(str(exc).split())[:200])
                 self.cache.discard(self.key)
