@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <numeric>
 
 namespace pipeedge_sched {
 namespace {
@@ -31,16 +32,17 @@ bool interchangeable(const CostModel& m, std::size_t a, std::size_t b) {
   return true;
 }
 
-// What the merge heuristic compares: a class's worst-case profile.
+// What the merge heuristic compares: a class's worst-case profile and its members' own values.
 struct Profile {
-  std::vector<double> time_s;
-  double mem_MB;
-  double bw_Mbps;
+  std::vector<double> time_s;  // per-layer worst
+  double mem_MB;               // smallest
+  double bw_Mbps;              // smallest
+  std::vector<std::size_t> members;
 };
 
 Profile profile_of(const CostModel& m, const std::vector<std::size_t>& members) {
   const Problem& p = m.problem();
-  Profile pr{p.devices[members[0]].time_s, p.devices[members[0]].mem_MB, p.devices[members[0]].bw_Mbps};
+  Profile pr{p.devices[members[0]].time_s, p.devices[members[0]].mem_MB, p.devices[members[0]].bw_Mbps, members};
   for (std::size_t d : members) {
     const Device& dev = p.devices[d];
     for (std::size_t l = 0; l < pr.time_s.size(); ++l) pr.time_s[l] = std::max(pr.time_s[l], dev.time_s[l]);
@@ -50,19 +52,20 @@ Profile profile_of(const CostModel& m, const std::vector<std::size_t>& members) 
   return pr;
 }
 
-double relative_gap(double a, double b) {
-  const double hi = std::max(std::fabs(a), std::fabs(b));
-  return hi > 0 ? std::fabs(a - b) / hi : 0.0;
-}
+double loss(double own, double worst) { return own > 0 ? std::fabs(own - worst) / own : (worst > 0 ? 1.0 : 0.0); }
 
-// How much worse a merged class would be than its parts: relative profile differences.
-double dissimilarity(const Profile& a, const Profile& b) {
-  double diff = 0, total = 0;
-  for (std::size_t l = 0; l < a.time_s.size(); ++l) {
-    diff += std::fabs(a.time_s[l] - b.time_s[l]);
-    total += std::max(a.time_s[l], b.time_s[l]);
+// What each member gives up to the class's worst case: relative slowdown, memory and bandwidth
+// lost (memory weighted by `memory_weight`: it decides feasibility).
+double pessimism(const CostModel& m, const Profile& pr, double memory_weight) {
+  const Problem& p = m.problem();
+  double total = 0;
+  const double worst_time = std::accumulate(pr.time_s.begin(), pr.time_s.end(), 0.0);
+  for (std::size_t d : pr.members) {
+    const Device& dev = p.devices[d];
+    const double own_time = std::accumulate(dev.time_s.begin(), dev.time_s.end(), 0.0);
+    total += loss(own_time, worst_time) + memory_weight * loss(dev.mem_MB, pr.mem_MB) + loss(dev.bw_Mbps, pr.bw_Mbps);
   }
-  return (total > 0 ? diff / total : 0.0) + relative_gap(a.mem_MB, b.mem_MB) + relative_gap(a.bw_Mbps, b.bw_Mbps);
+  return total;
 }
 
 std::uint64_t search_states(const std::vector<std::vector<std::size_t>>& classes) {
@@ -117,17 +120,24 @@ std::vector<std::vector<std::size_t>> exact_classes(const CostModel& model) {
 
 std::vector<std::vector<std::size_t>> merge_classes(const CostModel& model,
                                                     std::vector<std::vector<std::size_t>> classes,
-                                                    std::uint64_t max_states) {
+                                                    std::uint64_t max_states, double memory_weight) {
   std::vector<Profile> profiles;
-  for (const auto& c : classes) profiles.push_back(profile_of(model, c));
+  std::vector<double> cost;  // pessimism of each class as it stands
+  for (const auto& c : classes) {
+    profiles.push_back(profile_of(model, c));
+    cost.push_back(pessimism(model, profiles.back(), memory_weight));
+  }
   while (classes.size() > 1 && search_states(classes) > max_states) {
+    // The merge that adds the least pessimism.
     std::size_t best_a = 0, best_b = 1;
     double best = std::numeric_limits<double>::infinity();
     for (std::size_t a = 0; a < classes.size(); ++a) {
       for (std::size_t b = a + 1; b < classes.size(); ++b) {
-        const double d = dissimilarity(profiles[a], profiles[b]);
-        if (d < best) {
-          best = d;
+        std::vector<std::size_t> both = classes[a];
+        both.insert(both.end(), classes[b].begin(), classes[b].end());
+        const double added = pessimism(model, profile_of(model, both), memory_weight) - cost[a] - cost[b];
+        if (added < best) {
+          best = added;
           best_a = a;
           best_b = b;
         }
@@ -137,7 +147,9 @@ std::vector<std::vector<std::size_t>> merge_classes(const CostModel& model,
     std::sort(classes[best_a].begin(), classes[best_a].end());
     classes.erase(classes.begin() + static_cast<std::ptrdiff_t>(best_b));
     profiles.erase(profiles.begin() + static_cast<std::ptrdiff_t>(best_b));
+    cost.erase(cost.begin() + static_cast<std::ptrdiff_t>(best_b));
     profiles[best_a] = profile_of(model, classes[best_a]);
+    cost[best_a] = pessimism(model, profiles[best_a], memory_weight);
   }
   return classes;
 }

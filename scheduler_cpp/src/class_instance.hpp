@@ -53,10 +53,12 @@ struct PathStep {
 // that are automorphisms generate a group.)
 std::vector<std::vector<std::size_t>> exact_classes(const CostModel& model);
 
-// Merges classes, most similar first, until prod(count + 1) * classes <= max_states.
+// Merges classes, cheapest first, until prod(count + 1) * classes <= max_states. A merge costs
+// what its members lose to the merged worst case (relative time, memory, bandwidth), memory
+// counted memory_weight times.
 std::vector<std::vector<std::size_t>> merge_classes(const CostModel& model,
                                                     std::vector<std::vector<std::size_t>> classes,
-                                                    std::uint64_t max_states);
+                                                    std::uint64_t max_states, double memory_weight = 2.0);
 
 // Builds the class-level instance; members of a class get each member's worst value.
 ClassInstance build_instance(const CostModel& model, const std::vector<std::vector<std::size_t>>& classes);

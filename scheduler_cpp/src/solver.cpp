@@ -10,6 +10,7 @@
 #include "bottleneck.hpp"
 #include "class_instance.hpp"
 #include "latency_filter.hpp"
+#include "local_search.hpp"
 #include "pipeedge_sched/cost_model.hpp"
 #include "refine.hpp"
 #include "relaxation.hpp"
@@ -20,7 +21,8 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr std::size_t kNoLimit = static_cast<std::size_t>(-1);
 constexpr std::uint64_t kPlainDpStates = std::uint64_t{1} << 14;  // count vectors x classes
-constexpr int kCappedTries = 3;  // latency guesses over the state cap before giving up
+constexpr int kCappedTries = 3;
+constexpr std::uint64_t kHeuristicStates = std::uint64_t{1} << 18;  // per merged search (two run)  // latency guesses over the state cap before giving up
 
 struct ClassPlan {
   bool found = false;
@@ -160,83 +162,112 @@ std::vector<StagePlan> to_devices(const ClassInstance& in, const std::vector<Pat
   return plan;
 }
 
+// One search over a class partition: T* (throughput) and the tie-break DP, or the latency DP.
+struct Attempt {
+  ClassInstance in;
+  ClassPlan plan;
+  SearchStats stats;
+  double threshold = kInf;  // T* for the throughput objective
+};
+
+Attempt search(const CostModel& model, const std::vector<std::vector<std::size_t>>& classes, const Options& options) {
+  Attempt a{build_instance(model, classes), {}, {}, kInf};
+  const CountSpace space(a.in.count);
+  a.stats.device_classes = a.in.classes;
+  a.stats.count_states = space.size;
+  if (model.problem().objective == Objective::Throughput) {
+    const BottleneckResult b = min_bottleneck(a.in, space, options.max_refine_states);
+    a.stats.feasibility_checks = b.checks;
+    a.stats.refine_states = b.best.states;
+    if (!b.feasible) return a;
+    a.threshold = b.threshold;
+    if (b.refined) {
+      a.plan.found = true;
+      a.plan.path = b.best.path;
+      return a;
+    }
+  }
+  a.plan = best_path(a.in, space, a.threshold, options, a.stats);
+  return a;
+}
+
 double objective_value(const Schedule& s, Objective o) {
   return o == Objective::Throughput ? s.bottleneck_s : s.latency_s;
+}
+
+Schedule no_schedule(bool exact, const SearchStats& stats) {
+  Schedule out;
+  out.exact = exact;
+  out.method = exact ? "exact search: no schedule fits" : "heuristic (merged device classes) found no schedule";
+  out.stats = stats;
+  return out;
 }
 
 }  // namespace
 
 Schedule solve(const Problem& problem, const Options& options) {
   const CostModel model(problem);
+  const Objective goal = problem.objective;
   const auto exact = exact_classes(model);
-  auto classes = exact;
   std::vector<std::uint32_t> counts;
-  for (const auto& c : classes) counts.push_back(static_cast<std::uint32_t>(c.size()));
-  const std::uint64_t states = count_states(counts);
-  const bool exhaustive = states <= options.max_search_states / std::max<std::size_t>(classes.size(), 1);
-  if (!exhaustive) classes = merge_classes(model, classes, options.max_search_states);
+  for (const auto& c : exact) counts.push_back(static_cast<std::uint32_t>(c.size()));
+  const bool exhaustive = count_states(counts) <= options.max_search_states / std::max<std::size_t>(exact.size(), 1);
 
-  const ClassInstance in = build_instance(model, classes);
-  const CountSpace space(in.count);
-  SearchStats stats;
-  stats.device_classes = in.classes;
-  stats.count_states = space.size;
-
-  double threshold = kInf;
-  double bound = kInf;
-  Schedule out;
-  ClassPlan plan;
-  if (problem.objective == Objective::Throughput) {
-    const BottleneckResult b = min_bottleneck(in, space, options.max_refine_states);
-    stats.feasibility_checks = b.checks;
-    stats.refine_states = b.best.states;
-    if (b.feasible) {
-      threshold = b.threshold;
-      bound = threshold;
-      if (b.refined) {
-        plan.found = true;
-        plan.path = b.best.path;
-      } else {
-        plan = best_path(in, space, threshold, options, stats);
-      }
-    }
-  } else {
-    plan = best_path(in, space, threshold, options, stats);
-  }
-  if (!plan.found) {
-    out.method = exhaustive ? "exact search: no schedule fits" : "heuristic (merged device classes) found no schedule";
-    out.exact = exhaustive;
-    out.stats = stats;
-    return out;
-  }
-  out = model.evaluate(to_devices(in, plan.path));
-  out.stats = stats;
   if (exhaustive) {
-    out.exact = problem.objective == Objective::Throughput || plan.tie_break_exact;
-    out.lower_bound = problem.objective == Objective::Throughput ? bound : objective_value(out, problem.objective);
-    if (plan.tie_break_exact) {
+    const Attempt a = search(model, exact, options);
+    if (!a.plan.found) return no_schedule(true, a.stats);
+    Schedule out = model.evaluate(to_devices(a.in, a.plan.path));
+    out.stats = a.stats;
+    if (a.plan.tie_break_exact) {
+      out.exact = true;
       out.method = "exact";
-    } else if (problem.objective == Objective::Throughput) {
+      out.lower_bound = objective_value(out, goal);
+    } else if (goal == Objective::Throughput) {
+      out.exact = true;  // T* is proven; only the latency tie-break is not
       out.method = "exact bottleneck; latency tie-break stopped at the state cap";
+      out.lower_bound = a.threshold;
     } else {
       out.method = "latency search stopped at the state cap; gap is against its proven bound";
+      out.lower_bound = a.plan.latency_bound;
     }
-    if (!out.exact) out.lower_bound = plan.latency_bound;
-  } else {
-    const ClassInstance fine = build_instance(model, exact);
-    out.exact = false;
-    out.lower_bound = problem.objective == Objective::Throughput
-                          ? bottleneck_lower_bound(fine)
-                          : latency_bound_beyond(fine, make_tables(fine, kInf), 0, out.latency_s, 200);
-    out.method = "heuristic: " + std::to_string(exact.size()) + " device classes merged into " +
-                 std::to_string(in.classes) + " (exact search limit)";
+    const double value = objective_value(out, goal);
+    out.gap = out.exact || value <= out.lower_bound ? 0.0 : value / out.lower_bound - 1.0;
+    return out;
   }
-  const double value = objective_value(out, problem.objective);
-  if (out.exact || value <= out.lower_bound) {
-    out.gap = 0;
-  } else {
-    out.gap = out.lower_bound > 0 ? value / out.lower_bound - 1.0 : kInf;
+
+  // Pooled capacity can prove that nothing fits, whatever the search.
+  const ClassInstance fine = build_instance(model, exact);
+  const double floor = bottleneck_lower_bound(fine);
+  if (!std::isfinite(floor)) return no_schedule(true, SearchStats{});
+
+  // Heuristic: merge classes pessimistically (balanced, then memory first, which keeps more
+  // schedules feasible when memory is tight) and keep the better result on the real devices.
+  Schedule out;
+  SearchStats stats;
+  bool found = false;
+  std::size_t merged = 0;
+  const std::uint64_t budget = std::min(options.max_search_states, kHeuristicStates);
+  for (double memory_weight : {2.0, 25.0}) {
+    const Attempt a = search(model, merge_classes(model, exact, budget, memory_weight), options);
+    stats = a.stats;
+    if (!a.plan.found) continue;
+    Schedule s = model.evaluate(improve_plan(model, to_devices(a.in, a.plan.path)));
+    if (!found || objective_value(s, goal) < objective_value(out, goal)) {
+      out = s;
+      merged = a.in.classes;
+      found = true;
+    }
   }
+  if (!found) return no_schedule(false, stats);
+  out.stats = stats;
+  out.exact = false;
+  out.lower_bound = goal == Objective::Throughput
+                        ? floor
+                        : latency_bound_beyond(fine, make_tables(fine, kInf), 0, out.latency_s);
+  out.method = "heuristic: " + std::to_string(exact.size()) + " device classes merged into " +
+               std::to_string(merged) + " (exact search limit)";
+  const double value = objective_value(out, goal);
+  out.gap = value <= out.lower_bound ? 0.0 : (out.lower_bound > 0 ? value / out.lower_bound - 1.0 : kInf);
   return out;
 }
 
