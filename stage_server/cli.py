@@ -27,18 +27,21 @@ from pipeedge.logs import setup_logging
               help="Requests accepted but unanswered, over all clients; more get "
                    "RESOURCE_EXHAUSTED.")
 @click.option("--grace", default=10.0, show_default=True, help="Seconds to drain on SIGTERM.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default; 0 = "
+                   "pick a free port, logged at start).")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
-def main(host, port, name, threads, device, cache_dir, ready_file, max_in_flight, grace, log_level,
-         log_format):
+def main(host, port, name, threads, device, cache_dir, ready_file, max_in_flight, grace,
+         metrics_port, log_level, log_format):
     """Serve one pipeline stage. It starts empty: `pipeedge-coord deploy` assigns its layers."""
     setup_logging(log_level, log_format)
     from pipeedge.stage_server.server import serve  # after logging, so imports log properly
 
     serve(host=host, port=port, name=name or f"{socket.gethostname()}:{port}",
           cache_dir=cache_dir / "weights", threads=threads, device=device, grace_s=grace,
-          ready_file=ready_file, max_in_flight=max_in_flight)
+          ready_file=ready_file, max_in_flight=max_in_flight, metrics_port=metrics_port)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import grpc
 from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.logs import Throttle
+from pipeedge.stage_server.metrics import StageHooks
 from pipeedge.stage_server.routing import Route, error_frame
 
 log = logging.getLogger(__name__)
@@ -37,11 +39,13 @@ class Outgoing:
 
 class DownstreamLink:
     def __init__(self, address: str, outbox: queue.Queue, stage_name: str,
-                 on_sent=None) -> None:
+                 on_sent=None, metrics: StageHooks | None = None) -> None:
         self.address = address
         self._outbox = outbox
         self._stage = stage_name
         self._on_sent = on_sent or (lambda frame: None)
+        self._metrics = metrics or StageHooks()  # send time and next-hop failures (metrics.py)
+        self._warn = Throttle(30.0)  # a dead next hop is retried every <= 2 s: warn now and then
         self._tags = itertools.count(1)
         self._pending: dict[int, Outgoing] = {}
         self._carry: deque[Outgoing] = deque()  # taken from the outbox but never sent
@@ -78,8 +82,11 @@ class DownstreamLink:
                     backoff = 0.05
                 # The server ended the stream cleanly only if we stopped sending: fall through.
             except grpc.RpcError as exc:
-                if not self._stop.is_set():
-                    log.warning("stream to next hop %s failed: %s", self.address, exc.code())
+                report, held = self._warn.ready()
+                if report and not self._stop.is_set():
+                    log.warning("stream to next hop %s failed: %s (%d more since last report)",
+                                self.address, exc.code(), held,
+                                extra={"event": "next_hop_error", "next_hop": self.address})
             finally:
                 with self._lock:
                     alive.clear()
@@ -119,14 +126,16 @@ class DownstreamLink:
                 self._pending[tag] = item
             item.frame.hop_tag = tag
             self._on_sent(item.frame)
-            yield item.frame
+            handed_at = time.perf_counter()
+            yield item.frame  # gRPC asks for the next frame once this one is sent
+            self._metrics.send_time(time.perf_counter() - handed_at)
 
     def _route_back(self, result: pb.Frame) -> None:
         with self._lock:
             item = self._pending.pop(result.hop_tag, None)
-        if item is None:
-            log.warning("result with unknown hop tag %d from %s dropped", result.hop_tag,
-                        self.address)
+        if item is None:  # e.g. answered after its stream was failed over; debug, not per frame
+            log.debug("result with unknown hop tag %d from %s dropped", result.hop_tag,
+                      self.address)
             return
         result.hop_tag = item.upstream_tag
         item.route.deliver(result)
@@ -141,4 +150,5 @@ class DownstreamLink:
     def _fail(self, item: Outgoing, message: str) -> None:
         frame = item.frame
         frame.hop_tag = item.upstream_tag
+        self._metrics.error(grpc.StatusCode.UNAVAILABLE)
         item.route.deliver(error_frame(frame, grpc.StatusCode.UNAVAILABLE, message, self._stage))

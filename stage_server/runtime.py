@@ -19,8 +19,10 @@ import torch
 
 from pipeedge import codec
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.logs import Throttle
 from pipeedge.stage_server.backends import ShardBackend
 from pipeedge.stage_server.downstream import DownstreamLink, Outgoing
+from pipeedge.stage_server.metrics import StageHooks
 from pipeedge.stage_server.routing import Route, error_frame
 from pipeedge.stage_server.sessions import SessionError
 
@@ -56,19 +58,24 @@ class Counters:
 
 class StageRuntime:
     def __init__(self, assignment: pb.AssignRequest, backend: ShardBackend,
-                 assignment_id: str) -> None:
+                 assignment_id: str, *, metrics: StageHooks | None = None) -> None:
         self.assignment = assignment
         self.assignment_id = assignment_id
         self.backend = backend
         self.name = assignment.stage_name
         self.counters = Counters()
+        # Monitoring hooks (metrics.py): Prometheus when --metrics-port is set, energy baseline.
+        self.metrics = metrics or StageHooks()
+        self.started_at = time.monotonic()
+        self.energy_at_start = self.metrics.energy_joules()
+        self._error_log = Throttle(30.0)  # a failing shard logs now and then, not per request
         self._inbox: queue.Queue[Work | None] = queue.Queue(assignment.queue_in or DEFAULT_QUEUE)
         self._outbox: queue.Queue[Outgoing] = queue.Queue(assignment.queue_out or DEFAULT_QUEUE)
         self._encoding = (assignment.output_encoding
                           if assignment.HasField("output_encoding") else None)
         self._stopped = threading.Event()
         self.link = (DownstreamLink(assignment.next_hop, self._outbox, self.name,
-                                    on_sent=self._count_sent)
+                                    on_sent=self._count_sent, metrics=self.metrics)
                      if assignment.next_hop else None)
         self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
         self._compute.start()
@@ -81,6 +88,7 @@ class StageRuntime:
             work = Work(frame, self._decode(frame), route)
         except RequestError as exc:
             self.counters.errors += 1
+            self.metrics.error(exc.code)
             route.deliver(error_frame(frame, exc.code, str(exc), self.name))
             return
         while not self._stopped.is_set():
@@ -94,6 +102,7 @@ class StageRuntime:
                                   self.name))
 
     def _decode(self, frame: pb.Frame) -> dict[str, torch.Tensor]:
+        start = time.perf_counter()  # metrics: decode time
         if frame.error.code:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                "a request frame must not carry an error")
@@ -112,7 +121,9 @@ class StageRuntime:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"microbatch of {batch} exceeds stage {self.name}'s limit of "
                                f"{limit}; split the batch or redeploy with a larger microbatch")
-        self.counters.bytes_in += codec.payload_bytes(frame.tensors)
+        nbytes = codec.payload_bytes(frame.tensors)
+        self.counters.bytes_in += nbytes
+        self.metrics.decoded(nbytes, time.perf_counter() - start)
         return tensors
 
     # -- compute ----------------------------------------------------------------------------------
@@ -141,13 +152,18 @@ class StageRuntime:
                 self._fail(work, exc.code, str(exc))
                 continue
             except Exception as exc:  # a shard failure must not take the server down
-                log.exception("compute failed for request %s", frame.request_id)
+                report, held = self._error_log.ready()
+                if report:
+                    log.exception("compute failed for request %s (%d more since last report)",
+                                  frame.request_id, held, extra={"event": "compute_error"})
                 self._fail(work, grpc.StatusCode.INTERNAL,
                            f"stage {self.name} failed computing request {frame.request_id}: {exc}")
                 continue
             self.counters.compute_s += time.perf_counter() - start
             self.counters.frames += 1
             self.counters.items += _batch_size(work.inputs)
+            self.metrics.computed(_batch_size(work.inputs), time.perf_counter() - start)
+            encode_start = time.perf_counter()  # metrics: encode time
             result = pb.Frame(request_id=frame.request_id, hop_tag=frame.hop_tag,
                               session_id=frame.session_id, step=frame.step,
                               deadline_unix_ms=frame.deadline_unix_ms, trace_id=frame.trace_id)
@@ -156,6 +172,7 @@ class StageRuntime:
             except ValueError as exc:
                 self._fail(work, grpc.StatusCode.INTERNAL, f"stage {self.name}: {exc}")
                 continue
+            self.metrics.encoded(time.perf_counter() - encode_start)
             del work.inputs, outputs
             if self.link is None:
                 work.route.deliver(result)
@@ -165,10 +182,13 @@ class StageRuntime:
 
     def _fail(self, work: Work, code: grpc.StatusCode, message: str) -> None:
         self.counters.errors += 1
+        self.metrics.error(code)
         work.route.deliver(error_frame(work.frame, code, message, self.name))
 
     def _count_sent(self, frame: pb.Frame) -> None:
-        self.counters.bytes_out += codec.payload_bytes(frame.tensors)
+        nbytes = codec.payload_bytes(frame.tensors)
+        self.counters.bytes_out += nbytes
+        self.metrics.sent(nbytes)
 
     # -- lifecycle and status ------------------------------------------------------------------
     def queue_depths(self) -> tuple[int, int]:

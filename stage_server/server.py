@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.stage_server.metrics import make_hooks, serve_metrics
 from pipeedge.stage_server.servicer import StageServicer
 from pipeedge.stage_server.weight_cache import WeightCache
 
@@ -48,9 +49,13 @@ def build_server(address: str, servicer: StageServicer) -> tuple[grpc.Server, in
 
 
 def serve(*, host: str, port: int, name: str, cache_dir: Path, threads: int, device: str,
-          grace_s: float = 10.0, ready_file: Path | None = None, max_in_flight: int = 64) -> None:
+          grace_s: float = 10.0, ready_file: Path | None = None, max_in_flight: int = 64,
+          metrics_port: int | None = None) -> None:
+    # Monitoring (metrics.py): energy meter always, Prometheus /metrics only with a port.
+    hooks = make_hooks(prometheus_endpoint=metrics_port is not None)
     servicer = StageServicer(name, WeightCache(cache_dir), threads=threads, device=device,
-                             max_in_flight=max_in_flight)
+                             max_in_flight=max_in_flight, metrics=hooks)
+    metrics_endpoint = serve_metrics(hooks, servicer, host=host, port=metrics_port)
     server, bound, health_servicer = build_server(f"{host}:{port}", servicer)
     server.start()
     log.info("stage %s listening on %s:%d (device %s, threads %s)", name, host, bound, device,
@@ -69,4 +74,6 @@ def serve(*, host: str, port: int, name: str, cache_dir: Path, threads: int, dev
     stop.wait()
     server.stop(grace_s).wait()
     servicer.shutdown()
+    if metrics_endpoint:
+        metrics_endpoint.stop()
     log.info("stage %s stopped", name)

@@ -16,6 +16,7 @@ from pipeedge.errors import status_from_int
 from pipeedge.partition import PartitionError
 from pipeedge.stage_server.backends import load_backend
 from pipeedge.stage_server.links import measure_link
+from pipeedge.stage_server.metrics import StageHooks, fill_status
 from pipeedge.stage_server.profiler import profile_layers
 from pipeedge.stage_server.routing import InFlight, Route, error_frame
 from pipeedge.stage_server.runtime import StageRuntime
@@ -27,8 +28,10 @@ log = logging.getLogger(__name__)
 
 class StageServicer(pb_grpc.StageServicer):
     def __init__(self, name: str, cache: WeightCache, *, threads: int = 0,
-                 device: str = "cpu", max_in_flight: int = 64) -> None:
+                 device: str = "cpu", max_in_flight: int = 64,
+                 metrics: StageHooks | None = None) -> None:
         self.name = name
+        self.metrics = metrics or StageHooks()  # monitoring hooks and energy meter (metrics.py)
         # Accepted-but-unanswered requests over all streams; past the limit new ones are refused
         # with RESOURCE_EXHAUSTED instead of queueing without bound.
         self.in_flight = InFlight()
@@ -68,12 +71,16 @@ class StageServicer(pb_grpc.StageServicer):
             if old:
                 old.stop()
             assignment_id = uuid.uuid4().hex[:12]
-            self.runtime = StageRuntime(request, backend, assignment_id)
+            self.runtime = StageRuntime(request, backend, assignment_id, metrics=self.metrics)
             elapsed = time.perf_counter() - start
         log.info("assigned %s layers %d-%d (%s, %.1f MB) next hop %s in %.2fs",
                  request.model_name, request.first_layer, request.last_layer,
                  "onnx" if request.backend == pb.ONNX else "torch",
-                 backend.parameter_bytes / 1e6, request.next_hop or "(last stage)", elapsed)
+                 backend.parameter_bytes / 1e6, request.next_hop or "(last stage)", elapsed,
+                 extra={"event": "assign", "stage": request.stage_name,
+                        "model": request.model_name, "assignment_id": assignment_id,
+                        "layers": f"{request.first_layer}-{request.last_layer}",
+                        "next_hop": request.next_hop, "load_seconds": round(elapsed, 3)})
         return pb.AssignReply(assignment_id=assignment_id, parameter_bytes=backend.parameter_bytes,
                               load_seconds=elapsed)
 
@@ -83,13 +90,15 @@ class StageServicer(pb_grpc.StageServicer):
         if old:
             old.stop()
             log.info("released %s layers %d-%d", old.assignment.model_name,
-                     old.assignment.first_layer, old.assignment.last_layer)
+                     old.assignment.first_layer, old.assignment.last_layer,
+                     extra={"event": "release", "assignment_id": old.assignment_id})
         return pb.ReleaseReply(released=old is not None)
 
     def PushWeights(self, request_iterator, context) -> pb.PushWeightsReply:
         try:
             sha, received, already = self.cache.receive(request_iterator)
         except WeightPushError as exc:
+            log.warning("weight push failed: %s", exc, extra={"event": "weight_push_error"})
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.PushWeightsReply(sha256=sha, bytes_received=received, already_cached=already)
 
@@ -135,12 +144,14 @@ class StageServicer(pb_grpc.StageServicer):
     def _submit(self, frame: pb.Frame, route: Route) -> None:
         runtime = self.runtime
         if runtime is None:
+            self.metrics.error(grpc.StatusCode.FAILED_PRECONDITION)
             route.expect()
             route.deliver(error_frame(frame, grpc.StatusCode.FAILED_PRECONDITION,
                                       f"stage {self.name} has no assignment; run "
                                       "`pipeedge-coord deploy hosts.yml` first", self.name))
             return
         if self.in_flight.value >= self.max_in_flight:
+            self.metrics.error(grpc.StatusCode.RESOURCE_EXHAUSTED)
             route.expect()
             route.deliver(error_frame(
                 frame, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -166,6 +177,7 @@ class StageServicer(pb_grpc.StageServicer):
         status.compute_seconds = c.compute_s
         status.bytes_received, status.bytes_sent = c.bytes_in, c.bytes_out
         status.parameter_bytes = rt.backend.parameter_bytes
+        fill_status(status, rt)  # assigned_seconds, energy_joules (metrics.py)
         return status
 
     # -- profiling and links ----------------------------------------------------------------------

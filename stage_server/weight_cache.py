@@ -67,7 +67,8 @@ class WeightCache:
                                       f"announced {first.sha256}; the transfer was corrupted")
             already = target.exists()
             os.replace(tmp, target)
-            log.info("cached weights %s (%d bytes)", first.sha256[:12], received)
+            log.info("cached weights %s (%d bytes)", first.sha256[:12], received,
+                     extra={"event": "weight_push", "sha256": first.sha256, "bytes": received})
             return first.sha256, received, already
         finally:
             if os.path.exists(tmp):
