@@ -122,12 +122,16 @@ class OnnxCache:
                         "layers": [key.first_layer, key.last_layer], "weights": key.weights,
                         "opset": key.opset, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "files": {p.name: _sha256(p) for p in files}}
-            self.discard(key)
+            # Replaced in place (atomic per file), never deleted first: another stage process
+            # sharing this directory may be opening the same entry right now.
             for p in files:
                 os.replace(p, self.root / p.name)
             tmp_manifest = Path(tmp) / "manifest.json"
             tmp_manifest.write_text(json.dumps(manifest, indent=1))
             os.replace(tmp_manifest, self.manifest_path(key))
+            stale = self.root / f"{key.stem}.onnx.data"
+            if stale.name not in manifest["files"]:
+                stale.unlink(missing_ok=True)
         log.info("cached ONNX %s (%.1f MB)", key.stem, sum(
             (self.root / n).stat().st_size for n in manifest["files"]) / 1e6)
         return self.model_path(key)
