@@ -133,7 +133,7 @@ class SessionStore:
             session.cache.truncate(session.length_before)
         else:
             raise SessionError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.INVALID_ARGUMENT,
                 f"session {session_id!r} got step {step} at stage {self.stage} but its last "
                 f"completed step is {session.last_step}; send steps in order (0 = prefill)")
         return session

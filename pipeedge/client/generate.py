@@ -151,7 +151,8 @@ class _Mux:
         fut: Future = Future()
         with self._lock:
             if self._closed:
-                raise StageUnavailableError(f"generator for {self.address} is closed")
+                raise StageUnavailableError(f"generator for {self.address} is closed",
+                                            code=grpc.StatusCode.UNAVAILABLE)
             if self._outbox is None:
                 self._open()
             self._waiters[frame.request_id] = fut
@@ -175,13 +176,15 @@ class _Mux:
                     fut.set_result(frame)
         except grpc.RpcError as exc:
             error = rpc_error(exc) if exc.code() != grpc.StatusCode.CANCELLED else \
-                StageUnavailableError(f"stream to {self.address} was cancelled")
+                StageUnavailableError(f"stream to {self.address} was cancelled",
+                                      code=grpc.StatusCode.CANCELLED)
         with self._lock:
             if self._outbox is outbox:
                 self._outbox, self._call = None, None
             waiters, self._waiters = self._waiters, {}
         outbox.put(_CLOSE)
-        error = error or StageUnavailableError(f"stream to {self.address} ended")
+        error = error or StageUnavailableError(f"stream to {self.address} ended",
+                                               code=grpc.StatusCode.UNAVAILABLE)
         for fut in waiters.values():
             if not fut.done():
                 fut.set_exception(error)
@@ -413,7 +416,8 @@ class TextGenerator:
                 if not done:
                     raise DeadlineExceededError(
                         f"no generation step came back from {self.address} within "
-                        f"{self.timeout_s:.0f}s; a stage may be stalled (pipeedge-coord status)")
+                        f"{self.timeout_s:.0f}s; a stage may be stalled (pipeedge-coord status)",
+                        code=grpc.StatusCode.DEADLINE_EXCEEDED)
                 for fut in done:
                     run = active.pop(fut)
                     try:
