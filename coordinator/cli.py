@@ -31,36 +31,143 @@ def main(log_level: str, log_format: str) -> None:
     setup_logging(log_level, log_format)
 
 
-@main.command()
-@click.argument("hosts_file", type=click.Path(path_type=Path))
-@click.option("--partition", "-pt", default=None, help="Override: e.g. 1,24,25,48.")
-@click.option("--model", "-m", default=None, help="Override the model in hosts.yml.")
-@click.option("--microbatch", "-b", type=int, default=None, help="Override the microbatch size.")
-@click.option("--out", "pipeline_path", type=click.Path(path_type=Path), default=None,
-              help="Where to write the pipeline file [default: from hosts.yml].")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
-def deploy(hosts_file, partition, model, microbatch, pipeline_path, no_progress):
-    """Assign layer ranges to the stage servers in HOSTS_FILE and chain them."""
-    from pipeedge.coordinator import deploy as deploy_mod
-    from pipeedge.coordinator.hosts import HostsFileError, load_deployment
+def _plan_for(hosts_file, partition, model, microbatch, progress):
+    """Load hosts.yml and plan: partition, or profile-if-missing + scheduler."""
+    from pipeedge.coordinator import planning
+    from pipeedge.coordinator.hosts import load_deployment
+
+    dep = load_deployment(hosts_file, partition=partition, model=model, microbatch=microbatch)
+    planning.ensure_profiles(dep, progress=progress)
+    return dep, planning.plan(dep)
+
+
+def _user_errors():
+    """Errors that are the user's to fix: printed as one line, exit code 2."""
+    from pipeedge.coordinator.deploy import DeployError
+    from pipeedge.coordinator.hosts import HostsFileError
+    from pipeedge.coordinator.scheduler import SchedulingError
     from pipeedge.coordinator.stage_control import StageUnreachable
-    from pipeedge.coordinator.tables import render
     from pipeedge.partition import PartitionError
 
+    return (HostsFileError, PartitionError, StageUnreachable, DeployError, SchedulingError,
+            ValueError, FileNotFoundError, RuntimeError)
+
+
+_PLAN_OPTIONS = [
+    click.argument("hosts_file", type=click.Path(path_type=Path)),
+    click.option("--partition", "-pt", default=None,
+                 help="Manual partition, e.g. 1,24,25,48 (skips the scheduler)."),
+    click.option("--model", "-m", default=None, help="Override the model in hosts.yml."),
+    click.option("--microbatch", "-b", type=int, default=None,
+                 help="Override the microbatch size."),
+    click.option("--no-progress", is_flag=True, help="No progress bars."),
+]
+
+
+def _plan_options(fn):
+    for option in reversed(_PLAN_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@_plan_options
+@click.option("--out", "pipeline_path", type=click.Path(path_type=Path), default=None,
+              help="Where to write the pipeline file [default: from hosts.yml].")
+def deploy(hosts_file, partition, model, microbatch, no_progress, pipeline_path):
+    """Assign layer ranges to the stage servers in HOSTS_FILE and chain them.
+
+    Without a partition: profile the device types if models.yml/device_types.yml are missing,
+    run the scheduler, and deploy its plan.
+    """
+    from pipeedge.coordinator import deploy as deploy_mod
+    from pipeedge.coordinator.report import plan_table
+    from pipeedge.coordinator.tables import render
+
     try:
-        dep = load_deployment(hosts_file, partition=partition, model=model, microbatch=microbatch)
-        stages = deploy_mod.plan_stages(dep)
-        pipeline = deploy_mod.deploy(dep, stages, progress=not no_progress)
-    except (HostsFileError, PartitionError, StageUnreachable, deploy_mod.DeployError,
-            ValueError, FileNotFoundError) as exc:
+        dep, plan = _plan_for(hosts_file, partition, model, microbatch, not no_progress)
+        if plan.schedule is not None:
+            click.echo(plan_table(plan) + "\n")
+        pipeline = deploy_mod.deploy(dep, plan.stages, progress=not no_progress)
+    except _user_errors() as exc:
         _fail(str(exc))
     out = pipeline.save(pipeline_path or Path(dep.pipeline_file))
     rows = [[i + 1, s.name, s.address, f"{s.first_layer}-{s.last_layer}", s.backend,
              f"{b / 1e6:.1f}"] for i, (s, b) in
             enumerate(zip(pipeline.stages, pipeline.extra["parameter_bytes"]))]
     click.echo(render(["stage", "host", "address", "layers", "backend", "weights MB"], rows))
-    click.echo(f"\n{pipeline.model} deployed on {len(rows)} stage(s); entry {pipeline.entry}; "
-               f"pipeline file {out}")
+    click.echo(f"\n{pipeline.model} deployed on {len(rows)} stage(s) ({plan.how}); entry "
+               f"{pipeline.entry}; pipeline file {out}")
+
+
+@main.command()
+@_plan_options
+def plan(hosts_file, partition, model, microbatch, no_progress):
+    """Like deploy, but only print the plan and its predicted throughput."""
+    from pipeedge.coordinator.report import plan_table
+
+    try:
+        _, the_plan = _plan_for(hosts_file, partition, model, microbatch, not no_progress)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    click.echo(plan_table(the_plan))
+
+
+@main.command()
+@click.argument("hosts_file", type=click.Path(path_type=Path))
+@click.option("--model", "-m", default=None, help="Model to profile [default: hosts.yml's].")
+@click.option("--microbatch", "-b", type=int, default=None, help="Microbatch size to time.")
+@click.option("--all", "all_hosts", is_flag=True,
+              help="Profile every host, not one per device type (averaged per type).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Where models.yml and device_types.yml go [default: hosts.yml's "
+                   "scheduler_dir, else beside hosts.yml].")
+@click.option("--no-progress", is_flag=True)
+def profile(hosts_file, model, microbatch, all_hosts, out_dir, no_progress):
+    """Profile each device type on its own hardware, in parallel; write the scheduler's files."""
+    from pipeedge.coordinator import planning
+    from pipeedge.coordinator.hosts import load_deployment
+    from pipeedge.coordinator.profiling import (hosts_to_profile, profile_hosts,
+                                                write_scheduler_files)
+
+    try:
+        dep = load_deployment(hosts_file, model=model, microbatch=microbatch)
+        hosts = hosts_to_profile(dep, all_hosts=all_hosts)
+        profiles = profile_hosts(dep, hosts, batch=dep.microbatch, dtype=dep.dtype,
+                                 progress=not no_progress)
+        paths = write_scheduler_files(dep, profiles, out_dir or planning.scheduler_dir(dep),
+                                      batch=dep.microbatch, dtype=dep.dtype)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    for p in profiles:
+        click.echo(f"{p.host.name}: {len(p.time_s)} layers, {sum(p.time_s):.3f} s per "
+                   f"microbatch of {dep.microbatch}, {sum(p.mem_mb):.0f} MB weights, "
+                   f"{p.memory_capacity_mb:.0f} MB memory")
+    click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@main.command("measure-links")
+@click.argument("hosts_file", type=click.Path(path_type=Path))
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="links.yml path [default: in the scheduler directory].")
+@click.option("--payload-mb", default=4.0, show_default=True, help="Bytes per probe, in MB.")
+@click.option("--no-progress", is_flag=True)
+def measure_links_cmd(hosts_file, out_path, payload_mb, no_progress):
+    """Measure bandwidth/latency between every pair of stages and from here to each."""
+    from pipeedge.coordinator import planning
+    from pipeedge.coordinator.hosts import load_deployment
+    from pipeedge.coordinator.link_measurement import measure_links, write_links
+
+    try:
+        dep = load_deployment(hosts_file)
+        doc = measure_links(dep, payload_bytes=int(payload_mb * 1e6), progress=not no_progress)
+        path = write_links(doc, out_path or planning.scheduler_dir(dep) / "links.yml")
+    except _user_errors() as exc:
+        _fail(str(exc))
+    for src, dsts in doc["hosts"].items():
+        for dst, link in dsts.items():
+            click.echo(f"{src} -> {dst}: {link['bw_Mbps']:.1f} Mbps, {link['latency_ms']:.2f} ms")
+    click.echo(f"wrote {path}")
 
 
 @main.command()
@@ -220,14 +327,15 @@ def release(pipeline_path):
 def export_onnx(hosts_file, out_dir, partition, model, all_stages, opset, weights_path):
     """Export the onnx stages' shards ahead of time, named as the devices' cache expects."""
     from pipeedge.coordinator import onnx_export
-    from pipeedge.coordinator.deploy import DeployError, plan_stages
+    from pipeedge.coordinator.deploy import DeployError
     from pipeedge.coordinator.hosts import HostsFileError, load_deployment
+    from pipeedge.coordinator.planning import plan
     from pipeedge.coordinator.tables import render
     from pipeedge.partition import PartitionError
 
     try:
         dep = load_deployment(hosts_file, partition=partition, model=model)
-        stages = onnx_export.onnx_stages(dep, plan_stages(dep), all_stages)
+        stages = onnx_export.onnx_stages(dep, plan(dep).stages, all_stages)
         done = onnx_export.export_stages(dep, stages, out_dir, opset=opset,
                                          weights_path=weights_path)
     except (HostsFileError, PartitionError, DeployError, ValueError, FileNotFoundError) as exc:
