@@ -10,22 +10,48 @@ import time
 from pathlib import Path
 
 import pytest
-
-from pipeedge.coordinator.scheduler import (DeviceProfile, Link, ModelProfile, NetworkLinks, Objective,
-                                            SchedulingError, load_inputs, schedule)
-from test_scheduler_reference import (Instance, brute_force, evaluate, random_instance, seed_dp_plan,
-                                      type_count_bottleneck)
+from pipeedge.coordinator.scheduler import (
+    DeviceProfile,
+    Link,
+    ModelProfile,
+    NetworkLinks,
+    Objective,
+    SchedulingError,
+    load_inputs,
+    schedule,
+)
+from test_scheduler_reference import (
+    Instance,
+    brute_force,
+    evaluate,
+    random_instance,
+    seed_dp_plan,
+    type_count_bottleneck,
+)
 
 FIXTURES = Path("/work/shared/fixtures/pipeedge-format")
 VIT_BASE, VIT_LARGE = "google/vit-base-patch16-224", "google/vit-large-patch16-224"
 
 CASES = {  # name: (seed, instances, generator options)
-    "distinct": (11, 120, dict(max_layers=7, max_devices=4)),
-    "shared-types": (12, 120, dict(max_layers=7, max_devices=5, shared_types=True)),
-    "links": (13, 120, dict(max_layers=6, max_devices=4, links=True)),
-    "links-client-legs": (14, 100, dict(max_layers=6, max_devices=4, links=True, client_legs=True,
-                                        shared_types=True)),
-    "proportional": (15, 80, dict(max_layers=7, max_devices=4, proportional=True, links=True)),
+    "distinct": (11, 120, {"max_layers": 7, "max_devices": 4}),
+    "shared-types": (12, 120, {"max_layers": 7, "max_devices": 5, "shared_types": True}),
+    "links": (13, 120, {"max_layers": 6, "max_devices": 4, "links": True}),
+    "links-client-legs": (
+        14,
+        100,
+        {
+            "max_layers": 6,
+            "max_devices": 4,
+            "links": True,
+            "client_legs": True,
+            "shared_types": True,
+        },
+    ),
+    "proportional": (
+        15,
+        80,
+        {"max_layers": 7, "max_devices": 4, "proportional": True, "links": True},
+    ),
 }
 
 
@@ -42,14 +68,21 @@ def test_matches_brute_force(case: str) -> None:
                 schedule(**inst.kwargs())
             continue
         got = schedule(**inst.kwargs())
-        plan = tuple((inst.devices.index(next(d for d in inst.devices if d.host == s.host)),
-                      s.first_layer - 1, s.last_layer) for s in got.stages)
+        plan = tuple(
+            (
+                inst.devices.index(next(d for d in inst.devices if d.host == s.host)),
+                s.first_layer - 1,
+                s.last_layer,
+            )
+            for s in got.stages
+        )
         costs = evaluate(inst, plan)
         assert costs is not None, f"{case} #{n}: the scheduler's plan is invalid"
         assert got.exact, f"{case} #{n}"
         # Dyadic inputs: the keys are exact, so objective, tie-break and stage count all match.
-        assert costs.key(inst.objective) == pytest.approx(want[0].key(inst.objective), rel=1e-12, abs=1e-12), \
-            f"{case} #{n}: got {plan}, brute force {want[1]}"
+        assert costs.key(inst.objective) == pytest.approx(
+            want[0].key(inst.objective), rel=1e-12, abs=1e-12
+        ), f"{case} #{n}: got {plan}, brute force {want[1]}"
         assert got.bottleneck_s == pytest.approx(costs.bottleneck_s, rel=1e-12)
         assert got.latency_s == pytest.approx(costs.latency_s, rel=1e-12)
         feasible += 1
@@ -59,10 +92,20 @@ def test_matches_brute_force(case: str) -> None:
 
 
 def _fixture(model: str) -> Instance:
-    inputs = load_inputs(model_name=model, models_file=FIXTURES / "models.yml",
-                         dev_types_file=FIXTURES / "device_types.yml", dev_file=FIXTURES / "devices.yml")
-    return Instance(model=inputs.model, devices=inputs.devices, batch_size=8, dtype="torch.float32",
-                    buffers_in=2, buffers_out=2)
+    inputs = load_inputs(
+        model_name=model,
+        models_file=FIXTURES / "models.yml",
+        dev_types_file=FIXTURES / "device_types.yml",
+        dev_file=FIXTURES / "devices.yml",
+    )
+    return Instance(
+        model=inputs.model,
+        devices=inputs.devices,
+        batch_size=8,
+        dtype="torch.float32",
+        buffers_in=2,
+        buffers_out=2,
+    )
 
 
 @pytest.mark.parametrize("model, seed_slower", [(VIT_BASE, 0.11), (VIT_LARGE, 0.13)])
@@ -82,11 +125,25 @@ def test_seed_example_is_optimal_and_beats_the_seed(model: str, seed_slower: flo
 def test_seed_example_prefix_matches_brute_force() -> None:
     """A slice of the example small enough to enumerate: ViT-Base's first 12 layers, 2+2 hosts."""
     full = _fixture(VIT_BASE)
-    model = ModelProfile("vit-base[:12]", full.model.mem_MB[:12], full.model.parameters_in,
-                         full.model.parameters_out[:12])
-    devices = tuple(DeviceProfile(d.host, d.device_type, 120.0, d.bw_Mbps, d.time_s[:12])
-                    for d in full.devices if d.host in {"mb-0", "mb-1", "rcc-0", "rcc-1"})
-    inst = Instance(model=model, devices=devices, batch_size=8, dtype="torch.float32", buffers_in=2, buffers_out=2)
+    model = ModelProfile(
+        "vit-base[:12]",
+        full.model.mem_MB[:12],
+        full.model.parameters_in,
+        full.model.parameters_out[:12],
+    )
+    devices = tuple(
+        DeviceProfile(d.host, d.device_type, 120.0, d.bw_Mbps, d.time_s[:12])
+        for d in full.devices
+        if d.host in {"mb-0", "mb-1", "rcc-0", "rcc-1"}
+    )
+    inst = Instance(
+        model=model,
+        devices=devices,
+        batch_size=8,
+        dtype="torch.float32",
+        buffers_in=2,
+        buffers_out=2,
+    )
     want = brute_force(inst)
     assert want is not None and len(want[1]) > 1
     assert schedule(**inst.kwargs()).bottleneck_s == pytest.approx(want[0].bottleneck_s, rel=1e-12)
@@ -101,8 +158,9 @@ def test_seed_example_solves_in_milliseconds() -> None:
     assert (time.perf_counter() - start) / 5 < 0.05
 
 
-def _distinct_instance(rng: random.Random, layers: int, count: int, objective: Objective,
-                       memory: float = 2.0) -> Instance:
+def _distinct_instance(
+    rng: random.Random, layers: int, count: int, objective: Objective, memory: float = 2.0
+) -> Instance:
     """ViT-like layers (4 sub-layers per block) on distinct devices with per-pair links."""
     pattern_out, pattern_t = (302592, 151296, 756480, 151296), (0.35, 0.08, 0.35, 0.30)
     mem = tuple(20 + 10 * rng.random() for _ in range(layers))
@@ -110,13 +168,33 @@ def _distinct_instance(rng: random.Random, layers: int, count: int, objective: O
     devices = []
     for d in range(count):
         speed = 0.5 + 1.5 * rng.random()
-        devices.append(DeviceProfile(f"h{d}", f"type{d}", memory * sum(mem) * (0.5 + rng.random()) / count, 1000.0,
-                                     tuple(pattern_t[i % 4] * speed * (0.9 + 0.2 * rng.random())
-                                           for i in range(layers))))
-    links = NetworkLinks({(a.host, b.host): Link(100 + 900 * rng.random(), 0.1 + rng.random())
-                          for a in devices for b in devices if a is not b})
-    return Instance(model=model, devices=tuple(devices), links=links, batch_size=8, dtype="torch.float32",
-                    buffers_in=2, buffers_out=2, objective=objective)
+        devices.append(
+            DeviceProfile(
+                f"h{d}",
+                f"type{d}",
+                memory * sum(mem) * (0.5 + rng.random()) / count,
+                1000.0,
+                tuple(pattern_t[i % 4] * speed * (0.9 + 0.2 * rng.random()) for i in range(layers)),
+            )
+        )
+    links = NetworkLinks(
+        {
+            (a.host, b.host): Link(100 + 900 * rng.random(), 0.1 + rng.random())
+            for a in devices
+            for b in devices
+            if a is not b
+        }
+    )
+    return Instance(
+        model=model,
+        devices=tuple(devices),
+        links=links,
+        batch_size=8,
+        dtype="torch.float32",
+        buffers_in=2,
+        buffers_out=2,
+        objective=objective,
+    )
 
 
 def test_sixteen_distinct_devices_128_layers_exact() -> None:

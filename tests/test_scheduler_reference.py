@@ -12,10 +12,17 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from pipeedge.coordinator.scheduler import DeviceProfile, Link, ModelProfile, NetworkLinks, Objective
+from pipeedge.coordinator.scheduler import (
+    DeviceProfile,
+    Link,
+    ModelProfile,
+    NetworkLinks,
+    Objective,
+)
 
 MIB = 1024.0 * 1024.0
 DTYPE_BYTES = {"torch.float32": 4, "torch.int8": 1}
@@ -35,9 +42,16 @@ class Instance:
 
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``schedule()``."""
-        return dict(model=self.model, devices=self.devices, links=self.links, batch_size=self.batch_size,
-                    dtype=self.dtype, buffers_in=self.buffers_in, buffers_out=self.buffers_out,
-                    objective=self.objective)
+        return {
+            "model": self.model,
+            "devices": self.devices,
+            "links": self.links,
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+            "buffers_in": self.buffers_in,
+            "buffers_out": self.buffers_out,
+            "objective": self.objective,
+        }
 
 
 @dataclass(frozen=True)
@@ -54,6 +68,7 @@ class Costs:
 
 # --- the seed's cost model -------------------------------------------------------------------
 
+
 def _bytes_out(inst: Instance, j: int) -> float:
     return inst.model.parameters_out[j - 1] * inst.batch_size * DTYPE_BYTES[inst.dtype]
 
@@ -67,7 +82,12 @@ def _bytes_in(inst: Instance, i: int) -> float:
 def memory_MB(inst: Instance, i: int, j: int) -> float:
     """Weights of layers i+1..j plus the seed's buffers (no receive queue on the first stage)."""
     data_in, data_out = _bytes_in(inst, i), _bytes_out(inst, j)
-    buffers = inst.buffers_out * data_out + data_in + data_out + (inst.buffers_in * data_in if i > 0 else 0)
+    buffers = (
+        inst.buffers_out * data_out
+        + data_in
+        + data_out
+        + (inst.buffers_in * data_in if i > 0 else 0)
+    )
     return sum(inst.model.mem_MB[i:j]) + buffers / MIB
 
 
@@ -113,6 +133,7 @@ def evaluate(inst: Instance, plan: Plan) -> Costs | None:
 
 # --- brute force ---------------------------------------------------------------------------
 
+
 def brute_force(inst: Instance) -> tuple[Costs, Plan] | None:
     """The best plan by enumerating every ordered choice of distinct devices and every cut."""
     layers, best = inst.model.layers, None
@@ -122,7 +143,9 @@ def brute_force(inst: Instance) -> tuple[Costs, Plan] | None:
             for order in itertools.permutations(range(len(inst.devices)), k):
                 plan = tuple((order[s], bounds[s], bounds[s + 1]) for s in range(k))
                 costs = evaluate(inst, plan)
-                if costs is not None and (best is None or costs.key(inst.objective) < best[0].key(inst.objective)):
+                if costs is not None and (
+                    best is None or costs.key(inst.objective) < best[0].key(inst.objective)
+                ):
                     best = (costs, plan)
     return best
 
@@ -131,12 +154,24 @@ def _dyadic_model(rng: random.Random, layers: int) -> ModelProfile:
     unit = 2**14  # elements: at batch 1, 1 byte each, 2^17 elements take 1 s at 1 Mbit/s
     # After an "MLP intermediate" layer the activation is 4x bigger: later cuts can be worse.
     out = tuple(unit * (16 if rng.random() < 0.3 else 4) for _ in range(layers))
-    return ModelProfile(name="random", mem_MB=tuple(float(rng.randint(1, 4)) for _ in range(layers)),
-                        parameters_in=unit * rng.randint(1, 8), parameters_out=out)
+    return ModelProfile(
+        name="random",
+        mem_MB=tuple(float(rng.randint(1, 4)) for _ in range(layers)),
+        parameters_in=unit * rng.randint(1, 8),
+        parameters_out=out,
+    )
 
 
-def random_instance(rng: random.Random, *, max_layers: int = 6, max_devices: int = 4, shared_types: bool = False,
-                    links: bool = False, client_legs: bool = False, proportional: bool = False) -> Instance:
+def random_instance(
+    rng: random.Random,
+    *,
+    max_layers: int = 6,
+    max_devices: int = 4,
+    shared_types: bool = False,
+    links: bool = False,
+    client_legs: bool = False,
+    proportional: bool = False,
+) -> Instance:
     """A small instance with dyadic numbers: memory-infeasible ones included on purpose."""
     layers = rng.randint(1, max_layers)
     model = _dyadic_model(rng, layers)
@@ -147,7 +182,9 @@ def random_instance(rng: random.Random, *, max_layers: int = 6, max_devices: int
     for d in range(rng.randint(1, max_devices)):
         if shared_types and kinds and rng.random() < 0.5:
             kind = rng.choice(kinds)
-            devices.append(DeviceProfile(f"h{d}", kind.device_type, kind.mem_MB, kind.bw_Mbps, kind.time_s))
+            devices.append(
+                DeviceProfile(f"h{d}", kind.device_type, kind.mem_MB, kind.bw_Mbps, kind.time_s)
+            )
             continue
         factor = rng.randint(1, 4) / 2
         times = tuple(b * factor if proportional else rng.randint(0, 12) / 8 for b in base)
@@ -157,18 +194,42 @@ def random_instance(rng: random.Random, *, max_layers: int = 6, max_devices: int
     net = None
     if links or client_legs:
         ms = 1000 / 1024  # latencies of k/1024 s stay exact
-        pairs = {(a.host, b.host): Link(rng.choice(bws) * (rng.random() > 0.1), rng.randint(0, 3) * ms)
-                 for a in devices for b in devices if a is not b} if links else \
-            {(a.host, b.host): Link(min(a.bw_Mbps, b.bw_Mbps)) for a in devices for b in devices if a is not b}
-        legs = (lambda: {d.host: Link(rng.choice(bws), rng.randint(0, 2) * ms) for d in devices}) if client_legs \
+        pairs = (
+            {
+                (a.host, b.host): Link(
+                    rng.choice(bws) * (rng.random() > 0.1), rng.randint(0, 3) * ms
+                )
+                for a in devices
+                for b in devices
+                if a is not b
+            }
+            if links
+            else {
+                (a.host, b.host): Link(min(a.bw_Mbps, b.bw_Mbps))
+                for a in devices
+                for b in devices
+                if a is not b
+            }
+        )
+        legs = (
+            (lambda: {d.host: Link(rng.choice(bws), rng.randint(0, 2) * ms) for d in devices})
+            if client_legs
             else (lambda: None)
+        )
         net = NetworkLinks(host_to_host=pairs, client_to_host=legs(), host_to_client=legs())
-    return Instance(model=model, devices=tuple(devices), links=net, batch_size=rng.randint(1, 2),
-                    buffers_in=rng.randint(0, 2), buffers_out=rng.randint(0, 2),
-                    objective=Objective.LATENCY if rng.random() < 0.25 else Objective.THROUGHPUT)
+    return Instance(
+        model=model,
+        devices=tuple(devices),
+        links=net,
+        batch_size=rng.randint(1, 2),
+        buffers_in=rng.randint(0, 2),
+        buffers_out=rng.randint(0, 2),
+        objective=Objective.LATENCY if rng.random() < 0.25 else Objective.THROUGHPUT,
+    )
 
 
 # --- the seed's DP, bug included -------------------------------------------------------------
+
 
 def _types(inst: Instance) -> list[tuple[str, list[int]]]:
     """Device types in the seed's order (by name) with their device indices."""
@@ -185,7 +246,9 @@ def seed_dp_plan(inst: Instance) -> Plan:
     types = _types(inst)
     counts = [len(idx) for _, idx in types]
     instances = [idx for _, members in types for idx in members]  # the seed's `devices` vector
-    prof = [inst.devices[instances[u]] for u in range(len(types))]  # the bug: instance u, not type u
+    prof = [
+        inst.devices[instances[u]] for u in range(len(types))
+    ]  # the bug: instance u, not type u
     radix = [math.prod(c + 1 for c in counts[:k]) for k in range(len(counts))]
     size, layers = math.prod(c + 1 for c in counts), inst.model.layers
     prefix = [list(itertools.accumulate(p.time_s, initial=0.0)) for p in prof]
@@ -277,6 +340,7 @@ def type_count_bottleneck(inst: Instance) -> float:
 
 # --- checks of the reference itself -----------------------------------------------------------
 
+
 def _two_device_instance(objective: Objective = Objective.THROUGHPUT) -> Instance:
     model = ModelProfile("m", (1.0, 1.0, 1.0), 2**17, (2**17, 2**19, 2**17))
     devices = tuple(DeviceProfile(f"h{d}", "t", 10.0, 1.0, (1.0, 1.0, 1.0)) for d in range(2))
@@ -312,8 +376,16 @@ def test_reference_type_count_dp_matches_brute_force() -> None:
     checked = 0
     for _ in range(60):
         inst = random_instance(rng, shared_types=True, max_devices=4)
-        inst = Instance(inst.model, inst.devices, None, inst.batch_size, inst.dtype, inst.buffers_in,
-                        inst.buffers_out, Objective.THROUGHPUT)
+        inst = Instance(
+            inst.model,
+            inst.devices,
+            None,
+            inst.batch_size,
+            inst.dtype,
+            inst.buffers_in,
+            inst.buffers_out,
+            Objective.THROUGHPUT,
+        )
         found = brute_force(inst)
         assert type_count_bottleneck(inst) == (found[0].bottleneck_s if found else math.inf)
         checked += found is not None

@@ -6,7 +6,8 @@ The format and its precedence rules are documented in links.example.yml next to 
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .errors import SchedulingError
 from .profiles import DeviceProfile, Link, NetworkLinks
@@ -21,11 +22,15 @@ _KEYS = {"symmetric", "hosts", "client_to_host", "host_to_client"}
 
 def _link(value: Any, where: str, source: str) -> Link:
     if not isinstance(value, Mapping) or "bw_Mbps" not in value:
-        raise SchedulingError(f"{source}: {where} must be a map with bw_Mbps (and optional latency_ms)")
+        raise SchedulingError(
+            f"{source}: {where} must be a map with bw_Mbps (and optional latency_ms)"
+        )
     try:
         leg = Link(bw_Mbps=float(value["bw_Mbps"]), latency_ms=float(value.get("latency_ms", 0.0)))
     except (TypeError, ValueError):
-        raise SchedulingError(f"{source}: {where} has a non-numeric bw_Mbps or latency_ms") from None
+        raise SchedulingError(
+            f"{source}: {where} has a non-numeric bw_Mbps or latency_ms"
+        ) from None
     if leg.bw_Mbps < 0 or leg.latency_ms < 0:
         raise SchedulingError(f"{source}: {where} has a negative bandwidth or latency")
     return leg
@@ -48,21 +53,27 @@ def _client_legs(raw: Any, name: str, hosts: Sequence[str], source: str) -> dict
     if raw is None:
         return None
     if not isinstance(raw, Mapping):
-        raise SchedulingError(f"{source}: {name} must map hosts (or \"*\") to links")
+        raise SchedulingError(f'{source}: {name} must map hosts (or "*") to links')
     legs = {str(h): _link(v, f"{name}.{h}", source) for h, v in raw.items()}
     out: dict[str, Link] = {}
     for host in hosts:
         leg = legs.get(host, legs.get(_ANY))
         if leg is None:
-            raise SchedulingError(f"{source}: {name} has no entry for host {host!r}; add it or a \"*\" entry")
+            raise SchedulingError(
+                f'{source}: {name} has no entry for host {host!r}; add it or a "*" entry'
+            )
         out[host] = leg
     return out
 
 
-def parse_links(raw: Any, devices: Sequence[DeviceProfile], *, source: str = "links.yml") -> NetworkLinks:
+def parse_links(
+    raw: Any, devices: Sequence[DeviceProfile], *, source: str = "links.yml"
+) -> NetworkLinks:
     """Resolve a parsed links file for these devices (see links.example.yml)."""
     if not isinstance(raw, Mapping):
-        raise SchedulingError(f"{source} must be a map with hosts, client_to_host or host_to_client")
+        raise SchedulingError(
+            f"{source} must be a map with hosts, client_to_host or host_to_client"
+        )
     unknown = set(map(str, raw)) - _KEYS
     if unknown:
         raise SchedulingError(f"{source}: unknown keys {sorted(unknown)}; use {sorted(_KEYS)}")
@@ -71,16 +82,25 @@ def parse_links(raw: Any, devices: Sequence[DeviceProfile], *, source: str = "li
     names = [d.host for d in devices]
     listed = (set(pairs) | {dst for row in pairs.values() for dst in row}) - set(names) - {_ANY}
     if listed:
-        logger.warning("%s names hosts not being scheduled (ignored): %s", source, ", ".join(sorted(listed)))
+        logger.warning(
+            "%s names hosts not being scheduled (ignored): %s", source, ", ".join(sorted(listed))
+        )
 
     def resolve(a: DeviceProfile, b: DeviceProfile) -> Link:
-        for src, dst in ((a.host, b.host), (b.host, a.host) if symmetric else (None, None),
-                         (a.host, _ANY), (_ANY, b.host), (_ANY, _ANY)):
+        for src, dst in (
+            (a.host, b.host),
+            (b.host, a.host) if symmetric else (None, None),
+            (a.host, _ANY),
+            (_ANY, b.host),
+            (_ANY, _ANY),
+        ):
             if src is not None and dst in pairs.get(src, {}):
                 return pairs[src][dst]
         return Link(bw_Mbps=min(a.bw_Mbps, b.bw_Mbps))  # the seed's rule
 
     matrix = {(a.host, b.host): resolve(a, b) for a in devices for b in devices if a.host != b.host}
-    return NetworkLinks(host_to_host=matrix,
-                        client_to_host=_client_legs(raw.get("client_to_host"), "client_to_host", names, source),
-                        host_to_client=_client_legs(raw.get("host_to_client"), "host_to_client", names, source))
+    return NetworkLinks(
+        host_to_host=matrix,
+        client_to_host=_client_legs(raw.get("client_to_host"), "client_to_host", names, source),
+        host_to_client=_client_legs(raw.get("host_to_client"), "host_to_client", names, source),
+    )

@@ -18,7 +18,10 @@ def render_yaml(schedule: Schedule) -> str:
     """
     text = yaml.safe_dump(schedule.to_partition(), default_flow_style=None, sort_keys=False)
     if not schedule.exact:
-        text = f"# not proven optimal: {schedule.method}; within {schedule.gap:.1%} of optimal\n" + text
+        text = (
+            f"# not proven optimal: {schedule.method}; within {schedule.gap:.1%} of optimal\n"
+            + text
+        )
     return text.rstrip("\n")
 
 

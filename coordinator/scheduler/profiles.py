@@ -6,9 +6,9 @@ YAML formats. Units follow the seed: MB and Mbit/s are binary (2^20).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Mapping
 
 __all__ = ["DeviceProfile", "Link", "ModelProfile", "NetworkLinks", "Objective"]
 

@@ -8,8 +8,9 @@ does; other inconsistencies raise SchedulingError naming the file and the fix.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -29,78 +30,125 @@ def read_yaml(path: str | Path, what: str, flag: str) -> Any:
     """Parsed contents of one input file; `flag` is the CLI option that names it."""
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.load(f, Loader=_SafeLoader)  # noqa: S506 - a safe loader
+            return yaml.load(f, Loader=_SafeLoader)
     except FileNotFoundError:
-        raise SchedulingError(f"{what} file {str(path)!r} not found; pass its path with {flag}") from None
+        raise SchedulingError(
+            f"{what} file {str(path)!r} not found; pass its path with {flag}"
+        ) from None
     except yaml.YAMLError as err:
         line = str(err).replace("\n", " ")
-        raise SchedulingError(f"{what} file {str(path)!r} is not valid YAML ({line}); fix its syntax") from None
+        raise SchedulingError(
+            f"{what} file {str(path)!r} is not valid YAML ({line}); fix its syntax"
+        ) from None
 
 
 def load_model(models: Any, name: str, *, source: str = "models.yml") -> ModelProfile:
     """The named model's per-layer data from a parsed models.yml."""
     if not isinstance(models, Mapping) or name not in models:
         known = ", ".join(sorted(models)) if isinstance(models, Mapping) else "none"
-        raise SchedulingError(f"model {name!r} is not in {source} (it has: {known}); pass -m/--model-name "
-                              "with one of those, or add the model's profile")
+        raise SchedulingError(
+            f"model {name!r} is not in {source} (it has: {known}); pass -m/--model-name "
+            "with one of those, or add the model's profile"
+        )
     entry = models[name]
     if not isinstance(entry, Mapping):
-        raise SchedulingError(f"model {name!r} in {source} is not a map; give it layers, mem_MB, "
-                              "parameters_in and parameters_out")
+        raise SchedulingError(
+            f"model {name!r} in {source} is not a map; give it layers, mem_MB, "
+            "parameters_in and parameters_out"
+        )
     try:
         layers = int(entry["layers"])
         mem = [float(x) for x in entry["mem_MB"] or []]
         params_in = int(entry["parameters_in"])
         params_out = [int(x) for x in entry["parameters_out"] or []]
     except (KeyError, TypeError, ValueError) as err:
-        raise SchedulingError(f"model {name!r} in {source} lacks or mistypes {err}; give it layers, mem_MB, "
-                              "parameters_in and parameters_out") from None
+        raise SchedulingError(
+            f"model {name!r} in {source} lacks or mistypes {err}; give it layers, mem_MB, "
+            "parameters_in and parameters_out"
+        ) from None
     if layers <= 0:
-        raise SchedulingError(f"model {name!r} in {source} has {layers} layers; schedule a model with layers")
+        raise SchedulingError(
+            f"model {name!r} in {source} has {layers} layers; schedule a model with layers"
+        )
     if len(mem) != layers:
-        raise SchedulingError(f"model {name!r} in {source}: mem_MB has {len(mem)} entries but layers is "
-                              f"{layers}; make them match")
+        raise SchedulingError(
+            f"model {name!r} in {source}: mem_MB has {len(mem)} entries but layers is "
+            f"{layers}; make them match"
+        )
     if not params_out or len(params_out) > layers:
-        raise SchedulingError(f"model {name!r} in {source}: parameters_out has {len(params_out)} entries for "
-                              f"{layers} layers; give one per layer")
+        raise SchedulingError(
+            f"model {name!r} in {source}: parameters_out has {len(params_out)} entries for "
+            f"{layers} layers; give one per layer"
+        )
     if len(params_out) < layers:
         # The seed's convention: a shorter list is one block, repeated.
-        logger.warning("model %s: parameters_out has %d entries < %d layers; repeating it as a block",
-                       name, len(params_out), layers)
+        logger.warning(
+            "model %s: parameters_out has %d entries < %d layers; repeating it as a block",
+            name,
+            len(params_out),
+            layers,
+        )
         params_out = [params_out[i % len(params_out)] for i in range(layers)]
     if any(m < 0 for m in mem) or params_in < 0 or any(p < 0 for p in params_out):
         raise SchedulingError(f"model {name!r} in {source} has negative sizes; fix the profile")
-    return ModelProfile(name=name, mem_MB=tuple(mem), parameters_in=params_in, parameters_out=tuple(params_out))
+    return ModelProfile(
+        name=name, mem_MB=tuple(mem), parameters_in=params_in, parameters_out=tuple(params_out)
+    )
 
 
-def _profile_times(dev_type: str, entry: Mapping[str, Any], model: ModelProfile, dtype: str,
-                   batch_size: int, source: str) -> tuple[float, ...] | None:
+def _profile_times(
+    dev_type: str,
+    entry: Mapping[str, Any],
+    model: ModelProfile,
+    dtype: str,
+    batch_size: int,
+    source: str,
+) -> tuple[float, ...] | None:
     """The type's per-layer times for this model, dtype and batch size, or None if unprofiled."""
     profiles = (entry.get("model_profiles") or {}).get(model.name)
     times = None
     for p in profiles or []:  # the seed keeps the last match
-        if isinstance(p, Mapping) and str(p.get("dtype")) == dtype and p.get("batch_size") == batch_size:
+        if (
+            isinstance(p, Mapping)
+            and str(p.get("dtype")) == dtype
+            and p.get("batch_size") == batch_size
+        ):
             times = p.get("time_s")
     if times is None:
         return None
     if len(times) != model.layers:
-        raise SchedulingError(f"device type {dev_type!r} in {source}: time_s for {model.name} has {len(times)} "
-                              f"entries, the model has {model.layers} layers; re-profile it")
+        raise SchedulingError(
+            f"device type {dev_type!r} in {source}: time_s for {model.name} has {len(times)} "
+            f"entries, the model has {model.layers} layers; re-profile it"
+        )
     values = tuple(float(t) for t in times)
     if any(t < 0 for t in values):
-        raise SchedulingError(f"device type {dev_type!r} in {source} has negative layer times; re-profile it")
+        raise SchedulingError(
+            f"device type {dev_type!r} in {source} has negative layer times; re-profile it"
+        )
     return values
 
 
-def load_devices(dev_types: Any, devices: Any, model: ModelProfile, *, dtype: str, batch_size: int,
-                 types_source: str = "device_types.yml",
-                 devices_source: str = "devices.yml") -> list[DeviceProfile]:
+def load_devices(
+    dev_types: Any,
+    devices: Any,
+    model: ModelProfile,
+    *,
+    dtype: str,
+    batch_size: int,
+    types_source: str = "device_types.yml",
+    devices_source: str = "devices.yml",
+) -> list[DeviceProfile]:
     """Hosts with their type's profile, types in name order and hosts in file order (the seed's)."""
     if not isinstance(dev_types, Mapping):
-        raise SchedulingError(f"{types_source} has no device types; map each type to bw_Mbps, mem_MB "
-                              "and model_profiles")
+        raise SchedulingError(
+            f"{types_source} has no device types; map each type to bw_Mbps, mem_MB "
+            "and model_profiles"
+        )
     if not isinstance(devices, Mapping):
-        raise SchedulingError(f"{devices_source} has no devices; map each device type to a list of hosts")
+        raise SchedulingError(
+            f"{devices_source} has no devices; map each device type to a list of hosts"
+        )
     out: list[DeviceProfile] = []
     seen: set[str] = set()
     for dev_type in sorted(devices, key=str):
@@ -111,22 +159,40 @@ def load_devices(dev_types: Any, devices: Any, model: ModelProfile, *, dtype: st
             continue
         entry = dev_types.get(dev_type)
         if not isinstance(entry, Mapping):
-            logger.warning("device type %s (hosts %s) is not in %s: skipped", dev_type, hosts, types_source)
+            logger.warning(
+                "device type %s (hosts %s) is not in %s: skipped", dev_type, hosts, types_source
+            )
             continue
         times = _profile_times(str(dev_type), entry, model, dtype, batch_size, types_source)
         if times is None:
-            logger.warning("device type %s has no %s profile at dtype %s, batch size %d: skipped",
-                           dev_type, model.name, dtype, batch_size)
+            logger.warning(
+                "device type %s has no %s profile at dtype %s, batch size %d: skipped",
+                dev_type,
+                model.name,
+                dtype,
+                batch_size,
+            )
             continue
         for host in hosts:
             host = str(host)
             if host in seen:
-                raise SchedulingError(f"host {host!r} appears twice in {devices_source}; list each host once")
+                raise SchedulingError(
+                    f"host {host!r} appears twice in {devices_source}; list each host once"
+                )
             seen.add(host)
-            out.append(DeviceProfile(host=host, device_type=str(dev_type), mem_MB=float(entry.get("mem_MB", 0)),
-                                     bw_Mbps=float(entry.get("bw_Mbps", 0)), time_s=times))
+            out.append(
+                DeviceProfile(
+                    host=host,
+                    device_type=str(dev_type),
+                    mem_MB=float(entry.get("mem_MB", 0)),
+                    bw_Mbps=float(entry.get("bw_Mbps", 0)),
+                    time_s=times,
+                )
+            )
     if not out:
-        raise SchedulingError(f"no host in {devices_source} has a device type profiled in {types_source} for "
-                              f"{model.name} at dtype {dtype}, batch size {batch_size}; profile a type or pass "
-                              "a profiled -d/--dtype and -b/--batch-size")
+        raise SchedulingError(
+            f"no host in {devices_source} has a device type profiled in {types_source} for "
+            f"{model.name} at dtype {dtype}, batch size {batch_size}; profile a type or pass "
+            "a profiled -d/--dtype and -b/--batch-size"
+        )
     return out

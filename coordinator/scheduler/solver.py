@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from . import _native
 from .dtypes import dtype_bytes
@@ -36,30 +36,55 @@ class ScheduleInputs:
     links: NetworkLinks | None = None
 
 
-def load_inputs(*, model_name: str = DEFAULT_MODEL, models_file: str | Path = "models.yml",
-                dev_types_file: str | Path = "device_types.yml", dev_file: str | Path = "devices.yml",
-                links_file: str | Path | None = None, batch_size: int = 8,
-                dtype: str = DEFAULT_DTYPE) -> ScheduleInputs:
+def load_inputs(
+    *,
+    model_name: str = DEFAULT_MODEL,
+    models_file: str | Path = "models.yml",
+    dev_types_file: str | Path = "device_types.yml",
+    dev_file: str | Path = "devices.yml",
+    links_file: str | Path | None = None,
+    batch_size: int = 8,
+    dtype: str = DEFAULT_DTYPE,
+) -> ScheduleInputs:
     """Read the seed's three files (and an optional links file) for one model.
 
     Example:
         >>> inputs = load_inputs(model_name="google/vit-large-patch16-224")  # doctest: +SKIP
         >>> schedule(**inputs.__dict__).hosts  # doctest: +SKIP
     """
-    model = load_model(read_yaml(models_file, "models", "-M/--models-file"), model_name, source=str(models_file))
-    devices = load_devices(read_yaml(dev_types_file, "device types", "-T/--dev-types-file"),
-                           read_yaml(dev_file, "devices", "-D/--dev-file"), model, dtype=dtype,
-                           batch_size=batch_size, types_source=str(dev_types_file), devices_source=str(dev_file))
+    dtype_bytes(dtype)  # an unknown dtype is the clearer error, before any file is read
+    model = load_model(
+        read_yaml(models_file, "models", "-M/--models-file"), model_name, source=str(models_file)
+    )
+    devices = load_devices(
+        read_yaml(dev_types_file, "device types", "-T/--dev-types-file"),
+        read_yaml(dev_file, "devices", "-D/--dev-file"),
+        model,
+        dtype=dtype,
+        batch_size=batch_size,
+        types_source=str(dev_types_file),
+        devices_source=str(dev_file),
+    )
     links = None
     if links_file is not None:
-        links = parse_links(read_yaml(links_file, "links", "--links"), devices, source=str(links_file))
+        links = parse_links(
+            read_yaml(links_file, "links", "--links"), devices, source=str(links_file)
+        )
     return ScheduleInputs(model=model, devices=tuple(devices), links=links)
 
 
-def schedule(*, model: ModelProfile, devices: Sequence[DeviceProfile], links: NetworkLinks | None = None,
-             batch_size: int = 8, dtype: str = DEFAULT_DTYPE, buffers_in: int = 2, buffers_out: int = 2,
-             objective: Objective | str = Objective.THROUGHPUT,
-             max_search_states: int | None = None) -> Schedule:
+def schedule(
+    *,
+    model: ModelProfile,
+    devices: Sequence[DeviceProfile],
+    links: NetworkLinks | None = None,
+    batch_size: int = 8,
+    dtype: str = DEFAULT_DTYPE,
+    buffers_in: int = 2,
+    buffers_out: int = 2,
+    objective: Objective | str = Objective.THROUGHPUT,
+    max_search_states: int | None = None,
+) -> Schedule:
     """The optimal pipeline schedule of `model` over `devices` (each used at most once).
 
     Args:
@@ -87,7 +112,9 @@ def schedule(*, model: ModelProfile, devices: Sequence[DeviceProfile], links: Ne
     goal = Objective(objective)
     if batch_size < 1 or buffers_in < 0 or buffers_out < 0:
         raise SchedulingError("batch size must be >= 1 and buffer counts >= 0; fix -b/-i/-o")
-    problem = _problem(model, devices, links, batch_size, dtype_bytes(dtype), buffers_in, buffers_out, goal)
+    problem = _problem(
+        model, devices, links, batch_size, dtype_bytes(dtype), buffers_in, buffers_out, goal
+    )
     options = _native.Options()
     if max_search_states is not None:
         options.max_search_states = max_search_states
@@ -96,28 +123,75 @@ def schedule(*, model: ModelProfile, devices: Sequence[DeviceProfile], links: Ne
     except ValueError as err:  # the core's validation: a bug in the inputs
         raise SchedulingError(f"invalid scheduling inputs: {err}; fix the profiles") from None
     if not raw.feasible:
-        raise SchedulingError(_why_infeasible(model, devices, batch_size, dtype_bytes(dtype), buffers_in,
-                                              buffers_out, heuristic=not raw.exact))
-    logger.info("scheduled %s on %d hosts: %s (%d classes, %d count states, %d checks, %d refine states)",
-                model.name, len(raw.stages), raw.method, raw.stats.device_classes, raw.stats.count_states,
-                raw.stats.feasibility_checks, raw.stats.refine_states)
+        raise SchedulingError(
+            _why_infeasible(
+                model,
+                devices,
+                batch_size,
+                dtype_bytes(dtype),
+                buffers_in,
+                buffers_out,
+                heuristic=not raw.exact,
+            )
+        )
+    logger.info(
+        "scheduled %s on %d hosts: %s (%d classes, %d count states, %d checks, %d refine states)",
+        model.name,
+        len(raw.stages),
+        raw.method,
+        raw.stats.device_classes,
+        raw.stats.count_states,
+        raw.stats.feasibility_checks,
+        raw.stats.refine_states,
+    )
     return _result(raw, devices, goal, batch_size)
 
 
-def schedule_files(*, model_name: str = DEFAULT_MODEL, models_file: str | Path = "models.yml",
-                   dev_types_file: str | Path = "device_types.yml", dev_file: str | Path = "devices.yml",
-                   links_file: str | Path | None = None, batch_size: int = 8, dtype: str = DEFAULT_DTYPE,
-                   buffers_in: int = 2, buffers_out: int = 2,
-                   objective: Objective | str = Objective.THROUGHPUT) -> Schedule:
+def schedule_files(
+    *,
+    model_name: str = DEFAULT_MODEL,
+    models_file: str | Path = "models.yml",
+    dev_types_file: str | Path = "device_types.yml",
+    dev_file: str | Path = "devices.yml",
+    links_file: str | Path | None = None,
+    batch_size: int = 8,
+    dtype: str = DEFAULT_DTYPE,
+    buffers_in: int = 2,
+    buffers_out: int = 2,
+    objective: Objective | str = Objective.THROUGHPUT,
+) -> Schedule:
     """``load_inputs`` then ``schedule``: what the sched-pipeline CLI does."""
-    inputs = load_inputs(model_name=model_name, models_file=models_file, dev_types_file=dev_types_file,
-                         dev_file=dev_file, links_file=links_file, batch_size=batch_size, dtype=dtype)
-    return schedule(model=inputs.model, devices=inputs.devices, links=inputs.links, batch_size=batch_size,
-                    dtype=dtype, buffers_in=buffers_in, buffers_out=buffers_out, objective=objective)
+    inputs = load_inputs(
+        model_name=model_name,
+        models_file=models_file,
+        dev_types_file=dev_types_file,
+        dev_file=dev_file,
+        links_file=links_file,
+        batch_size=batch_size,
+        dtype=dtype,
+    )
+    return schedule(
+        model=inputs.model,
+        devices=inputs.devices,
+        links=inputs.links,
+        batch_size=batch_size,
+        dtype=dtype,
+        buffers_in=buffers_in,
+        buffers_out=buffers_out,
+        objective=objective,
+    )
 
 
-def _problem(model: ModelProfile, devices: Sequence[DeviceProfile], links: NetworkLinks | None, batch_size: int,
-             elem_bytes: int, buffers_in: int, buffers_out: int, goal: Objective) -> _native.Problem:
+def _problem(
+    model: ModelProfile,
+    devices: Sequence[DeviceProfile],
+    links: NetworkLinks | None,
+    batch_size: int,
+    elem_bytes: int,
+    buffers_in: int,
+    buffers_out: int,
+    goal: Objective,
+) -> _native.Problem:
     p = _native.Problem()
     m = _native.Model()
     m.mem_MB = list(model.mem_MB)
@@ -127,14 +201,22 @@ def _problem(model: ModelProfile, devices: Sequence[DeviceProfile], links: Netwo
     natives = []
     for d in devices:
         n = _native.Device()
-        n.name, n.type, n.mem_MB, n.bw_Mbps, n.time_s = d.host, d.device_type, d.mem_MB, d.bw_Mbps, list(d.time_s)
+        n.name, n.type, n.mem_MB, n.bw_Mbps, n.time_s = (
+            d.host,
+            d.device_type,
+            d.mem_MB,
+            d.bw_Mbps,
+            list(d.time_s),
+        )
         natives.append(n)
     p.devices = natives
     if links is not None:
         p.links = _native_links(links, devices)
     p.batch_size, p.dtype_bytes = batch_size, elem_bytes
     p.buffers_in, p.buffers_out = buffers_in, buffers_out
-    p.objective = _native.Objective.THROUGHPUT if goal is Objective.THROUGHPUT else _native.Objective.LATENCY
+    p.objective = (
+        _native.Objective.THROUGHPUT if goal is Objective.THROUGHPUT else _native.Objective.LATENCY
+    )
     return p
 
 
@@ -145,46 +227,92 @@ def _native_links(links: NetworkLinks, devices: Sequence[DeviceProfile]) -> _nat
     out = _native.Links()
     hosts = [d.host for d in devices]
     try:
-        out.host_to_host = [leg(links.host_to_host[(a, b)]) if a != b else _native.Link(0.0)
-                            for a in hosts for b in hosts]
+        out.host_to_host = [
+            leg(links.host_to_host[(a, b)]) if a != b else _native.Link(0.0)
+            for a in hosts
+            for b in hosts
+        ]
         if links.client_to_host is not None:
             out.client_to_host = [leg(links.client_to_host[h]) for h in hosts]
         if links.host_to_client is not None:
             out.host_to_client = [leg(links.host_to_client[h]) for h in hosts]
     except KeyError as err:
-        raise SchedulingError(f"links have no entry for {err}; resolve links for every scheduled host") from None
+        raise SchedulingError(
+            f"links have no entry for {err}; resolve links for every scheduled host"
+        ) from None
     return out
 
 
-def _result(raw: _native.Schedule, devices: Sequence[DeviceProfile], goal: Objective, batch_size: int) -> Schedule:
-    stages = tuple(Stage(host=devices[s.device].host, device_type=devices[s.device].device_type,
-                         first_layer=s.first_layer, last_layer=s.last_layer, compute_s=s.compute_s,
-                         transfer_s=s.transfer_s, link_latency_s=s.link_latency_s, memory_MB=s.memory_MB)
-                   for s in raw.stages)
+def _result(
+    raw: _native.Schedule, devices: Sequence[DeviceProfile], goal: Objective, batch_size: int
+) -> Schedule:
+    stages = tuple(
+        Stage(
+            host=devices[s.device].host,
+            device_type=devices[s.device].device_type,
+            first_layer=s.first_layer,
+            last_layer=s.last_layer,
+            compute_s=s.compute_s,
+            transfer_s=s.transfer_s,
+            link_latency_s=s.link_latency_s,
+            memory_MB=s.memory_MB,
+        )
+        for s in raw.stages
+    )
     throughput = batch_size / raw.bottleneck_s if raw.bottleneck_s > 0 else math.inf
-    return Schedule(stages=stages, objective=goal, batch_size=batch_size, bottleneck_s=raw.bottleneck_s,
-                    throughput_items_s=throughput, latency_s=raw.latency_s, input_transfer_s=raw.input_transfer_s,
-                    exact=raw.exact, lower_bound=raw.lower_bound, gap=raw.gap, method=raw.method)
+    return Schedule(
+        stages=stages,
+        objective=goal,
+        batch_size=batch_size,
+        bottleneck_s=raw.bottleneck_s,
+        throughput_items_s=throughput,
+        latency_s=raw.latency_s,
+        input_transfer_s=raw.input_transfer_s,
+        exact=raw.exact,
+        lower_bound=raw.lower_bound,
+        gap=raw.gap,
+        method=raw.method,
+    )
 
 
-def _why_infeasible(model: ModelProfile, devices: Sequence[DeviceProfile], batch_size: int, elem_bytes: int,
-                    buffers_in: int, buffers_out: int, *, heuristic: bool) -> str:
+def _why_infeasible(
+    model: ModelProfile,
+    devices: Sequence[DeviceProfile],
+    batch_size: int,
+    elem_bytes: int,
+    buffers_in: int,
+    buffers_out: int,
+    *,
+    heuristic: bool,
+) -> str:
     """One line naming the most likely reason no schedule exists, and what to change."""
+    hosts = f"{len(devices)} hosts"
     if heuristic:
-        return (f"the heuristic found no schedule for {model.name} on {len(devices)} hosts (too many distinct "
-                "devices for the exact search); schedule a subset of hosts or group identical ones by type")
+        return (
+            f"the heuristic found no schedule for {model.name} on {hosts} (too many distinct "
+            "devices for the exact search); schedule fewer hosts or group identical ones by type"
+        )
     weights = sum(model.mem_MB)
     capacity = sum(d.mem_MB for d in devices)
     largest = max(d.mem_MB for d in devices)
     fix = "add hosts or memory, or lower -b/--batch-size, -i/--buffers-in or -o/--buffers-out"
     if weights >= capacity:
-        return (f"no viable schedule: {model.name} needs {weights:.0f} MB of weights but the {len(devices)} "
-                f"hosts have {capacity:.0f} MB in total; {fix}")
+        return (
+            f"no viable schedule: {model.name} needs {weights:.0f} MB of weights but the "
+            f"{hosts} have {capacity:.0f} MB in total; {fix}"
+        )
     mib = 1024.0 * 1024.0
     for layer, mem in enumerate(model.mem_MB, start=1):
-        out_mb = model.parameters_out[layer - 1] * batch_size * elem_bytes / mib
-        if mem + (buffers_out + 1) * out_mb > largest:
-            return (f"no viable schedule: layer {layer} of {model.name} needs over {mem + out_mb:.0f} MB with its "
-                    f"buffers, more than the largest host ({largest:.0f} MB); {fix}")
-    return (f"no viable schedule: {model.name}'s layers and data buffers do not fit the {len(devices)} hosts "
-            f"as contiguous stages, one host each (or their links are unusable); {fix}")
+        need = (
+            mem
+            + (buffers_out + 1) * model.parameters_out[layer - 1] * batch_size * elem_bytes / mib
+        )
+        if need > largest:
+            return (
+                f"no viable schedule: layer {layer} of {model.name} needs over {need:.0f} MB with "
+                f"its buffers, more than the largest host ({largest:.0f} MB); {fix}"
+            )
+    return (
+        f"no viable schedule: {model.name}'s layers and data buffers do not fit the {hosts} "
+        f"as contiguous stages, one host each (or their links are unusable); {fix}"
+    )
