@@ -1,0 +1,130 @@
+"""Decide which host runs which layers: the user's partition, the scheduler, or an even split.
+
+The scheduler reads the seed's files (models.yml, device_types.yml, devices.yml, and links.yml
+when measured) from the deployment's scheduler directory; `pipeedge-coord profile` and
+`measure-links` write them there.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pipeedge import models
+from pipeedge.coordinator.deploy import PlannedStage
+from pipeedge.coordinator.hosts import Deployment, Host
+from pipeedge.partition import LayerRange, PartitionError, even_partition, parse_partition
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_FILES = ("models", "device_types", "devices")
+
+
+@dataclass(frozen=True)
+class Plan:
+    stages: list[PlannedStage]
+    how: str                   # "partition from hosts.yml", "scheduler (exact)", "even split"
+    schedule: object = None    # the scheduler's Schedule with its predictions, when it chose
+
+
+def scheduler_dir(dep: Deployment) -> Path:
+    return Path(dep.scheduler_dir) if dep.scheduler_dir else dep.source.parent
+
+
+def have_profiles(dep: Deployment) -> bool:
+    """Whether models.yml knows this model and the device files exist."""
+    folder = scheduler_dir(dep)
+    if not all((folder / f"{k}.yml").is_file() for k in SCHEDULER_FILES):
+        return False
+    import yaml
+
+    return dep.model in (yaml.safe_load((folder / "models.yml").read_text()) or {})
+
+
+def plan(dep: Deployment, hosts: list[Host] | None = None, *, strict: bool = True) -> Plan:
+    """A plan over `hosts` (default: every host in hosts.yml order).
+
+    `strict`: a hosts.yml partition with more stages than hosts is an error (deploy); otherwise
+    (re-planning after failures) the layers are re-planned over the hosts left.
+    """
+    hosts = hosts if hosts is not None else dep.ordered_hosts()
+    info = models.model_info(dep.model)
+    if dep.partition:
+        ranges = parse_partition(dep.partition, info.num_layers)
+        if len(ranges) <= len(hosts):
+            return Plan(_pair(hosts, ranges), "partition from hosts.yml")
+        if strict:
+            raise PartitionError(f"partition has {len(ranges)} stages but hosts.yml lists "
+                                 f"{len(hosts)} host(s); add hosts or merge stages")
+        log.warning("partition %s needs %d hosts but %d are up; re-planning",
+                    dep.partition, len(ranges), len(hosts))
+    if have_profiles(dep):
+        return _scheduled(dep, hosts)
+    ranges = even_partition(info.num_layers, min(len(hosts), info.num_layers))
+    return Plan(_pair(hosts, ranges), "even split (no partition and no profiles: run "
+                                      "`pipeedge-coord profile` for an optimal plan)")
+
+
+def _pair(hosts: list[Host], ranges: list[LayerRange]) -> list[PlannedStage]:
+    return [PlannedStage(h, r) for h, r in zip(hosts, ranges)]
+
+
+def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
+    from pipeedge.coordinator import scheduler
+
+    folder = scheduler_dir(dep)
+    links = folder / "links.yml"
+    inputs = scheduler.load_inputs(
+        model_name=dep.model, models_file=folder / "models.yml",
+        dev_types_file=folder / "device_types.yml", dev_file=folder / "devices.yml",
+        links_file=links if links.is_file() else None, batch_size=dep.microbatch,
+        dtype=f"torch.{dep.dtype}")
+    by_name = {h.name: h for h in hosts}
+    # hosts.yml's mem_mb / bw_mbps override what profiling recorded for the device type.
+    devices = [replace(d, mem_MB=by_name[d.host].mem_mb or d.mem_MB,
+                       bw_Mbps=by_name[d.host].bw_mbps or d.bw_Mbps)
+               for d in inputs.devices if d.host in by_name]
+    missing = sorted(set(by_name) - {d.host for d in devices})
+    if missing:
+        log.warning("hosts %s have no profile in %s; they are left out (run "
+                    "`pipeedge-coord profile`)", missing, folder)
+    result = scheduler.schedule(model=_on_the_wire(inputs.model, dep.encoding), devices=devices,
+                                links=inputs.links, batch_size=dep.microbatch,
+                                dtype=f"torch.{dep.dtype}")
+    stages = [PlannedStage(by_name[s.host], LayerRange(s.first_layer, s.last_layer))
+              for s in result.stages]
+    how = "scheduler (exact optimum)" if result.exact else \
+        f"scheduler (heuristic, within {result.gap:.1%} of optimal)"
+    return Plan(stages, how, result)
+
+
+def _on_the_wire(model, encoding: str):
+    """Links carry encoded activations: scale the per-layer output sizes by bits / 32."""
+    kind, _, bits = (encoding or "raw").partition(":")
+    ratio = {"raw": 1.0, "float16": 0.5, "bfloat16": 0.5}.get(kind)
+    if ratio is None and kind == "uniform" and bits.split(":")[0].isdigit():
+        ratio = int(bits.split(":")[0]) / 32
+    if not ratio or ratio == 1.0:
+        return model
+    return replace(model, parameters_out=tuple(math.ceil(p * ratio)
+                                               for p in model.parameters_out))
+
+
+def ensure_profiles(dep: Deployment, *, progress: bool = True) -> bool:
+    """Profile the hosts' device types when the scheduler has no data for this model yet.
+
+    Returns True if profiling ran. Only without a partition: a manual plan needs no profiles.
+    """
+    if dep.partition or have_profiles(dep):
+        return False
+    from pipeedge.coordinator.profiling import (hosts_to_profile, profile_hosts,
+                                                write_scheduler_files)
+
+    log.info("no profiles for %s in %s: profiling", dep.model, scheduler_dir(dep))
+    dtype = dep.dtype
+    profiles = profile_hosts(dep, hosts_to_profile(dep, all_hosts=False), batch=dep.microbatch,
+                             dtype=dtype, progress=progress)
+    write_scheduler_files(dep, profiles, scheduler_dir(dep), batch=dep.microbatch, dtype=dtype)
+    return True
