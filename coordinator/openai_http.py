@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 

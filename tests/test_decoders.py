@@ -3,6 +3,7 @@ sessions on a stage backend, sampling, tokenizer, profiler and KV-cache arithmet
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -12,12 +13,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the netwo
 import grpc
 import pytest
 import torch
+from pipeedge.stage_server.sessions import SessionError, SessionStore
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.client.generate import SamplingParams, _Run, sample_token
 from pipeedge.models import KVCache, build_shard, kv_cache_bytes_per_layer, model_info
-from pipeedge.stage_server.sessions import SessionError, SessionStore
 from pipeedge.tokenizer import ByteTokenizer, TextStream, load_tokenizer
 
 TINY = ["pipeedge/tiny-gpt2", "pipeedge/tiny-llama"]
@@ -44,7 +45,7 @@ def hf_model(info, state=None, seed=0):
 def chain(info, bounds, seed=0):
     edges = [0, *bounds, info.num_layers]
     return [build_shard(info, a + 1, b, models.load_shard_state(info, a + 1, b, seed))
-            for a, b in zip(edges, edges[1:])]
+            for a, b in itertools.pairwise(edges)]
 
 
 def run_chain(shards, caches, ids):
@@ -101,7 +102,7 @@ def test_llama_variants_gqa_head_dim_and_llama3_rope():
         edges = [0, *bounds, info.num_layers]
         shards = [build_shard(info, a + 1, b, {k: state[k] for k in
                                                models.shard_tensor_names(info, a + 1, b)})
-                  for a, b in zip(edges, edges[1:])]
+                  for a, b in itertools.pairwise(edges)]
         caches = [s.new_cache() for s in shards]
         assert (run_chain(shards, caches, ids[:, :80]) - full[:, 79]).abs().max() <= 1e-5
         for t in range(80, 90):
@@ -118,7 +119,7 @@ def test_gpt2_small_three_stages_with_cache_match_transformers():
         full = ref(input_ids=ids).logits
     edges = [0, 13, 30, 48]  # cuts after an attention sub-layer and after the MLP intermediate
     shards = [build_shard(info, a + 1, b, models.load_shard_state(info, a + 1, b, state))
-              for a, b in zip(edges, edges[1:])]
+              for a, b in itertools.pairwise(edges)]
     caches = [s.new_cache() for s in shards]
     diffs = [float((run_chain(shards, caches, ids[:, :18]) - full[:, 17]).abs().max())]
     for t in range(18, 24):
@@ -250,7 +251,7 @@ def test_backend_sessions_steps_retry_end_and_errors():
 
 def test_session_limits_and_idle_expiry():
     store = SessionStore(lambda: KVCache([0]), stage="s", idle_timeout_s=0.2, max_sessions=2)
-    compute = lambda tensors, cache: {"ok": torch.ones(1)}  # noqa: E731
+    compute = lambda tensors, cache: {"ok": torch.ones(1)}
     x = {"input_ids": torch.ones(1, 1)}
     store.run(x, "a", 0, compute)
     store.run(x, "b", 0, compute)
@@ -287,7 +288,7 @@ def test_onnx_backend_refuses_decoders():
 def test_sampling_greedy_topk_topp_seed():
     logits = torch.tensor([0.0, 3.0, 2.9, -1.0, 1.0])
     assert sample_token(logits, SamplingParams()) == 1
-    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    g = lambda s: torch.Generator().manual_seed(s)
     p = SamplingParams(temperature=1.0, top_k=2)
     picks = {sample_token(logits, p, g(s)) for s in range(200)}
     assert picks == {1, 2}
@@ -297,7 +298,7 @@ def test_sampling_greedy_topk_topp_seed():
     assert len({sample_token(logits, p, g(s)) for s in range(300)}) == 5
     seq = [sample_token(logits, p, g(7)) for _ in range(3)]
     assert len(set(seq)) == 1  # same seed, same draw
-    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(max_new_tokens=0)):
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -1}, {"max_new_tokens": 0}):
         with pytest.raises(ValueError):
             SamplingParams(**bad).check()
 
@@ -316,7 +317,7 @@ def test_run_stops_on_tokens_strings_and_length():
                 break
         return run.completion, events
 
-    text = [b + 3 for b in "hello world".encode()]
+    text = [b + 3 for b in b"hello world"]
     c, ev = drive(SamplingParams(max_new_tokens=5), text)
     assert (c.text, c.finish_reason, len(ev)) == ("hello", "length", 5)
     c, ev = drive(SamplingParams(max_new_tokens=50), text[:3] + [2] + text)

@@ -301,7 +301,7 @@ class TextGenerator:
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
 
-    def __enter__(self) -> "TextGenerator":
+    def __enter__(self) -> TextGenerator:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -397,7 +397,7 @@ class TextGenerator:
                          session_id=run.session_id, step=run.step)
         try:
             self._mux.send(frame)
-        except Exception:  # the stream is gone: the stages' idle timeout frees it
+        except Exception:  # noqa: BLE001 (the stream is gone: the stages' idle timeout frees it)
             log.debug("could not end session %s", run.session_id)
 
     def _drive(self, runs: Iterator[_Run], concurrency: int) -> Iterator[TokenEvent]:

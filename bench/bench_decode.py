@@ -1,0 +1,103 @@
+"""Text-generation throughput on local stage processes: 1 stage versus N stages.
+
+For each pipeline (the whole model on 1 stage; an even split over N stages) it measures
+
+- one session: generated tokens per second of a single generation (prefill included);
+- S concurrent sessions: aggregate tokens per second with S generations in flight, so that
+  while one stage decodes session A, another works on session B.
+
+and prints the ratios. The goal on N real devices is aggregate(N stages, S >= N sessions) >=
+0.8 x N x single-session(1 stage). Local stage processes share this host's cores, so the
+measured speed-up is capped by the core count (printed alongside); each stage gets --threads.
+
+    python bench/bench_decode.py                       # gpt2 (random weights), 4 stages, 4 sessions
+    python bench/bench_decode.py --model pipeedge/tiny-llama --new-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator.hosts import load_deployment
+from pipeedge.coordinator.local_cluster import LocalCluster
+
+from pipeedge import models
+from pipeedge.client import TextGenerator
+from pipeedge.partition import LayerRange, even_partition, format_partition
+
+
+def deploy(cluster: LocalCluster, model: str, stages: int) -> tuple[str, str]:
+    info = models.model_info(model)
+    # Whole blocks per stage where the block count allows it, else an even sub-layer split.
+    if info.num_blocks % stages == 0:
+        per = info.num_layers // stages
+        ranges = [LayerRange(1 + i * per, (i + 1) * per) for i in range(stages)]
+    else:
+        ranges = even_partition(info.num_layers, stages)
+    partition = format_partition(ranges)
+    dep = load_deployment(cluster.hosts_file(model, partition=partition, microbatch=1))
+    planned = [deploy_mod.PlannedStage(h, r) for h, r in zip(dep.ordered_hosts(), ranges)]
+    pipeline = deploy_mod.deploy(dep, planned, progress=False)
+    path = cluster.workdir / f"pipeline-{stages}.json"
+    pipeline.save(path)
+    return partition, str(path)
+
+
+def measure(pipeline_file: str, sessions: int, new_tokens: int, prompt_len: int,
+            repeats: int) -> float:
+    """Aggregate generated tokens/s with `sessions` generations in flight (best of repeats)."""
+    with TextGenerator(pipeline_file=pipeline_file, timeout_s=300) as gen:
+        prompts = [[3 + (7 * i + j) % 200 for j in range(prompt_len)] for i in range(sessions)]
+        gen.complete_many(prompts[:1], max_new_tokens=4, stop_token_ids=())  # warm-up
+        best = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            done = gen.complete_many(prompts, concurrency=sessions, max_new_tokens=new_tokens,
+                                     stop_token_ids=())
+            elapsed = time.perf_counter() - start
+            best = max(best, sum(len(c.token_ids) for c in done) / elapsed)
+        return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="gpt2")
+    ap.add_argument("--stages", type=int, default=4)
+    ap.add_argument("--sessions", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--prompt-len", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per stage")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    cores = len(os.sched_getaffinity(0))
+    print(f"{args.model}: {args.new_tokens} new tokens, prompt {args.prompt_len} tokens, "
+          f"{args.threads} thread(s) per stage, {cores} core(s) on this host")
+    results: dict[tuple[int, int], float] = {}
+    with LocalCluster(args.stages, threads=args.threads) as cluster:
+        for n in (1, args.stages):
+            partition, pipeline_file = deploy(cluster, args.model, n)
+            for s in (1, args.sessions):
+                rate = measure(pipeline_file, s, args.new_tokens, args.prompt_len, args.repeats)
+                results[(n, s)] = rate
+                print(f"  {n} stage(s) [{partition}], {s} session(s): {rate:8.1f} tokens/s")
+
+    base = results[(1, 1)]
+    n, s = args.stages, args.sessions
+    print(f"\nsingle session, {n} stages / 1 stage:           "
+          f"{results[(n, 1)] / base:5.2f}x (pipeline latency: ~1x expected)")
+    print(f"{s} sessions on 1 stage / single session:        {results[(1, s)] / base:5.2f}x")
+    print(f"{s} sessions on {n} stages / single on 1 stage:   {results[(n, s)] / base:5.2f}x "
+          f"(goal >= {0.8 * n:.1f}x on {n} devices; this host has {cores} core(s), so "
+          f"<= {min(n, max(1, cores // args.threads))}x is possible here)")
+    print(f"efficiency vs N x single-device rate:          "
+          f"{results[(n, s)] / (n * base):5.2f}")
+
+
+if __name__ == "__main__":
+    main()
