@@ -1,13 +1,14 @@
 // A*-style pruning for the latency DPs. With Lagrangian penalties p >= 0 (relaxed paths pay
-// p_v per stage on class v), prefix_p / suffix_p the relaxed least penalised latency up to /
-// from "u's stage ends at i", a state (m, u, i) can lie on a schedule of latency <= bound only
-// if both hold:
-//   prefix_0(u, i) + suffix_p(u, i) - sum_v p_v (count_v - used_v(m)) <= bound
+// p_v per stage on class v) and prefix_q / suffix_q the relaxed least latency plus penalties q
+// up to / from "u's stage ends at i", a state (m, u, i) can lie on a schedule of latency <=
+// bound only if all three hold:
+//   prefix_0(u, i) + suffix_p(u, i) <= bound + sum_v p_v (count_v - used_v(m))
 //     (a completion uses class v at most count_v - used_v(m) times, so pays at most that);
-//   prefix_p(u, i) + suffix_p(u, i) - sum_v p_v count_v <= bound
-//     (the Lagrangian bound of schedules through (u, i); prefix and completion together use
-//     class v at most count_v times).
-// Masks are per (m, u) bitsets of the positions kept.
+//   prefix_p(u, i) + suffix_0(u, i) <= bound + sum_v p_v used_v(m)
+//     (the prefix used exactly used(m), so it paid exactly that);
+//   prefix_p(u, i) + suffix_p(u, i) <= bound + sum_v p_v count_v.
+// The first prunes states that spent the penalised (fast) devices, the second states that
+// got to i without them. Masks are per (m, u) bitsets of the positions kept.
 #pragma once
 
 #include <vector>
@@ -30,9 +31,16 @@ class LatencyFilter {
   std::size_t classes_, words_, layers_;
   double bound_;
   std::vector<double> penalty_;
-  std::vector<std::vector<double>> sorted_;  // [u]: state values, ascending
-  std::vector<bits::Word> masks_;            // [(u * (L + 1) + r) * W]: the r smallest-valued positions
-  std::vector<bits::Word> through_;          // [u * W]: positions passing the second test
+  // One threshold test: per class, position values ascending, and the masks of the r smallest.
+  struct Ranked {
+    std::vector<std::vector<double>> sorted;  // [u]
+    std::vector<bits::Word> masks;            // [(u * (L + 1) + r) * W]
+  };
+  Ranked rank(const std::vector<double>& prefix, const std::vector<double>& suffix) const;
+  const bits::Word* lookup(const Ranked& r, std::size_t u, double threshold) const;
+
+  Ranked spent_, unspent_;                   // the first and second tests
+  std::vector<bits::Word> through_;          // [u * W]: positions passing the third test
   mutable std::vector<bits::Word> scratch_;  // [u * W]: mask() results
 };
 
