@@ -22,7 +22,8 @@ if [[ -z ${BASE_REBUILD:-} ]] && docker image inspect "$TAG" >/dev/null 2>&1; th
 fi
 command -v debootstrap >/dev/null || {
   say "installing debootstrap"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends debootstrap >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >&2
 }
 
 ROOT=$(mktemp -d /var/tmp/pipeedge-rootfs.XXXXXX)
@@ -46,5 +47,8 @@ tar -C "$ROOT" --numeric-owner -c . | docker import \
   --change 'ENV LANG=C.UTF-8' \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'CMD ["python3"]' - "$TAG" >/dev/null
+# Earlier builds of this suite/architecture (other keys) are stale: drop their tags.
+docker image ls --format '{{.Repository}}:{{.Tag}}' pipeedge-base \
+  | grep -E "^pipeedge-base:$SUITE-$ARCH-" | grep -vx "$TAG" | xargs -r docker rmi >/dev/null 2>&1 || true
 say "base image $TAG ready ($(docker image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1/1e6}'), $((SECONDS - start))s)"
 echo "$TAG"
