@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-import grpc
 
 from pipeedge.logs import setup_logging
 
@@ -176,7 +175,10 @@ def measure_links_cmd(hosts_file, out_path, payload_mb, no_progress):
 @click.option("--port", default=50050, show_default=True, help="Control-plane port.")
 @click.option("--check-interval", default=0.5, show_default=True,
               help="Seconds between health checks of every stage.")
-def serve(hosts_file, host, port, check_interval):
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus metrics of the control plane and its stages at "
+                   "http://HOST:PORT/metrics (off by default).")
+def serve(hosts_file, host, port, check_interval, metrics_port):
     """Deploy, then keep the pipeline alive: re-plan around failed stages (SDK: coordinator=)."""
     import signal
     import threading
@@ -192,7 +194,13 @@ def serve(hosts_file, host, port, check_interval):
                              check_interval_s=check_interval)
         pipeline = plane.deploy()
         server, bound = start_server(plane, f"{host}:{port}")
-    except (HostsFileError, PartitionError, DeployError, ValueError, OSError) as exc:
+        metrics = None
+        if metrics_port is not None:  # monitoring: coordinator/metrics.py
+            from pipeedge.coordinator.metrics import serve_control_plane_metrics
+
+            metrics = serve_control_plane_metrics(plane, host=host, port=metrics_port)
+    except (HostsFileError, PartitionError, DeployError, ValueError, OSError,
+            RuntimeError) as exc:
         _fail(str(exc))
     plane.start_watching()
     click.echo(f"serving pipeline v{plane.version} ({pipeline.model}, entry {pipeline.entry}) on "
@@ -203,38 +211,48 @@ def serve(hosts_file, host, port, check_interval):
     stop.wait()
     plane.stop()
     server.stop(2).wait()
+    if metrics:
+        metrics.stop()
 
 
 @main.command()
 @_PIPELINE_OPT
-def status(pipeline_path):
-    """Show each stage's assignment, queues and counters."""
-    from pipeedge.coordinator.stage_control import StageControl
-    from pipeedge.coordinator.tables import render
+@click.option("--watch", type=float, is_flag=False, flag_value=2.0, default=None,
+              metavar="[SECONDS]",
+              help="Refresh every SECONDS (default 2) until Ctrl-C: a live table with instant, "
+                   "window and since-assignment rates and the bottleneck marked.")
+@click.option("--window", default=10, show_default=True,
+              help="Polls the window rate spans (with --watch).")
+@click.option("--count", type=int, default=0, help="With --watch: stop after COUNT refreshes.")
+def status(pipeline_path, watch, window, count):
+    """Show each stage's assignment, queues, counters, rates and energy per item."""
+    import time
+
+    from pipeedge.coordinator.monitor import PipelineMonitor, render_snapshot
     from pipeedge.pipeline_file import Pipeline
 
     try:
         pipeline = Pipeline.load(pipeline_path)
     except FileNotFoundError as exc:
         _fail(str(exc))
-    rows = []
-    for s in pipeline.stages:
-        c = StageControl(s.name, s.address)
+    live = watch is not None and sys.stdout.isatty()
+    with PipelineMonitor(pipeline, window=window) as monitor:
+        refreshes = 0
         try:
-            st = c.status(timeout_s=3)
-            layers = (f"{st.assignment.first_layer}-{st.assignment.last_layer}"
-                      if st.assigned else "-")
-            rate = st.items_processed / st.compute_seconds if st.compute_seconds else 0.0
-            rows.append([s.name, s.address, "up" if st.assigned else "empty", layers,
-                         st.queue_in_depth, st.queue_out_depth, st.in_flight,
-                         st.items_processed, st.errors, f"{rate:.1f}"])
-        except grpc.RpcError:
-            rows.append([s.name, s.address, "DOWN", f"{s.first_layer}-{s.last_layer}",
-                         "-", "-", "-", "-", "-", "-"])
-        finally:
-            c.close()
-    click.echo(render(["host", "address", "state", "layers", "q_in", "q_out", "in_flight",
-                       "items", "errors", "items/s(compute)"], rows))
+            while True:
+                text = render_snapshot(monitor.poll())
+                refreshes += 1
+                if live:
+                    click.echo("\x1b[H\x1b[2J", nl=False)  # clear the terminal, redraw on top
+                if watch is not None:
+                    text = f"{time.strftime('%H:%M:%S')}  every {watch:g}s, window " \
+                           f"{window} polls (Ctrl-C to stop)\n{text}\n"
+                click.echo(text)
+                if watch is None or (count and refreshes >= count):
+                    break
+                time.sleep(watch)
+        except KeyboardInterrupt:
+            pass
 
 
 @main.command()
@@ -284,18 +302,25 @@ def bench(pipeline_path, microbatches, batch, window, no_progress):
     from pipeedge.coordinator.inputs import random_inputs
     from pipeedge.pipeline_file import Pipeline
 
+    from pipeedge.coordinator.monitor import EnergyProbe
+    from pipeedge.energy import format_joules_per_item
+
     try:
         pipeline = Pipeline.load(pipeline_path)
         inputs = random_inputs(pipeline.model, batch or pipeline.microbatch)
+        probe = EnergyProbe(pipeline)  # stage energy counters around the timed run
         with PipelineClient(pipeline.entry) as client:
             r = run_bench(client, inputs, microbatches=microbatches, window=window,
-                          progress=not no_progress)
+                          progress=not no_progress, energy=probe)
     except (FileNotFoundError, PipelineError) as exc:
         _fail(str(exc))
     click.echo(f"{pipeline.model} on {len(pipeline.stages)} stage(s): {r.items_per_s:.2f} items/s "
                f"({r.microbatches} microbatches x {r.items // r.microbatches} in {r.seconds:.2f}s); "
                f"latency p50 {r.percentile(50) * 1e3:.0f} ms, p90 {r.percentile(90) * 1e3:.0f} ms, "
                f"p99 {r.percentile(99) * 1e3:.0f} ms")
+    click.echo(f"energy: {format_joules_per_item(r.energy_joules, r.items)}"
+               + (f" ({r.energy_source})" if r.energy_joules is not None
+                  else f" ({probe.note})" if probe.note else ""))
 
 
 @main.command()
@@ -347,6 +372,100 @@ def export_onnx(hosts_file, out_dir, partition, model, all_stages, opset, weight
     click.echo(f"\nwrote {out_dir}; on each host copy its files ({out_dir}/<file stem>.*) into "
                "<pipeedge-stage --cache-dir>/onnx/, e.g. rsync -a "
                f"{out_dir}/ HOST:~/.cache/pipeedge/onnx/")
+
+
+@main.command("eval")
+@click.argument("dataset", type=click.Path(exists=True, path_type=Path))
+@_PIPELINE_OPT
+@click.option("--task", type=click.Choice(["auto", "imagenet", "cola"]), default="auto",
+              show_default=True, help="auto: a folder is ImageNet-style, a .tsv file is CoLA.")
+@click.option("-b", "--batch", type=int, default=None,
+              help="Items per microbatch [default: the pipeline's microbatch].")
+@click.option("--window", default=4, show_default=True, help="Microbatches in flight.")
+@click.option("--limit", type=int, default=0, help="Evaluate this many items, drawn at random "
+              "over all classes (0 = all).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --limit draw.")
+@click.option("--classes", "classes_file", type=click.Path(exists=True, path_type=Path),
+              default=None, help="Class names in label order, one per line (default: sorted "
+              "folder names, as torchvision's ImageFolder).")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="CoLA: local model directory with the tokenizer [default: the weights path].")
+@click.option("--timeout", default=120.0, show_default=True, help="Deadline per microbatch, s.")
+@click.option("--no-progress", is_flag=True)
+def eval_cmd(dataset, pipeline_path, task, batch, window, limit, seed, classes_file, tokenizer,
+             timeout, no_progress):
+    """Accuracy of the deployed pipeline over DATASET: an ImageNet-style folder (top-1) or a
+    GLUE CoLA .tsv file (Matthews correlation)."""
+    from pipeedge import models
+    from pipeedge.client import PipelineClient, PipelineError
+    from pipeedge.coordinator import eval as eval_mod
+    from pipeedge.coordinator.datasets import ImageFolder, load_cola
+    from pipeedge.pipeline_file import Pipeline
+
+    try:
+        pipeline = Pipeline.load(pipeline_path)
+        if task == "auto":
+            task = "cola" if dataset.is_file() else "imagenet"
+        batch = batch or pipeline.microbatch
+        with PipelineClient(pipeline.entry, timeout_s=timeout) as client:
+            if task == "imagenet":
+                root = dataset / "val" if (dataset / "val").is_dir() else dataset
+                folder = ImageFolder.open(root, classes_file=classes_file).subset(limit,
+                                                                                  seed=seed)
+                result = eval_mod.evaluate_images(
+                    client, folder, pipeline.model, batch=batch, window=window,
+                    num_labels=models.model_info(pipeline.model).num_labels,
+                    progress=not no_progress)
+            else:
+                examples = load_cola(dataset)
+                if limit:
+                    examples = examples[:limit]
+                tok = tokenizer or Path(pipeline.weights.partition(":")[2])
+                result = eval_mod.evaluate_cola(client, examples, tok, batch=batch,
+                                                window=window, progress=not no_progress)
+    except (FileNotFoundError, RuntimeError, ValueError, OSError, PipelineError) as exc:
+        _fail(str(exc))
+    click.echo(f"{pipeline.model} on {len(pipeline.stages)} stage(s), {dataset}: "
+               f"{result.summary()}")
+
+
+@main.group()
+def dataset() -> None:
+    """Prepare local evaluation datasets."""
+
+
+@dataset.command("imagenet-prepare")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where train/ and val/ go [default: SRC].")
+@click.option("--wnids", "wnids_file", type=click.Path(exists=True, path_type=Path),
+              default=None, help="ILSVRC2012_ID -> wnid list (line k = wnid of ID k), instead "
+              "of the devkit's meta.mat (which needs scipy).")
+@click.option("--no-progress", is_flag=True)
+def imagenet_prepare(src, out, wnids_file, no_progress):
+    """Extract the ILSVRC2012 archives in SRC (train tar of per-class tars, val tar, devkit)
+    into train/<wnid>/ and val/<wnid>/ folders that `eval` reads."""
+    from tqdm import tqdm
+
+    from pipeedge.coordinator.datasets import prepare_ilsvrc2012
+
+    bars = []
+
+    def progress(desc, total):
+        bars.append(tqdm(total=total, desc=desc, unit="img", disable=no_progress))
+        return bars[-1].update
+
+    try:
+        report = prepare_ilsvrc2012(src, out, wnids_file=wnids_file, progress=progress)
+    except (FileNotFoundError, RuntimeError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    finally:
+        for bar in bars:
+            bar.close()
+    click.echo(f"train: {report.train_images} images in {report.train_classes} classes; "
+               f"val: {report.val_images} images in {report.val_classes} classes; "
+               f"under {report.out}"
+               + (f" (not found, skipped: {', '.join(report.skipped)})" if report.skipped else ""))
 
 
 @main.command("models")

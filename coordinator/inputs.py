@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -15,18 +16,24 @@ def random_inputs(model: str, batch: int, *, seed: int = 0) -> dict[str, torch.T
 
 def text_inputs(texts: list[str], tokenizer_dir: str | Path) -> dict[str, torch.Tensor]:
     """Tokenize with the tokenizer stored in a local model directory (never a hub)."""
-    from transformers import AutoTokenizer
-
     path = Path(tokenizer_dir)
     if not (path / "tokenizer_config.json").exists() and not (path / "vocab.txt").exists():
         raise FileNotFoundError(f"no tokenizer files in {path}; pass --tokenizer DIR pointing "
                                 "at a local Hugging Face model directory")
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = _tokenizer(str(path.resolve()))
     enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
     out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     if "token_type_ids" in enc:
         out["token_type_ids"] = enc["token_type_ids"]
     return out
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    """Loaded once per directory: `eval` tokenizes every microbatch of a dataset."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def image_inputs(paths: list[str | Path], model: str) -> dict[str, torch.Tensor]:

@@ -4,7 +4,8 @@
 (`libenergymon-default.so`, the seed's optional dependency; built for the platform, e.g. RAPL MSRs
 or a Jetson's INA3221), else the readable `/sys/class/powercap/intel-rapl:*` zones, else `None`.
 `None` means "not available": callers show that instead of 0 J. `PIPEEDGE_ENERGY=none|rapl|
-energymon` forces one choice.
+energymon` forces one choice; `PIPEEDGE_POWERCAP_ROOT` reads the powercap tree from elsewhere (a
+container with the host's /sys/class/powercap bind-mounted, or a test's fake tree).
 
 Both sources measure a whole device (CPU packages, DRAM, or the board), not one process: stages
 sharing a machine each report that machine's energy, so a pipeline total counts each machine once.
@@ -17,7 +18,6 @@ import ctypes.util
 import logging
 import os
 import threading
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +73,7 @@ class RaplMeter(EnergyMeter):
         self._sampler.start()
 
     @classmethod
-    def open(cls, root: Path = POWERCAP_ROOT, **kwargs) -> "RaplMeter | None":
+    def open(cls, root: Path = POWERCAP_ROOT, **kwargs) -> RaplMeter | None:
         """The machine's RAPL meter, or None when RAPL is absent or unreadable (non-root since
         Linux 5.10 unless energy_uj is made readable)."""
         zones = _rapl_zones(root)
@@ -176,7 +176,7 @@ class EnergyMonMeter(EnergyMeter):
         self._closed = False
 
     @classmethod
-    def open(cls) -> "EnergyMonMeter | None":
+    def open(cls) -> EnergyMonMeter | None:
         name = ctypes.util.find_library("energymon-default")
         candidates = [name] if name else []
         candidates.append("libenergymon-default.so")
@@ -215,28 +215,16 @@ def open_meter(prefer: str | None = None) -> EnergyMeter | None:
     prefer = (prefer or os.environ.get("PIPEEDGE_ENERGY", "")).lower()
     if prefer == "none":
         return None
-    order = {"rapl": (RaplMeter.open,), "energymon": (EnergyMonMeter.open,)}.get(
-        prefer, (EnergyMonMeter.open, RaplMeter.open))
+    root = Path(os.environ.get("PIPEEDGE_POWERCAP_ROOT") or POWERCAP_ROOT)
+    rapl = lambda: RaplMeter.open(root)
+    order = {"rapl": (rapl,), "energymon": (EnergyMonMeter.open,)}.get(
+        prefer, (EnergyMonMeter.open, rapl))
     for opener in order:
         meter = opener()
         if meter is not None:
             log.info("energy measured by %s", meter.source)
             return meter
     return None
-
-
-class EnergyReading:
-    """Start/stop helper: joules between two points, None when no meter."""
-
-    def __init__(self, meter: EnergyMeter | None) -> None:
-        self.meter = meter
-        self.start_j = meter.read_joules() if meter else None
-        self.start_t = time.monotonic()
-
-    def joules(self) -> float | None:
-        if self.meter is None or self.start_j is None:
-            return None
-        return self.meter.read_joules() - self.start_j
 
 
 def format_joules_per_item(joules: float | None, items: int) -> str:
