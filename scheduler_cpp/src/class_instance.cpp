@@ -204,6 +204,10 @@ ClassInstance build_instance(const CostModel& model, const std::vector<std::vect
       in.link[u * K + v] = leg;  // u == v with one member: never used (pair_allowed)
     }
   }
+  in.transfer.assign(K * K * (L + 1), 0.0);
+  for (std::size_t uv = 0; uv < K * K; ++uv) {
+    for (std::size_t i = 1; i < L; ++i) in.transfer[uv * (L + 1) + i] = transfer_seconds(in.bytes_out[i], in.link[uv].bw_Mbps);
+  }
 
   set_work_model(in);
   in.weight_suffix.assign(L + 1, 0.0);

@@ -33,8 +33,9 @@ struct ClassInstance {
   double compute_s(std::size_t k, std::size_t i, std::size_t j) const {
     return time_prefix[k][j] - time_prefix[k][i];
   }
+  std::vector<double> transfer;                     // [(u * K + v) * (L + 1) + i], cuts i = 1..L-1
   double transfer_s(std::size_t u, std::size_t v, std::size_t i) const {
-    return transfer_seconds(bytes_out[i], link[u * classes + v].bw_Mbps);
+    return transfer[(u * classes + v) * (layers + 1) + i];
   }
   double link_latency_s(std::size_t u, std::size_t v) const { return link[u * classes + v].latency_ms / 1000.0; }
   // A u -> v hand-over needs two distinct devices: within one class, at least two members.

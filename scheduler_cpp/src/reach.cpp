@@ -32,10 +32,18 @@ std::vector<std::uint64_t> ReachSets::sorted_live() const {
 
 namespace {
 
+// The sweeps are instantiated for 1-4 words per bitset (up to 256 layers) so the word loops
+// unroll; N = 0 is the general case.
+template <std::size_t N>
+std::size_t words_of(const ClassInstance& in) {
+  return N ? N : in.words;
+}
+
 // A = OR over used classes u of reach[m][u] & cuts[u][v]. Returns whether A is non-empty.
+template <std::size_t N>
 bool gather_cuts(const ClassInstance& in, const ThresholdTables& t, const ReachSets& reach, std::uint64_t m,
                  const std::vector<std::uint32_t>& used, std::size_t v, bits::Word* A) {
-  const std::size_t K = in.classes, W = in.words;
+  const std::size_t K = in.classes, W = words_of<N>(in);
   std::fill_n(A, W, 0);
   bits::Word seen = 0;
   for (std::size_t u = 0; u < K; ++u) {
@@ -95,9 +103,12 @@ bool prune(const ClassInstance& in, const CountSpace& space, const ThresholdTabl
 
 }  // namespace
 
-bool forward(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t, std::size_t max_stages,
-             bool stop_at_goal, ReachSets& reach, const LatencyFilter* filter) {
-  const std::size_t K = in.classes, W = in.words, L = in.layers;
+namespace {
+
+template <std::size_t N>
+bool forward_n(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t, std::size_t max_stages,
+               bool stop_at_goal, ReachSets& reach, const LatencyFilter* filter) {
+  const std::size_t K = in.classes, W = words_of<N>(in), L = in.layers;
   reach.reset(space, K, W);
   for (std::size_t v = 0; v < K; ++v) {
     if (space.count[v] == 0 || !t.start_ok[v] || max_stages == 0) continue;
@@ -130,7 +141,7 @@ bool forward(const ClassInstance& in, const CountSpace& space, const ThresholdTa
     if (found && stop_at_goal) return true;
     if (stages >= max_stages) continue;
     for (std::size_t v = 0; v < K; ++v) {
-      if (used[v] >= space.count[v] || !gather_cuts(in, t, reach, m, used, v, A.data())) continue;
+      if (used[v] >= space.count[v] || !gather_cuts<N>(in, t, reach, m, used, v, A.data())) continue;
       const std::uint64_t next = m + space.radix[v];
       bits::Word* dst = reach.at(next, v);
       bits::for_each(A.data(), W, [&](std::size_t b) {
@@ -143,9 +154,10 @@ bool forward(const ClassInstance& in, const CountSpace& space, const ThresholdTa
   return found;
 }
 
-void backward(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t, std::size_t max_stages,
-              const ReachSets& reach, ReachSets& useful) {
-  const std::size_t K = in.classes, W = in.words, L = in.layers;
+template <std::size_t N>
+void backward_n(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t, std::size_t max_stages,
+                const ReachSets& reach, ReachSets& useful) {
+  const std::size_t K = in.classes, W = words_of<N>(in), L = in.layers;
   useful.reset(space, K, W);
   std::vector<std::uint64_t> order = reach.sorted_live();
   std::vector<std::uint32_t> used;
@@ -162,7 +174,7 @@ void backward(const ClassInstance& in, const CountSpace& space, const ThresholdT
         const std::uint64_t next = m + space.radix[v];
         if (!useful.live[next]) continue;
         const bits::Word* target = useful.at(next, v);
-        if (!bits::any(target, W) || !gather_cuts(in, t, reach, m, used, v, A.data())) continue;
+        if (!bits::any(target, W) || !gather_cuts<N>(in, t, reach, m, used, v, A.data())) continue;
         std::fill(P.begin(), P.end(), 0);
         bool any = false;
         bits::for_each(A.data(), W, [&](std::size_t b) {
@@ -187,6 +199,30 @@ void backward(const ClassInstance& in, const CountSpace& space, const ThresholdT
         break;
       }
     }
+  }
+}
+
+}  // namespace
+
+bool forward(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t, std::size_t max_stages,
+             bool stop_at_goal, ReachSets& reach, const LatencyFilter* filter) {
+  switch (in.words) {
+    case 1: return forward_n<1>(in, space, t, max_stages, stop_at_goal, reach, filter);
+    case 2: return forward_n<2>(in, space, t, max_stages, stop_at_goal, reach, filter);
+    case 3: return forward_n<3>(in, space, t, max_stages, stop_at_goal, reach, filter);
+    case 4: return forward_n<4>(in, space, t, max_stages, stop_at_goal, reach, filter);
+    default: return forward_n<0>(in, space, t, max_stages, stop_at_goal, reach, filter);
+  }
+}
+
+void backward(const ClassInstance& in, const CountSpace& space, const ThresholdTables& t, std::size_t max_stages,
+              const ReachSets& reach, ReachSets& useful) {
+  switch (in.words) {
+    case 1: return backward_n<1>(in, space, t, max_stages, reach, useful);
+    case 2: return backward_n<2>(in, space, t, max_stages, reach, useful);
+    case 3: return backward_n<3>(in, space, t, max_stages, reach, useful);
+    case 4: return backward_n<4>(in, space, t, max_stages, reach, useful);
+    default: return backward_n<0>(in, space, t, max_stages, reach, useful);
   }
 }
 
