@@ -206,3 +206,50 @@ class SessionStore:
 
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
+
+
+def profile_decode(model_name: str, first_layer: int, last_layer: int, *,
+                   config_json: str | None = None, context_len: int = 128, batch: int = 1,
+                   repeats: int = 5, dtype: torch.dtype = torch.float32,
+                   device: str = "cpu") -> dict[str, float]:
+    """Time a decoder shard the way generation uses it: one prefill of ``context_len`` tokens,
+    then single-token decode steps against that cache (seeded random weights).
+
+    Returns ``prefill_s`` (one prefill), ``step_s`` (median decode step), ``kv_bytes`` (cache
+    of one session after the prefill, capacity included). The Profile rpc reports the prefill
+    cost per layer; this adds the per-token cost a scheduler needs for decode-heavy loads.
+    """
+    import statistics
+
+    from pipeedge import models
+
+    info = models.model_info(model_name, config_json)
+    if not info.is_decoder:
+        raise ValueError(f"{model_name} is not a decoder model")
+    shard = models.build_shard(info, first_layer, last_layer,
+                               models.load_shard_state(info, first_layer, last_layer, 0),
+                               dtype=dtype).to(device)
+    specs = shard.input_spec()
+
+    def make(tokens: int) -> dict[str, torch.Tensor]:
+        if shard.is_first:
+            return {"input_ids": torch.randint(3, 200, (batch, tokens), device=device)}
+        return {s.name: torch.randn(batch, tokens, s.shape[2], device=device, dtype=dtype)
+                for s in specs}
+
+    with torch.inference_mode():
+        shard(make(context_len))  # warm-up
+        cache = shard.new_cache()
+        start = time.perf_counter()
+        shard(make(context_len), cache=cache)
+        prefill = time.perf_counter() - start
+        steps = []
+        base = cache.length
+        for _ in range(repeats + 1):
+            cache.truncate(base)  # every step sees the same context length
+            x = make(1)
+            start = time.perf_counter()
+            shard(x, cache=cache)
+            steps.append(time.perf_counter() - start)
+    return {"prefill_s": prefill, "step_s": statistics.median(steps[1:]),
+            "kv_bytes": float(cache.nbytes)}

@@ -357,3 +357,16 @@ def test_profiler_times_decoder_layers(tmp_path):
     assert events[0].parameters_out == 128 * 64 * 2  # context + residual
     assert events[2].parameters_out == 128 * (160 + 64)
     assert events[-1].parameters_out == 320  # last-position logits
+
+
+def test_profile_decode_reports_prefill_step_and_cache():
+    from pipeedge.stage_server.sessions import profile_decode
+
+    first = profile_decode("pipeedge/tiny-gpt2", 1, 6, context_len=32, repeats=2)
+    later = profile_decode("pipeedge/tiny-gpt2", 7, 12, context_len=32, repeats=2)
+    for r in (first, later):
+        assert r["prefill_s"] > 0 and r["step_s"] > 0
+    info = model_info("pipeedge/tiny-gpt2")
+    assert first["kv_bytes"] == sum(kv_cache_bytes_per_layer(info, context_len=64)[:6])
+    with pytest.raises(ValueError, match="not a decoder"):
+        profile_decode("pipeedge/tiny-bert", 1, 4)
