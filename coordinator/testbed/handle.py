@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeedge.coordinator.testbed import cgroups, lifecycle, network
 from pipeedge.coordinator.testbed.errors import TestbedError
-from pipeedge.coordinator.testbed.hostsfile import write_hosts_file
+from pipeedge.coordinator.testbed.hostsfile import write_hosts_file, write_links_file
 from pipeedge.coordinator.testbed.naming import Names
 from pipeedge.coordinator.testbed.spec import DEFAULT_STATE_DIR, TestbedSpec
 from pipeedge.coordinator.testbed.state import DeviceState, TestbedState, load, workdir_for
@@ -68,6 +68,11 @@ class Testbed:
         """A hosts.yml for some devices (in the given order) with deployment overrides."""
         chosen = [self.device(n) for n in devices] if devices else self.devices
         return write_hosts_file(path, chosen, {**self.deployment, **deployment}, per_host)
+
+    def write_links(self, path: Path, devices: Sequence[str] | None = None) -> Path:
+        """links.yml with the emulated caps, for the scheduler (`set_bandwidth` included)."""
+        chosen = [self.device(n) for n in devices] if devices else self.devices
+        return write_links_file(path, chosen)
 
     # -- changing it in place ---------------------------------------------------------------
 

@@ -1,7 +1,10 @@
-"""hosts.yml for the emulated devices, so `deploy`, `profile` and the scheduler use them as-is.
+"""hosts.yml and links.yml for the emulated devices, so `deploy`, `profile` and the scheduler
+use them as-is.
 
 Each host carries its device_type and the type's `mem_mb` / `bw_mbps`, which the hosts.yml
 loader passes to the profiler and scheduler (the emulated limits, not what the host reports).
+links.yml states the emulated network exactly (a per-device link override, which a device type
+cannot express, included), in the scheduler's format (coordinator/scheduler/links.example.yml).
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ import yaml
 
 from pipeedge.coordinator.testbed.state import DeviceState
 
+MBIT = 2**20              # the scheduler's binary megabit
+UNSHAPED_MBPS = 10_000.0  # an uncapped veth, for the scheduler (0 would mean "unusable")
+_LINKS_HEADER = ("# Written by `pipeedge-coord testbed up`: the emulated link caps (bw_Mbps in "
+                 "2^20 bit/s).\n")
 _HEADER = ("# Written by `pipeedge-coord testbed up`: one host per emulated device.\n"
            "# Deploy with `pipeedge-coord deploy {path}`; rewritten on every `up`.\n")
 
@@ -39,4 +46,25 @@ def write_hosts_file(path: Path, devices: Sequence[DeviceState], deployment: Map
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = hosts_document(devices, deployment, per_host)
     path.write_text(_HEADER.format(path=path) + yaml.safe_dump(doc, sort_keys=False, width=100))
+    return path
+
+
+def links_document(devices: Sequence[DeviceState]) -> dict:
+    """Every leg's cap: a transfer a -> b crosses a's upload and b's download cap, the
+    client's legs only the device's own (the coordinator's link is not shaped)."""
+    def cap(*mbps: float) -> dict:
+        shaped = [m for m in mbps if m > 0]
+        return {"bw_Mbps": round((min(shaped) if shaped else UNSHAPED_MBPS) * 1e6 / MBIT, 3),
+                "latency_ms": 0.0}
+
+    return {"symmetric": False,
+            "hosts": {a.name: {b.name: cap(a.bw_mbps, b.bw_mbps) for b in devices if b is not a}
+                      for a in devices},
+            "client_to_host": {d.name: cap(d.bw_mbps) for d in devices},
+            "host_to_client": {d.name: cap(d.bw_mbps) for d in devices}}
+
+
+def write_links_file(path: Path, devices: Sequence[DeviceState]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_LINKS_HEADER + yaml.safe_dump(links_document(devices), sort_keys=False))
     return path

@@ -11,7 +11,7 @@ from pathlib import Path
 from pipeedge.coordinator.testbed import cgroups as cgroups_mod
 from pipeedge.coordinator.testbed import network, preflight, processes
 from pipeedge.coordinator.testbed.errors import TestbedError
-from pipeedge.coordinator.testbed.hostsfile import write_hosts_file
+from pipeedge.coordinator.testbed.hostsfile import write_hosts_file, write_links_file
 from pipeedge.coordinator.testbed.naming import Names
 from pipeedge.coordinator.testbed.spec import TestbedSpec
 from pipeedge.coordinator.testbed.state import DeviceState, TestbedState, load, workdir_for
@@ -106,7 +106,9 @@ def _create(spec: TestbedSpec, state: TestbedState, names: Names,
     for d in state.devices:
         cg.set_cpu(names.cgroup(d.name), d.cpu)
     _check_reachable(state)
-    write_hosts_file(Path(state.hosts_file), state.devices, spec.deployment)
+    hosts_file = write_hosts_file(Path(state.hosts_file), state.devices, spec.deployment)
+    # Beside hosts.yml is where the planner looks for links.yml by default.
+    write_links_file(hosts_file.parent / "links.yml", state.devices)
     state.save()
     log.info("testbed %s up: %d device(s) on %s", spec.name, len(state.devices), spec.subnet)
 

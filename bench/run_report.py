@@ -1,0 +1,142 @@
+"""`make bench`: the testbed benchmark report.
+
+Brings up emulated edge devices (`pipeedge.coordinator.testbed`, needs root), runs five
+sections (scaling, scheduler predictions, heterogeneous devices, slow links with compression,
+transport latency), each with its baseline measured in the same run, and writes
+bench/results.json, one PNG per section and bench/REPORT.md. A section that needs something
+not available here is skipped with the reason printed; the others still run.
+
+    python bench/run_report.py                 # everything (~10 minutes on 2 cores)
+    python bench/run_report.py --quick         # tiny models: checks the report end to end
+    python bench/run_report.py -s scaling -s transport
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from testbed_bench.context import Settings, Skipped, Testbeds  # noqa: E402
+
+log = logging.getLogger("bench.report")
+
+SECTIONS = ("scaling", "predictions", "heterogeneous", "slow_links", "transport")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out_dir = args.out.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="pipeedge-report-"))
+    settings = Settings(out_dir=out_dir, workdir=workdir, cpu=args.cpu,
+                        microbatch=args.microbatch, quick=args.quick, seed=args.seed)
+    start = time.monotonic()
+    results = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick,
+               "settings": {"cpu": args.cpu, "microbatch": args.microbatch, "seed": args.seed},
+               "environment": _environment(), "sections": {}}
+    failed = False
+    from pipeedge.coordinator.testbed import problems
+
+    blockers = problems()
+    testbeds = Testbeds(settings)
+    try:
+        for name in args.sections:
+            results["sections"][name] = _run_section(name, settings, testbeds, blockers)
+            failed |= results["sections"][name]["status"] == "failed"
+    finally:
+        testbeds.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    results["environment"]["loadavg_end"] = _loadavg()
+    results["elapsed_s"] = time.monotonic() - start
+    _write(results, out_dir)
+    print(f"report: {out_dir / 'REPORT.md'} ({results['elapsed_s']:.0f} s)")
+    return 1 if failed else 0
+
+
+def _run_section(name: str, settings: Settings, testbeds: Testbeds,
+                 blockers: list[str]) -> dict:
+    module = importlib.import_module(f"testbed_bench.sections.{name}")
+    title = getattr(module, "TITLE", name)
+    if blockers:
+        print(f"[{name}] skipped: {blockers[0]}")
+        return {"title": title, "status": "skipped", "reason": blockers[0]}
+    print(f"[{name}] {title} ...", flush=True)
+    start = time.monotonic()
+    try:
+        result = module.run(settings, testbeds)
+    except Skipped as exc:
+        print(f"[{name}] skipped: {exc}")
+        return {"title": title, "status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # one broken section must not lose the others' results
+        traceback.print_exc()
+        print(f"[{name}] FAILED: {exc}")
+        return {"title": title, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    result.update(status="ok", seconds=time.monotonic() - start)
+    for part, why in (result.get("skipped_parts") or {}).items():
+        print(f"[{name}] {part} skipped: {why}")
+    print(f"[{name}] done in {result['seconds']:.0f} s", flush=True)
+    return result
+
+
+def _write(results: dict, out_dir: Path) -> None:
+    from testbed_bench.markdown import write_report
+    from testbed_bench.plots import draw_all
+
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    figures = draw_all(results["sections"], out_dir)
+    write_report(results, figures, out_dir / "REPORT.md")
+
+
+def _environment() -> dict:
+    import torch
+
+    env = {"cpus": os.cpu_count(), "kernel": platform.release(), "torch": torch.__version__,
+           "python": platform.python_version(), "loadavg_start": _loadavg()}
+    try:
+        from pipeedge.coordinator.testbed.cgroups import detect
+
+        env["cgroup_version"] = detect().version
+    except Exception:  # no cgroups: the sections say so
+        pass
+    return env
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-s", "--section", dest="sections", action="append", choices=SECTIONS,
+                   help="Run only this section (repeatable) [default: all].")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
+                   help="Where results.json, REPORT.md and the figures go [default: bench/].")
+    p.add_argument("--cpu", type=float, default=0.5, help="Cores per equal device.")
+    p.add_argument("--microbatch", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="Tiny models, few microbatches.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    args.sections = args.sections or list(SECTIONS)
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())

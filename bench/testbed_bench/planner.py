@@ -1,0 +1,76 @@
+"""The one place the report meets the profiler and scheduler (`pipeedge-coord profile`/`plan`).
+
+What it needs from them: `planning.plan(dep)` returning stages and a `schedule` with
+`throughput_items_s` when hosts.yml has no partition and profiles exist in `scheduler_dir`, and
+`planning.ensure_profiles(dep)` (profile -> models.yml, device_types.yml, devices.yml). When
+those are missing, the sections that need them skip with the reason from `missing()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeedge.coordinator.hosts import load_deployment
+from pipeedge.coordinator.testbed import Testbed
+
+from testbed_bench.deployment import hosts_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScheduledPlan:
+    hosts_file: Path          # hosts.yml with the scheduler's partition and host order
+    partition: str
+    order: tuple[str, ...]
+    predicted_items_per_s: float
+    method: str
+
+
+def missing() -> str | None:
+    """Why the scheduler path cannot run here, or None when it can."""
+    try:
+        planning = importlib.import_module("pipeedge.coordinator.planning")
+        importlib.import_module("pipeedge.coordinator.profiling")
+    except ImportError as exc:
+        return f"the planner is not available yet ({exc})"
+    for name in ("plan", "ensure_profiles"):
+        if not hasattr(planning, name):
+            return f"pipeedge.coordinator.planning has no {name}() yet"
+    return None
+
+
+def profile(tb: Testbed, sched_dir: Path, tag: str, model: str, **deployment) -> Path:
+    """Profile every device type of `tb` for `model` (under the emulated caps) and write the
+    emulated links, into `sched_dir`. Returns a hosts.yml (no partition) that plans there."""
+    planning = importlib.import_module("pipeedge.coordinator.planning")
+    sched_dir.mkdir(parents=True, exist_ok=True)
+    names = [d.name for d in tb.devices]
+    hosts = hosts_for(tb, sched_dir, tag, names, model=model, scheduler_dir=str(sched_dir),
+                      **deployment)
+    tb.write_links(sched_dir / "links.yml")
+    ran = planning.ensure_profiles(load_deployment(hosts), progress=False)
+    log.info("profiles for %s in %s (%s)", model, sched_dir, "profiled" if ran else "cached")
+    return hosts
+
+
+def plan(tb: Testbed, sched_dir: Path, tag: str, model: str, devices: list[str],
+         **deployment) -> ScheduledPlan:
+    """The scheduler's plan over `devices`, written as a hosts.yml that deploys it."""
+    planning = importlib.import_module("pipeedge.coordinator.planning")
+    free = hosts_for(tb, sched_dir, f"{tag}-free", devices, model=model,
+                     scheduler_dir=str(sched_dir), **deployment)
+    the_plan = planning.plan(load_deployment(free))
+    schedule = getattr(the_plan, "schedule", None)
+    if schedule is None:
+        raise RuntimeError(f"the planner did not use the scheduler for {free} "
+                           f"({getattr(the_plan, 'how', '?')}); profile first")
+    order = tuple(s.host.name for s in the_plan.stages)
+    partition = ",".join(f"{s.layers.first},{s.layers.last}" for s in the_plan.stages)
+    fixed = hosts_for(tb, sched_dir, tag, list(order), model=model, partition=partition,
+                      **deployment)
+    return ScheduledPlan(fixed, partition, order, float(schedule.throughput_items_s),
+                         str(getattr(schedule, "method", "")))
