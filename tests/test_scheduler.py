@@ -220,3 +220,13 @@ def test_no_viable_schedule_names_the_fix() -> None:
     one = (DeviceProfile("mb-0", "Minnowboard-E3845", 2048.0, 1000.0, inst.devices[0].time_s),)
     with pytest.raises(SchedulingError, match=r"no viable schedule: .*needs \d+ MB.*add hosts"):
         schedule(model=inst.model, devices=one)
+
+
+def test_argument_errors_are_scheduling_errors() -> None:
+    inst = _fixture(VIT_BASE)
+    with pytest.raises(SchedulingError, match="unknown objective"):
+        schedule(model=inst.model, devices=inst.devices, objective="speed")
+    with pytest.raises(SchedulingError, match="no devices"):
+        schedule(model=inst.model, devices=())
+    with pytest.raises(SchedulingError, match="batch size must be"):
+        schedule(model=inst.model, devices=inst.devices, batch_size=0)

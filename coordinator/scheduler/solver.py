@@ -109,7 +109,14 @@ def schedule(
         >>> s.to_partition()  # doctest: +SKIP
         [{'rcc-0': [1, 14]}, {'rcc-1': [15, 28]}, ...]
     """
-    goal = Objective(objective)
+    try:
+        goal = Objective(objective)
+    except ValueError:
+        raise SchedulingError(
+            f"unknown objective {objective!r}; use throughput or latency"
+        ) from None
+    if not devices:
+        raise SchedulingError("no devices to schedule on; list hosts in the devices file")
     if batch_size < 1 or buffers_in < 0 or buffers_out < 0:
         raise SchedulingError("batch size must be >= 1 and buffer counts >= 0; fix -b/-i/-o")
     problem = _problem(
