@@ -3,7 +3,9 @@
 An image folder holds one subfolder per class. Labels follow torchvision's ImageFolder: the
 sorted folder names (WordNet ids such as n01440764) are classes 0..N-1; folders named by number
 (0, 1, ..., 999) are that class index instead. A `classes` file (one name per line, line k =
-class k) overrides both, e.g. when only some classes are present.
+class k) overrides both; `classes.txt` in the folder or its parent is used when present, so a
+split holding only some classes keeps the full set's indices (`prepare_ilsvrc2012` writes one
+with all 1000 wnids sorted).
 
 `prepare_ilsvrc2012` does what the seed's tools/imagenet_preprocess.py did: it extracts
 ILSVRC2012_img_train.tar (a tar of per-class tars) into train/<wnid>/, and ILSVRC2012_img_val.tar
@@ -33,6 +35,7 @@ DEVKIT_TAR = "ILSVRC2012_devkit_t12.tar.gz"
 DEVKIT_DIR = "ILSVRC2012_devkit_t12"
 GROUND_TRUTH = "data/ILSVRC2012_validation_ground_truth.txt"
 META = "data/meta.mat"
+CLASSES_FILE = "classes.txt"  # every class's name in label order, beside train/ and val/
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class ImageFolder:
         if not dirs:
             raise ValueError(f"{root} has no class subfolders; expected {root}/<wnid>/*.JPEG "
                              "(see `pipeedge-coord dataset imagenet-prepare`)")
+        if classes_file is None:
+            found = [f for f in (root / CLASSES_FILE, root.parent / CLASSES_FILE) if f.is_file()]
+            classes_file = found[0] if found else None
         if classes_file:
             names = [ln.split()[0] for ln in Path(classes_file).read_text().splitlines()
                      if ln.strip()]
@@ -127,27 +133,30 @@ def prepare_ilsvrc2012(src: str | Path, out: str | Path | None = None, *,
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a folder; put the ILSVRC2012 archives in one")
     progress = progress or (lambda desc, total: (lambda n: None))
-    skipped = []
-    train_images = train_classes = val_images = val_classes = 0
-    if (src / TRAIN_TAR).is_file():
-        train_images, train_classes = _extract_train(src / TRAIN_TAR, out / "train",
-                                                     progress("train", None))
-    else:
-        skipped.append(TRAIN_TAR)
-    if (src / VAL_TAR).is_file():
-        truth = _devkit_file(src, GROUND_TRUTH)
-        ids = [int(x) for x in truth.decode().split()]
-        wnid_of = (_wnids_from_file(Path(wnids_file)) if wnids_file
-                   else _wnids_from_meta(_devkit_file(src, META)))
-        val_images, val_classes = _extract_val(src / VAL_TAR, out / "val", ids, wnid_of,
-                                               progress("val", len(ids)))
-    else:
-        skipped.append(VAL_TAR)
-    if len(skipped) == 2:
+    have_train, have_val = (src / TRAIN_TAR).is_file(), (src / VAL_TAR).is_file()
+    if not have_train and not have_val:
         raise FileNotFoundError(f"neither {TRAIN_TAR} nor {VAL_TAR} is in {src}; download them "
                                 "from image-net.org (registration required)")
-    return PrepareReport(out, train_images, train_classes, val_images, val_classes,
-                         tuple(skipped))
+    skipped = tuple(name for name, have in ((TRAIN_TAR, have_train), (VAL_TAR, have_val))
+                    if not have)
+    if have_val:  # read the devkit first: a missing file fails before hours of extraction
+        ids = [int(x) for x in _devkit_file(src, GROUND_TRUTH).decode().split()]
+        wnid_of = (_wnids_from_file(Path(wnids_file)) if wnids_file
+                   else _wnids_from_meta(_devkit_file(src, META)))
+    train_images = train_classes = val_images = val_classes = 0
+    out.mkdir(parents=True, exist_ok=True)
+    if have_val:  # all classes, sorted: indices do not depend on which folders a split has
+        (out / CLASSES_FILE).write_text("".join(f"{w}\n" for w in sorted(set(wnid_of.values()))))
+    if have_train:
+        train_images, train_classes = _extract_train(src / TRAIN_TAR, out / "train",
+                                                     progress("train", None))
+    if have_val:
+        val_images, val_classes = _extract_val(src / VAL_TAR, out / "val", ids, wnid_of,
+                                               progress("val", len(ids)))
+    elif not (out / CLASSES_FILE).exists():
+        wnids = sorted(d.name for d in (out / "train").iterdir() if d.is_dir())
+        (out / CLASSES_FILE).write_text("".join(f"{w}\n" for w in wnids))
+    return PrepareReport(out, train_images, train_classes, val_images, val_classes, skipped)
 
 
 def _extract_train(archive: Path, dest: Path, update) -> tuple[int, int]:
