@@ -10,9 +10,10 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.pipeedge-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-py test-cpp lint bench bench-transport bench-sched bench-quant clean
+.PHONY: install demo test test-py test-cpp lint bench bench-transport bench-sched bench-quant \
+        bench-backends bench-decode clean
 
-$(STAMP): pyproject.toml CMakeLists.txt scheduler_cpp/CMakeLists.txt $(wildcard protos/*.proto) $(wildcard scheduler_cpp/*.cpp scheduler_cpp/src/*.cpp scheduler_cpp/include/*/*.hpp)
+$(STAMP): pyproject.toml CMakeLists.txt scheduler_cpp/CMakeLists.txt $(wildcard protos/*.proto) $(wildcard scheduler_cpp/*.cpp scheduler_cpp/src/*.[ch]pp scheduler_cpp/include/*/*.hpp)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
@@ -45,6 +46,12 @@ bench-sched: $(STAMP)
 
 bench-quant: $(STAMP)
 	$(PY) bench/bench_quant.py
+
+bench-backends: $(STAMP)
+	$(PY) bench/bench_backends.py
+
+bench-decode: $(STAMP)
+	$(PY) bench/bench_decode.py
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
