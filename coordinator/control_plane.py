@@ -76,7 +76,8 @@ class ControlPlane:
                 pipeline = deploy_mod.deploy(self.dep, stages, progress=False)
                 break
             except Exception as exc:  # a host failed mid-deploy: mark what is down, try again
-                log.warning("deploy failed (%s); re-checking hosts", exc)
+                log.warning("deploy failed (%s); re-checking hosts", exc,
+                            extra={"event": "deploy_error", "reason": reason})
                 if not self._mark_unhealthy(hosts):
                     raise
         self._publish(pipeline)
@@ -85,7 +86,10 @@ class ControlPlane:
                              "stages": [f"{s.name}:{s.first_layer}-{s.last_layer}"
                                         for s in pipeline.stages]})
         log.info("pipeline v%d deployed in %.2fs (%s): %s", self.version, took, reason,
-                 ", ".join(self.replans[-1]["stages"]))
+                 ", ".join(self.replans[-1]["stages"]),
+                 extra={"event": "replan" if self.version > 1 else "deploy",
+                        "version": self.version, "seconds": round(took, 3), "reason": reason,
+                        "stages": ",".join(self.replans[-1]["stages"])})
         return pipeline
 
     def _mark_unhealthy(self, hosts: list[Host]) -> bool:
@@ -137,19 +141,24 @@ class ControlPlane:
                 healthy = probe.healthy(self.check_timeout_s)
                 probe.failures = 0 if healthy else probe.failures + 1
                 if name in self.down and healthy:
-                    log.info("host %s is back; it joins at the next re-plan", name)
+                    log.info("host %s is back; it joins at the next re-plan", name,
+                             extra={"event": "host_up", "host": name})
                     self.down.discard(name)
                 elif name not in self.down and probe.failures >= self.failures_to_down:
                     self.down.add(name)
+                    log.warning("host %s is down (%d failed health checks)", name,
+                                probe.failures, extra={"event": "host_down", "host": name})
                     if name in in_use:
                         failed.append(name)
             if failed:
                 log.warning("stage(s) %s failed; re-planning over %d host(s)", failed,
-                            len(self.probes) - len(self.down))
+                            len(self.probes) - len(self.down),
+                            extra={"event": "stage_failed", "stages": ",".join(failed)})
                 try:
                     self.deploy(reason=f"{', '.join(failed)} failed")
                 except Exception:
-                    log.exception("re-plan failed; will retry on the next check")
+                    log.exception("re-plan failed; will retry on the next check",
+                                  extra={"event": "replan_error"})
 
 
 class CoordinatorServicer(cpb_grpc.CoordinatorServicer):

@@ -81,7 +81,9 @@ def deploy(dep: Deployment, stages: list[PlannedStage], *, progress: bool = True
                 raise DeployError(f"host {stages[i].host.name} refused layers "
                                   f"{stages[i].layers}: {exc.details()}") from None
             log.info("assigned %s layers %s (%.1f MB)", stages[i].host.name, stages[i].layers,
-                     replies[i].parameter_bytes / 1e6)
+                     replies[i].parameter_bytes / 1e6,
+                     extra={"event": "assign", "host": stages[i].host.name,
+                            "layers": str(stages[i].layers), "next_hop": next_hop})
             bar.update()
         bar.close()
     finally:

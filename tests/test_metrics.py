@@ -82,7 +82,7 @@ def rapl_cluster(tmp_path_factory):
     try:
         for i in range(2):
             ports.append(_free_port())
-            cluster.extra_args = ("--metrics-port", str(ports[-1]))
+            cluster.extra_args = ("--metrics-port", str(ports[-1]), "--log-format", "json")
             cluster.stages.append(cluster.start_stage(f"stage{i}"))
     finally:
         for k, v in old.items():
@@ -137,6 +137,14 @@ def test_metrics_endpoint_counts_what_was_sent(rapl_cluster):
     assert st.assigned_seconds > 0
     assert st.HasField("energy_joules") and st.energy_joules == pytest.approx(2.5)
     assert st.energy_source == "rapl:package-0"
+
+    # Logs: JSON, one line per event (assignment with its fields), nothing per microbatch.
+    import json
+
+    entries = [json.loads(ln) for ln in cluster.stages[0].log_path.read_text().splitlines()]
+    assigns = [e for e in entries if e.get("event") == "assign"]
+    assert assigns and assigns[-1]["layers"] == "1-3" and assigns[-1]["model"] == TINY
+    assert len(entries) < 10, entries
 
 
 def test_status_watch_rates_bottleneck_and_energy(rapl_cluster):
