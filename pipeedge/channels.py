@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import grpc
 
+from pipeedge.security import Security
+
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 WEIGHT_CHUNK_BYTES = 2 * 1024 * 1024
 # Control calls (assign may load and build a big shard) versus a status poke.
@@ -35,10 +37,39 @@ SERVER_OPTIONS = _COMMON + [
 ]
 
 
-def open_channel(address: str) -> grpc.Channel:
-    """A channel to a PipeEdge server (stage or coordinator) with the project's options."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def open_channel(address: str, *, security: Security | None = None) -> grpc.Channel:
+    """A channel to a PipeEdge server (stage or coordinator) with the project's options.
+
+    `security` (see pipeedge.security): TLS with this party's certificate when it has a CA or
+    certificate, and its bearer token on every call when it has one; None = plaintext, no token.
+    """
+    if security is None or not security.enabled:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    options = CHANNEL_OPTIONS + security.channel_options()
+    channel = (grpc.secure_channel(address, security.channel_credentials(), options=options)
+               if security.tls else grpc.insecure_channel(address, options=options))
+    interceptors = security.client_interceptors()
+    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
 
 
-def open_aio_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def open_aio_channel(address: str, *, security: Security | None = None) -> grpc.aio.Channel:
+    if security is None or not security.enabled:
+        return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    options = CHANNEL_OPTIONS + security.channel_options()
+    interceptors = security.aio_client_interceptors() or None
+    if security.tls:
+        return grpc.aio.secure_channel(address, security.channel_credentials(), options=options,
+                                       interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+
+
+def add_server_port(server, address: str, *, security: Security | None = None) -> int:
+    """Bind `address` (mutual TLS when `security` has a certificate); returns the bound port."""
+    if security is not None and security.tls:
+        return server.add_secure_port(address, security.server_credentials())
+    return server.add_insecure_port(address)
+
+
+def server_interceptors(security: Security | None) -> list:
+    """The authorization checks a server installs for `security` (none when it is None)."""
+    return security.server_interceptors() if security is not None else []
