@@ -73,7 +73,11 @@ def _plan_options(fn):
 @_plan_options
 @click.option("--out", "pipeline_path", type=click.Path(path_type=Path), default=None,
               help="Where to write the pipeline file [default: from hosts.yml].")
-def deploy(hosts_file, partition, model, microbatch, no_progress, pipeline_path):
+@click.option("--quant", "-q", default=None,
+              help="Output encoding after each stage, overriding hosts.yml, e.g. 8,4,0: uniform "
+                   "bits 2..16, 0 = raw; or names such as float16, uniform:4:laplace, "
+                   "adaptive:20. N-1 entries for N stages (an Nth is ignored).")
+def deploy(hosts_file, partition, model, microbatch, no_progress, pipeline_path, quant):
     """Assign layer ranges to the stage servers in HOSTS_FILE and chain them.
 
     Without a partition: profile the device types if models.yml/device_types.yml are missing,
@@ -87,7 +91,8 @@ def deploy(hosts_file, partition, model, microbatch, no_progress, pipeline_path)
         dep, plan = _plan_for(hosts_file, partition, model, microbatch, not no_progress)
         if plan.schedule is not None:
             click.echo(plan_table(plan) + "\n")
-        pipeline = deploy_mod.deploy(dep, plan.stages, progress=not no_progress)
+        stages = deploy_mod.apply_quant(plan.stages, quant)  # -q: activation compression
+        pipeline = deploy_mod.deploy(dep, stages, progress=not no_progress)
     except _user_errors() as exc:
         _fail(str(exc))
     out = pipeline.save(pipeline_path or Path(dep.pipeline_file))

@@ -7,7 +7,8 @@ starts. The result is a `Pipeline` description that the SDK and `status` read.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -50,18 +51,112 @@ def assign_request(dep: Deployment, stage: PlannedStage, next_hop: str,
                            device=dep.device, max_microbatch=dep.microbatch, next_hop=next_hop,
                            weights=weights)
     encoding = stage.host.encoding or dep.encoding
-    if next_hop and encoding and encoding != "raw":
-        req.output_encoding.CopyFrom(_parse_encoding(encoding))
+    if next_hop and encoding:
+        spec = parse_encoding(encoding, where=f"host {stage.host.name}")
+        if spec.encoding is not None:
+            req.output_encoding.CopyFrom(spec.encoding)
+        req.target_items_per_s, req.adaptive_min_bits = spec.target_items_per_s, spec.min_bits
     return req
 
 
-def _parse_encoding(text: str) -> pb.Encoding:
-    """`float16`, `bfloat16`, or `uniform:BITS`."""
-    kind, _, bits = text.partition(":")
-    try:
-        return codec.encoding_from_name(kind, bits=int(bits or 0))
-    except ValueError as exc:
-        raise DeployError(f"encoding '{text}': {exc}") from None
+# -- Activation compression settings (README "Activation compression") --------------------------
+
+ENCODING_SYNTAX = ("raw | float16 | bfloat16 | uniform:BITS[:CLIP] | "
+                   "adaptive:ITEMS_PER_S[:MIN_BITS][:CLIP]  (BITS 2..16, CLIP laplace|gelu)")
+
+
+@dataclass(frozen=True)
+class EncodingSpec:
+    """A stage's output encoding as hosts.yml or `deploy -q` state it."""
+
+    encoding: pb.Encoding | None     # None = raw; adaptive: carries only the clip
+    target_items_per_s: float = 0.0  # > 0 = adaptive (AssignRequest.target_items_per_s)
+    min_bits: int = 0                # adaptive: narrowest uniform width; 0 = 2
+
+    @property
+    def bits(self) -> int:
+        """Bits per float element on the link, for link cost: raw 32, float16/bfloat16 16,
+        uniform BITS. Adaptive counts as 32 (it sends raw whenever the link allows)."""
+        if self.encoding is None or self.target_items_per_s:
+            return 32
+        return self.encoding.bits if self.encoding.kind == pb.Encoding.UNIFORM else 16
+
+
+def parse_encoding(text: str, *, where: str = "") -> EncodingSpec:
+    """Parse one encoding (see ENCODING_SYNTAX); a bare number is uniform bits, 0 or 32 raw."""
+    from pipeedge.quant import CLIPS, MAX_BITS, MIN_BITS
+
+    text = str(text).strip()
+    parts = text.lower().split(":")
+    kind, args = parts[0], parts[1:]
+
+    def fail(problem: str) -> DeployError:
+        at = f" for {where}" if where else ""
+        return DeployError(f"encoding '{text}'{at}: {problem}; use {ENCODING_SYNTAX}")
+
+    def clip_of(rest: list[str]) -> str:
+        if len(rest) > 1 or (rest and rest[0] not in CLIPS):
+            raise fail(f"unexpected '{':'.join(rest)}' (clip is laplace or gelu)")
+        return rest[0] if rest else ""
+
+    def width(value: str, what: str) -> int:
+        if not value.isdigit() or not MIN_BITS <= int(value) <= MAX_BITS:
+            raise fail(f"{what} must be {MIN_BITS}..{MAX_BITS}, got '{value}'")
+        return int(value)
+
+    if kind.isdigit():
+        if int(kind) in (0, 32) and not args:
+            return EncodingSpec(None)
+        kind, args = "uniform", parts
+    if kind in ("", "raw", "none") and not args:
+        return EncodingSpec(None)
+    if kind in ("float16", "bfloat16") and not args:
+        return EncodingSpec(codec.encoding_from_name(kind))
+    if kind == "uniform":
+        if not args:
+            raise fail("uniform needs a bit width, e.g. uniform:8")
+        bits = width(args[0], "bits")
+        return EncodingSpec(codec.encoding_from_name("uniform", bits=bits,
+                                                     clip=clip_of(args[1:])))
+    if kind == "adaptive":
+        try:
+            rate = float(args[0]) if args else 0.0
+        except ValueError:
+            rate = 0.0
+        if not (rate > 0 and math.isfinite(rate)):
+            raise fail("adaptive needs a target rate in items/s, e.g. adaptive:20")
+        rest = args[1:]
+        min_bits = width(rest.pop(0), "MIN_BITS") if rest and rest[0].isdigit() else 0
+        clip = clip_of(rest)
+        return EncodingSpec(codec.encoding_from_name("uniform", clip=clip) if clip else None,
+                            target_items_per_s=rate, min_bits=min_bits)
+    raise fail("unknown encoding")
+
+
+def quant_per_stage(quant: str, stages: int) -> list[str]:
+    """`deploy -q 8,4,0`: one encoding per stage boundary, in the seed's style.
+
+    Entry i is what stage i sends to stage i+1: a bit width (uniform BITS, 2..16; 0 = raw) or
+    any hosts.yml encoding. N-1 entries for N stages, or N: the last stage's entry is accepted
+    and ignored (its output goes back to the client raw).
+    """
+    entries = [e.strip() for e in quant.split(",")]
+    if len(entries) not in (stages - 1, stages) or (stages == 1 and entries == [""]):
+        raise DeployError(f"-q {quant} has {len(entries)} entries for {stages} stage(s); give "
+                          f"one per stage boundary ({max(stages - 1, 0)}), optionally plus one "
+                          "ignored entry for the last stage, e.g. -q 8,4,0 for 3 stages")
+    for i, e in enumerate(entries[:stages - 1]):
+        parse_encoding(e, where=f"-q entry {i + 1}")
+    return (entries + ["raw"])[:stages]
+
+
+def apply_quant(stages: list[PlannedStage], quant: str | None) -> list[PlannedStage]:
+    """Override every stage's output encoding with `deploy -q` (hosts.yml settings lose)."""
+    if not quant:
+        return stages
+    encodings = quant_per_stage(quant, len(stages))
+    return [PlannedStage(replace(s.host, encoding=e if e not in ("0", "32", "") else "raw"),
+                         s.layers) for s, e in zip(stages, encodings)]
 
 
 def deploy(dep: Deployment, stages: list[PlannedStage], *, progress: bool = True) -> Pipeline:

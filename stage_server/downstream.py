@@ -39,11 +39,14 @@ class Outgoing:
 
 class DownstreamLink:
     def __init__(self, address: str, outbox: queue.Queue, stage_name: str,
-                 on_sent=None, metrics: StageHooks | None = None) -> None:
+                 on_sent=None, compression=None, metrics: StageHooks | None = None) -> None:
         self.address = address
         self._outbox = outbox
         self._stage = stage_name
         self._on_sent = on_sent or (lambda frame: None)
+        # Activation compression (adaptive.py): times each send for the link meter and
+        # the adaptive encoding; paces sends under the PIPEEDGE_TEST_LINK_MBPS test hook.
+        self._watch = compression.watch if compression else (lambda frames: frames)
         self._metrics = metrics or StageHooks()  # send time and next-hop failures (metrics.py)
         self._warn = Throttle(30.0)  # a dead next hop is retried every <= 2 s: warn now and then
         self._tags = itertools.count(1)
@@ -77,7 +80,7 @@ class DownstreamLink:
             alive = threading.Event()
             alive.set()
             try:
-                for result in self._stub.Forward(self._requests(alive)):
+                for result in self._stub.Forward(self._watch(self._requests(alive))):
                     self._route_back(result)
                     backoff = 0.05
                 # The server ended the stream cleanly only if we stopped sending: fall through.

@@ -20,6 +20,7 @@ import torch
 from pipeedge import codec
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.logs import Throttle
+from pipeedge.stage_server.adaptive import OutputCompression
 from pipeedge.stage_server.backends import ShardBackend
 from pipeedge.stage_server.downstream import DownstreamLink, Outgoing
 from pipeedge.stage_server.metrics import StageHooks
@@ -71,11 +72,12 @@ class StageRuntime:
         self._error_log = Throttle(30.0)  # a failing shard logs now and then, not per request
         self._inbox: queue.Queue[Work | None] = queue.Queue(assignment.queue_in or DEFAULT_QUEUE)
         self._outbox: queue.Queue[Outgoing] = queue.Queue(assignment.queue_out or DEFAULT_QUEUE)
-        self._encoding = (assignment.output_encoding
-                          if assignment.HasField("output_encoding") else None)
+        # Activation compression (adaptive.py): fixed or adaptive output encoding, link meter.
+        self.compression = OutputCompression(assignment) if assignment.next_hop else None
         self._stopped = threading.Event()
         self.link = (DownstreamLink(assignment.next_hop, self._outbox, self.name,
-                                    on_sent=self._count_sent, metrics=self.metrics)
+                                    on_sent=self._count_sent,
+                                    compression=self.compression, metrics=self.metrics)
                      if assignment.next_hop else None)
         self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
         self._compute.start()
@@ -168,7 +170,8 @@ class StageRuntime:
                               session_id=frame.session_id, step=frame.step,
                               deadline_unix_ms=frame.deadline_unix_ms, trace_id=frame.trace_id)
             try:
-                codec.encode_tensors(result, outputs, self._encoding if self.link else None)
+                codec.encode_tensors(result, outputs,
+                                     self.compression.encoding() if self.compression else None)
             except ValueError as exc:
                 self._fail(work, grpc.StatusCode.INTERNAL, f"stage {self.name}: {exc}")
                 continue

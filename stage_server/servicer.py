@@ -14,6 +14,7 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.errors import status_from_int
 from pipeedge.partition import PartitionError
+from pipeedge.stage_server.adaptive import check_assignment
 from pipeedge.stage_server.backends import load_backend
 from pipeedge.stage_server.links import measure_link
 from pipeedge.stage_server.metrics import StageHooks, fill_status
@@ -51,6 +52,7 @@ class StageServicer(pb_grpc.StageServicer):
         with self._assign_lock:
             start = time.perf_counter()
             try:
+                check_assignment(request)  # output encoding (adaptive.py)
                 state = load_shard_state(request, self.cache)
                 backend = load_backend(request, state, cache_dir=self.cache.root.parent)
                 del state
@@ -177,6 +179,8 @@ class StageServicer(pb_grpc.StageServicer):
         status.compute_seconds = c.compute_s
         status.bytes_received, status.bytes_sent = c.bytes_in, c.bytes_out
         status.parameter_bytes = rt.backend.parameter_bytes
+        if rt.compression:  # activation compression (adaptive.py)
+            status.output_bits, status.link_mbps = rt.compression.bits, rt.compression.link_mbps
         fill_status(status, rt)  # assigned_seconds, energy_joules (metrics.py)
         return status
 
