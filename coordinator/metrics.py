@@ -120,5 +120,8 @@ def serve_control_plane_metrics(plane, *, host: str, port: int) -> MetricsEndpoi
     """Start /metrics for a control plane on its own registry."""
     prom = prometheus()
     registry = prom.CollectorRegistry(auto_describe=True)
-    registry.register(ControlPlaneCollector(plane))
-    return start_metrics_server(registry, port=port, host=host)
+    collector = ControlPlaneCollector(plane)
+    registry.register(collector)
+    endpoint = start_metrics_server(registry, port=port, host=host)
+    endpoint.on_stop = collector.close
+    return endpoint

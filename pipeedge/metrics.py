@@ -38,6 +38,7 @@ class MetricsEndpoint:
     host: str
     port: int
     _server: Any
+    on_stop: Any = None   # called after the server stops (e.g. to close a collector's channels)
 
     @property
     def url(self) -> str:
@@ -46,6 +47,8 @@ class MetricsEndpoint:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        if self.on_stop:
+            self.on_stop()
 
 
 def start_metrics_server(registry, *, port: int, host: str = "0.0.0.0") -> MetricsEndpoint:

@@ -221,6 +221,32 @@ def test_bench_prints_energy_or_not_available(rapl_cluster, cluster_factory, mon
     ctl.close()
 
 
+def test_control_plane_metrics_endpoint(rapl_cluster):
+    from pipeedge.coordinator.control_plane import ControlPlane
+    from pipeedge.coordinator.metrics import serve_control_plane_metrics
+
+    cluster, _ports, _energy = rapl_cluster
+    dep = load_deployment(cluster.hosts_file(TINY, partition="1,6,7,12", microbatch=4))
+    plane = ControlPlane(dep, pipeline_path=cluster.workdir / "served.json")
+    pipeline = plane.deploy()
+    endpoint = serve_control_plane_metrics(plane, host="127.0.0.1", port=0)
+    try:
+        with PipelineClient(pipeline.entry) as client:
+            client.infer(models.example_inputs(models.model_info(TINY), 3))
+        m = _scrape(endpoint.port)
+    finally:
+        endpoint.stop()
+        plane.stop()
+    assert m[("pipeedge_coord_pipeline_version", ())] == 1
+    assert m[("pipeedge_coord_hosts_down", ())] == 0
+    assert m[("pipeedge_coord_replans_total", ())] == 0
+    assert m[("pipeedge_coord_deploy_seconds_count", ())] == 1
+    for name in ("stage0", "stage1"):
+        assert m[("pipeedge_coord_stage_up", (("stage", name),))] == 1
+        assert m[("pipeedge_coord_stage_items_total", (("stage", name),))] == 3
+        assert ("pipeedge_coord_stage_energy_joules_total", (("stage", name),)) in m
+
+
 # -- without processes -----------------------------------------------------------------------------
 def test_rapl_meter_sums_packages_and_undoes_wraparound(tmp_path):
     energy = _fake_rapl(tmp_path, energy_uj=9_000_000, max_uj=9_999_999)
