@@ -30,18 +30,46 @@ from pipeedge.logs import setup_logging
 @click.option("--metrics-port", type=int, default=None,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default; 0 = "
                    "pick a free port, logged at start).")
+@click.option("--max-push-bytes", default=16 << 30, show_default=True, type=int,
+              help="Largest weight blob a push may announce.")
+@click.option("--max-cache-bytes", default=64 << 30, show_default=True, type=int,
+              help="Pushed-weight cache size; least recently used blobs are evicted.")
+# Security (README "Security"; files from `pipeedge-coord certs hosts.yml`).
+@click.option("--tls-cert", envvar="PIPEEDGE_TLS_CERT", type=click.Path(path_type=Path),
+              default=None, help="This stage's certificate (server, and client on its next hop).")
+@click.option("--tls-key", envvar="PIPEEDGE_TLS_KEY", type=click.Path(path_type=Path),
+              default=None, help="Private key of --tls-cert.")
+@click.option("--tls-ca", envvar="PIPEEDGE_TLS_CA", type=click.Path(path_type=Path),
+              default=None, help="Deployment CA: peers must present a certificate it signed.")
+@click.option("--token-file", envvar="PIPEEDGE_TOKEN_FILE", type=click.Path(path_type=Path),
+              default=None, help="Bearer token Forward/Infer must carry (also sent downstream).")
+@click.option("--coordinator-cn", envvar="PIPEEDGE_COORDINATOR_CN", default="coordinator",
+              show_default=True, help="Certificate CN/SAN that control calls (Assign, Release, "
+              "PushWeights, Profile, MeasureLink) must come from.")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 def main(host, port, name, threads, device, cache_dir, ready_file, max_in_flight, grace,
-         metrics_port, log_level, log_format):
+         metrics_port, max_push_bytes, max_cache_bytes, tls_cert, tls_key, tls_ca, token_file,
+         coordinator_cn, log_level, log_format):
     """Serve one pipeline stage. It starts empty: `pipeedge-coord deploy` assigns its layers."""
     setup_logging(log_level, log_format)
+    from pipeedge.security import Security, SecurityError
     from pipeedge.stage_server.server import serve  # after logging, so imports log properly
+
+    try:
+        security = Security.from_files(ca=tls_ca, cert=tls_cert, key=tls_key,
+                                       token_file=token_file, coordinator_name=coordinator_cn)
+        if security.tls:
+            security.server_credentials()  # fail here, in one line, if a file is missing
+    except SecurityError as exc:
+        raise click.UsageError(str(exc)) from None
 
     serve(host=host, port=port, name=name or f"{socket.gethostname()}:{port}",
           cache_dir=cache_dir / "weights", threads=threads, device=device, grace_s=grace,
-          ready_file=ready_file, max_in_flight=max_in_flight, metrics_port=metrics_port)
+          ready_file=ready_file, max_in_flight=max_in_flight, metrics_port=metrics_port,
+          security=security if security.enabled else None,
+          cache_limits={"max_blob_bytes": max_push_bytes, "max_total_bytes": max_cache_bytes})
 
 
 if __name__ == "__main__":

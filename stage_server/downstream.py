@@ -39,7 +39,8 @@ class Outgoing:
 
 class DownstreamLink:
     def __init__(self, address: str, outbox: queue.Queue, stage_name: str,
-                 on_sent=None, compression=None, metrics: StageHooks | None = None) -> None:
+                 on_sent=None, compression=None, metrics: StageHooks | None = None,
+                 security=None) -> None:
         self.address = address
         self._outbox = outbox
         self._stage = stage_name
@@ -54,7 +55,8 @@ class DownstreamLink:
         self._carry: deque[Outgoing] = deque()  # taken from the outbox but never sent
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._channel = channels.open_channel(address)
+        # The stage's own certificate is its client certificate on the hop (plus the token).
+        self._channel = channels.open_channel(address, security=security)
         self._stub = pb_grpc.StageStub(self._channel)
         self._thread = threading.Thread(target=self._run, name=f"downstream-{address}",
                                         daemon=True)

@@ -11,10 +11,10 @@ from pipeedge._proto import stage_pb2_grpc as pb_grpc
 
 
 def measure_link(peer: str, *, payload_bytes: int, repeats: int,
-                 timeout_s: float = 120.0) -> pb.LinkMeasurement:
+                 timeout_s: float = 120.0, security=None) -> pb.LinkMeasurement:
     """Latency: half the median round trip of empty pings. Bandwidth: payload bits over the
     best probe's transfer time, minus one round trip."""
-    channel = channels.open_channel(peer)
+    channel = channels.open_channel(peer, security=security)
     try:
         stub = pb_grpc.StageStub(channel)
         stub.Ping(pb.PingRequest(), timeout=timeout_s)  # connect once, outside the timing

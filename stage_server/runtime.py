@@ -59,7 +59,8 @@ class Counters:
 
 class StageRuntime:
     def __init__(self, assignment: pb.AssignRequest, backend: ShardBackend,
-                 assignment_id: str, *, metrics: StageHooks | None = None) -> None:
+                 assignment_id: str, *, metrics: StageHooks | None = None,
+                 security=None) -> None:
         self.assignment = assignment
         self.assignment_id = assignment_id
         self.backend = backend
@@ -77,7 +78,8 @@ class StageRuntime:
         self._stopped = threading.Event()
         self.link = (DownstreamLink(assignment.next_hop, self._outbox, self.name,
                                     on_sent=self._count_sent,
-                                    compression=self.compression, metrics=self.metrics)
+                                    compression=self.compression, metrics=self.metrics,
+                                    security=security)
                      if assignment.next_hop else None)
         self._compute = threading.Thread(target=self._compute_loop, name="compute", daemon=True)
         self._compute.start()

@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.security import Security
 from pipeedge.stage_server.metrics import make_hooks, serve_metrics
 from pipeedge.stage_server.servicer import StageServicer
 from pipeedge.stage_server.weight_cache import WeightCache
@@ -30,17 +31,18 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Stage"].full_name
 MAX_WORKERS = 64
 
 
-def build_server(address: str, servicer: StageServicer) -> tuple[grpc.Server, int,
-                                                                  health.HealthServicer]:
+def build_server(address: str, servicer: StageServicer, *, security: Security | None = None
+                 ) -> tuple[grpc.Server, int, health.HealthServicer]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS,
                                                     thread_name_prefix="grpc"),
-                         options=channels.SERVER_OPTIONS)
+                         options=channels.SERVER_OPTIONS,
+                         interceptors=channels.server_interceptors(security))
     pb_grpc.add_StageServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = channels.add_server_port(server, address, security=security)
     if port == 0:
         raise OSError(f"cannot listen on {address}; is the port already in use?")
     for service in ("", SERVICE_NAME):
@@ -50,16 +52,19 @@ def build_server(address: str, servicer: StageServicer) -> tuple[grpc.Server, in
 
 def serve(*, host: str, port: int, name: str, cache_dir: Path, threads: int, device: str,
           grace_s: float = 10.0, ready_file: Path | None = None, max_in_flight: int = 64,
-          metrics_port: int | None = None) -> None:
+          metrics_port: int | None = None, security: Security | None = None,
+          cache_limits: dict | None = None) -> None:
     # Monitoring (metrics.py): energy meter always, Prometheus /metrics only with a port.
     hooks = make_hooks(prometheus_endpoint=metrics_port is not None)
-    servicer = StageServicer(name, WeightCache(cache_dir), threads=threads, device=device,
-                             max_in_flight=max_in_flight, metrics=hooks)
+    servicer = StageServicer(name, WeightCache(cache_dir, **(cache_limits or {})),
+                             threads=threads, device=device, max_in_flight=max_in_flight,
+                             metrics=hooks, security=security)
     metrics_endpoint = serve_metrics(hooks, servicer, host=host, port=metrics_port)
-    server, bound, health_servicer = build_server(f"{host}:{port}", servicer)
+    server, bound, health_servicer = build_server(f"{host}:{port}", servicer, security=security)
     server.start()
-    log.info("stage %s listening on %s:%d (device %s, threads %s)", name, host, bound, device,
-             threads or "default")
+    log.info("stage %s listening on %s:%d (device %s, threads %s, %s)", name, host, bound,
+             device, threads or "default",
+             security.describe() if security else "no TLS, no token")
     if ready_file:
         ready_file.write_text(str(bound))
     stop = threading.Event()

@@ -14,6 +14,7 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.errors import status_from_int
 from pipeedge.partition import PartitionError
+from pipeedge.security import Security
 from pipeedge.stage_server.adaptive import check_assignment
 from pipeedge.stage_server.backends import load_backend
 from pipeedge.stage_server.links import measure_link
@@ -30,8 +31,10 @@ log = logging.getLogger(__name__)
 class StageServicer(pb_grpc.StageServicer):
     def __init__(self, name: str, cache: WeightCache, *, threads: int = 0,
                  device: str = "cpu", max_in_flight: int = 64,
-                 metrics: StageHooks | None = None) -> None:
+                 metrics: StageHooks | None = None, security: Security | None = None) -> None:
         self.name = name
+        # This stage's credentials for its own outgoing links (next hop, link probes).
+        self.security = security
         self.metrics = metrics or StageHooks()  # monitoring hooks and energy meter (metrics.py)
         # Accepted-but-unanswered requests over all streams; past the limit new ones are refused
         # with RESOURCE_EXHAUSTED instead of queueing without bound.
@@ -73,7 +76,8 @@ class StageServicer(pb_grpc.StageServicer):
             if old:
                 old.stop()
             assignment_id = uuid.uuid4().hex[:12]
-            self.runtime = StageRuntime(request, backend, assignment_id, metrics=self.metrics)
+            self.runtime = StageRuntime(request, backend, assignment_id, metrics=self.metrics,
+                                        security=self.security)
             elapsed = time.perf_counter() - start
         log.info("assigned %s layers %d-%d (%s, %.1f MB) next hop %s in %.2fs",
                  request.model_name, request.first_layer, request.last_layer,
@@ -203,7 +207,7 @@ class StageServicer(pb_grpc.StageServicer):
     def MeasureLink(self, request: pb.MeasureLinkRequest, context) -> pb.LinkMeasurement:
         try:
             return measure_link(request.peer, payload_bytes=request.payload_bytes or 4_000_000,
-                                repeats=request.repeats or 3)
+                                repeats=request.repeats or 3, security=self.security)
         except grpc.RpcError as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE,
                           f"stage {self.name} cannot reach peer {request.peer}: {exc.code().name}; "

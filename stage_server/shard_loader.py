@@ -26,6 +26,10 @@ def load_shard_state(assignment: pb.AssignRequest, cache: WeightCache) -> dict[s
         if not cache.has(sha):
             raise WeightsNotFound(f"pushed weights {sha[:12]} are not cached on this stage; "
                                   "push them first (pipeedge-coord deploy does this)")
+        if not cache.verify(sha):  # hashed again: a blob changed on disk is never loaded
+            raise WeightsNotFound(f"cached weights {sha[:12]} no longer match their sha256 "
+                                  "(changed on disk) and were deleted; push them again "
+                                  "(pipeedge-coord deploy does this)")
         from safetensors.torch import load_file
 
         return load_file(str(cache.path(sha)))
