@@ -325,7 +325,7 @@ def bench(pipeline_path, microbatches, batch, window, no_progress):
                f"p99 {r.percentile(99) * 1e3:.0f} ms")
     click.echo(f"energy: {format_joules_per_item(r.energy_joules, r.items)}"
                + (f" ({r.energy_source})" if r.energy_joules is not None
-                  else f" ({probe.note})" if probe.note else ""))
+                  else f": {probe.note}" if probe.note else ""))
 
 
 @main.command()

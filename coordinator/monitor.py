@@ -197,7 +197,7 @@ def summarize(rows: list[StageRow], polls: int = 1) -> Snapshot:
     if not up:
         note = "no stage is assigned"
     elif missing:
-        note = f"{', '.join(missing)} cannot measure energy (no readable RAPL or EnergyMon)"
+        note = f"no readable RAPL or EnergyMon on {', '.join(missing)}"
     else:
         per_machine: dict[str, float] = {}
         for r in up:  # RAPL covers the machine: count each machine once
@@ -227,7 +227,7 @@ def render_snapshot(snap: Snapshot) -> str:
             r.name, r.address, r.state, r.layers, st.queue_in_depth, st.queue_out_depth,
             st.in_flight, st.items_processed, st.errors, _num(r.items_per_s.instant),
             _num(r.items_per_s.window), _num(r.items_per_s.global_),
-            _num(r.compute_s_per_item * 1e3 if r.compute_s_per_item is not None else None),
+            f"{r.compute_s_per_item * 1e3:.3g}" if r.compute_s_per_item is not None else "-",
             f"{r.busy:.0%}" if r.busy is not None else "-", _num(r.mb_out_per_s, 2),
             _joules(r), mark])
     lines = [render(HEADERS, table), "", _summary(snap)]
@@ -241,10 +241,10 @@ def _summary(snap: Snapshot) -> str:
     if snap.bottleneck:
         r = snap.rows[snap.bottleneck[0]]
         ms = r.compute_s_per_item * 1e3 if r.compute_s_per_item else 0.0
-        parts.append(f"bottleneck {r.name} ({snap.bottleneck[1]}; {ms:.2f} ms/item compute)")
+        parts.append(f"bottleneck {r.name} ({snap.bottleneck[1]}; {ms:.3g} ms/item compute)")
     jpi = snap.joules_per_item
     if snap.energy_j is None:
-        parts.append(f"energy not available ({snap.energy_note})" if snap.energy_note
+        parts.append(f"energy not available: {snap.energy_note}" if snap.energy_note
                      else "energy not available")
     else:
         parts.append(f"energy {jpi:.3g} J/item" if jpi is not None else "energy -")
@@ -287,7 +287,7 @@ class EnergyProbe:
             finally:
                 ctl.close()
             if not st.HasField("energy_joules"):
-                self.note = f"{s.name} cannot measure energy (no readable RAPL or EnergyMon)"
+                self.note = f"no readable RAPL or EnergyMon on {s.name}"
                 return None
             # Keyed by machine; the first stage seen there stands for it.
             per_machine.setdefault(machine_of(s.address), st.energy_joules)

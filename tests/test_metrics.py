@@ -212,7 +212,7 @@ def test_bench_prints_energy_or_not_available(rapl_cluster, cluster_factory, mon
                                        "-n", "3", "-b", "2", "--no-progress"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "energy: not available (stage0 cannot measure energy" in result.output
+    assert "energy: not available: no readable RAPL or EnergyMon on stage0" in result.output
     result = CliRunner().invoke(main, ["status", "--pipeline", str(plain.workdir /
                                                                    "pipeline.json")])
     assert "n/a" in result.output and "energy not available" in result.output, result.output
