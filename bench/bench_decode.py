@@ -29,10 +29,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.local_cluster import LocalCluster
+from pipeedge.coordinator.stage_control import StageControl
 
 from pipeedge import models
 from pipeedge.client import TextGenerator
 from pipeedge.partition import LayerRange, format_partition
+from pipeedge.pipeline_file import Pipeline
 
 
 def decode_costs(info: models.ModelInfo) -> list[float]:
@@ -83,20 +85,37 @@ def deploy(cluster: LocalCluster, model: str, stages: int) -> tuple[str, str]:
     return partition, str(path)
 
 
+def compute_seconds(addresses: list[str]) -> list[float]:
+    out = []
+    for address in addresses:
+        ctl = StageControl("bench", address)
+        try:
+            out.append(ctl.status().compute_seconds)
+        finally:
+            ctl.close()
+    return out
+
+
 def measure(pipeline_file: str, sessions: int, new_tokens: int, prompt_len: int,
-            repeats: int) -> float:
-    """Aggregate generated tokens/s with `sessions` generations in flight (best of repeats)."""
+            repeats: int) -> tuple[float, float]:
+    """Aggregate generated tokens/s with `sessions` generations in flight (best of repeats), and
+    the stages' summed busy fraction in that run (> 1: stages computed at the same time)."""
+    addresses = [s.address for s in Pipeline.load(pipeline_file).stages]
     with TextGenerator(pipeline_file=pipeline_file, timeout_s=300) as gen:
         prompts = [[3 + (7 * i + j) % 200 for j in range(prompt_len)] for i in range(sessions)]
         gen.complete_many(prompts[:1], max_new_tokens=4, stop_token_ids=())  # warm-up
-        best = 0.0
+        best, busy = 0.0, 0.0
         for _ in range(repeats):
+            before = compute_seconds(addresses)
             start = time.perf_counter()
             done = gen.complete_many(prompts, concurrency=sessions, max_new_tokens=new_tokens,
                                      stop_token_ids=())
             elapsed = time.perf_counter() - start
-            best = max(best, sum(len(c.token_ids) for c in done) / elapsed)
-        return best
+            rate = sum(len(c.token_ids) for c in done) / elapsed
+            if rate > best:
+                after = compute_seconds(addresses)
+                best, busy = rate, sum(a - b for a, b in zip(after, before)) / elapsed
+        return best, busy
 
 
 def main() -> None:
@@ -118,9 +137,11 @@ def main() -> None:
         for n in (1, args.stages):
             partition, pipeline_file = deploy(cluster, args.model, n)
             for s in (1, args.sessions):
-                rate = measure(pipeline_file, s, args.new_tokens, args.prompt_len, args.repeats)
+                rate, busy = measure(pipeline_file, s, args.new_tokens, args.prompt_len,
+                                     args.repeats)
                 results[(n, s)] = rate
-                print(f"  {n} stage(s) [{partition}], {s} session(s): {rate:8.1f} tokens/s")
+                print(f"  {n} stage(s) [{partition}], {s} session(s): {rate:8.1f} tokens/s   "
+                      f"stages busy {busy:4.2f} (sum of compute time / wall time)")
 
     base = results[(1, 1)]
     n, s = args.stages, args.sessions
