@@ -110,8 +110,10 @@ def parse_encoding(text: str, *, where: str = "") -> EncodingSpec:
         kind, args = "uniform", parts
     if kind in ("", "raw", "none") and not args:
         return EncodingSpec(None)
-    if kind in ("float16", "bfloat16") and not args:
-        return EncodingSpec(codec.encoding_from_name(kind))
+    if kind in ("raw", "none", "float16", "bfloat16"):
+        if args:
+            raise fail(f"{kind} takes no ':' arguments")
+        return EncodingSpec(codec.encoding_from_name(kind) if kind.endswith("16") else None)
     if kind == "uniform":
         if not args:
             raise fail("uniform needs a bit width, e.g. uniform:8")
