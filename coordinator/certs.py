@@ -225,3 +225,23 @@ def make_certs(hosts, out_dir: Path, *, days: int = DEFAULT_DAYS,
     if token_path:
         write_token(token_path)
     return CertsResult(out_dir, created, issued, token_path)
+
+
+def summary(result: CertsResult) -> str:
+    """What was written, and how each side uses it."""
+    d = result.out_dir.resolve()
+    lines = [f"{'created' if result.ca_created else 'reused'} CA {d / 'ca.crt'}"]
+    for party, path in result.issued:
+        sans = ", ".join(party.hosts) or "-"
+        lines.append(f"  {party.name:16s} {path}  (SAN: {sans})")
+    if result.token_path:
+        lines.append(f"  token            {result.token_path}")
+    lines.append("")
+    lines.append(f"hosts.yml:   tls: {d}" + (f"\n             token: file:{result.token_path}"
+                                              if result.token_path else ""))
+    stage_flags = (f"--tls-ca {d / 'ca.crt'} --tls-cert {d}/<host>.crt --tls-key {d}/<host>.key"
+                   + (f" --token-file {result.token_path}" if result.token_path else ""))
+    lines.append(f"each stage:  pipeedge-stage ... {stage_flags}")
+    lines.append("copy to each host only its own <host>.crt/.key, ca.crt and token; ca.key "
+                 "stays here")
+    return "\n".join(lines)

@@ -30,6 +30,14 @@ def main(log_level: str, log_format: str) -> None:
     setup_logging(log_level, log_format)
 
 
+def _use_credentials(pipeline) -> None:
+    """Open channels with the credentials deploy recorded in the pipeline file (README
+    "Security"); nothing changes for a deployment without tls:/token:."""
+    from pipeedge.security import use_pipeline
+
+    use_pipeline(pipeline)
+
+
 def _plan_for(hosts_file, partition, model, microbatch, progress):
     """Load hosts.yml and plan: partition, or profile-if-missing + scheduler."""
     from pipeedge.coordinator import planning
@@ -238,6 +246,7 @@ def status(pipeline_path, watch, window, count):
 
     try:
         pipeline = Pipeline.load(pipeline_path)
+        _use_credentials(pipeline)  # tls:/token: recorded by deploy
     except FileNotFoundError as exc:
         _fail(str(exc))
     live = watch is not None and sys.stdout.isatty()
@@ -279,6 +288,7 @@ def infer(pipeline_path, texts, images, random_batch, tokenizer, timeout):
 
     try:
         pipeline = Pipeline.load(pipeline_path)
+        _use_credentials(pipeline)  # tls:/token: recorded by deploy
         if texts:
             tok = tokenizer or Path(pipeline.weights.partition(":")[2])
             batch = inputs_mod.text_inputs(list(texts), tok)
@@ -312,6 +322,7 @@ def bench(pipeline_path, microbatches, batch, window, no_progress):
 
     try:
         pipeline = Pipeline.load(pipeline_path)
+        _use_credentials(pipeline)  # tls:/token: recorded by deploy
         inputs = random_inputs(pipeline.model, batch or pipeline.microbatch)
         probe = EnergyProbe(pipeline)  # stage energy counters around the timed run
         with PipelineClient(pipeline.entry) as client:
@@ -337,6 +348,7 @@ def release(pipeline_path):
 
     try:
         pipeline = Pipeline.load(pipeline_path)
+        _use_credentials(pipeline)  # tls:/token: recorded by deploy
     except FileNotFoundError as exc:
         _fail(str(exc))
     for name, released in release_all(pipeline):
@@ -409,6 +421,7 @@ def eval_cmd(dataset, pipeline_path, task, batch, window, limit, seed, classes_f
 
     try:
         pipeline = Pipeline.load(pipeline_path)
+        _use_credentials(pipeline)  # tls:/token: recorded by deploy
         if task == "auto":
             task = "cola" if dataset.is_file() else "imagenet"
         batch = batch or pipeline.microbatch
@@ -471,6 +484,29 @@ def imagenet_prepare(src, out, wnids_file, no_progress):
                f"val: {report.val_images} images in {report.val_classes} classes; "
                f"under {report.out}"
                + (f" (not found, skipped: {', '.join(report.skipped)})" if report.skipped else ""))
+
+
+@main.command()
+@click.argument("hosts_file", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", default="certs", show_default=True,
+              type=click.Path(path_type=Path), help="Folder for the CA, certificates and token.")
+@click.option("--days", default=825, show_default=True, help="Validity of new certificates.")
+@click.option("--coordinator-host", "coordinator_hosts", multiple=True,
+              help="Address (IP or DNS) to put in the coordinator certificate's SAN, for when "
+                   "it serves; repeatable.")
+@click.option("--no-token", is_flag=True, help="Do not create a bearer token file.")
+def certs(hosts_file, out_dir, days, coordinator_hosts, no_token):
+    """Create a CA and certificates for HOSTS_FILE: one per host, coordinator, client."""
+    from pipeedge.coordinator import certs as certs_mod
+    from pipeedge.coordinator.hosts import HostsFileError, load_deployment
+
+    try:
+        dep = load_deployment(hosts_file, with_security=False)
+        result = certs_mod.make_certs(dep.hosts, out_dir, days=days, token=not no_token,
+                                      coordinator_hosts=tuple(coordinator_hosts))
+    except (HostsFileError, certs_mod.CertsError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(certs_mod.summary(result))
 
 
 @main.command("models")

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
-from pipeedge import codec, models
+from pipeedge import codec, models, security
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.hosts import Deployment, Host
 from pipeedge.coordinator.stage_control import StageControl
@@ -162,7 +162,8 @@ def apply_quant(stages: list[PlannedStage], quant: str | None) -> list[PlannedSt
 
 
 def deploy(dep: Deployment, stages: list[PlannedStage], *, progress: bool = True) -> Pipeline:
-    controls = [StageControl(s.host.name, s.host.address) for s in stages]
+    controls = [StageControl(s.host.name, s.host.address, security=dep.security)
+                for s in stages]
     try:
         for c in controls:
             c.check_serving()
@@ -193,7 +194,11 @@ def deploy(dep: Deployment, stages: list[PlannedStage], *, progress: bool = True
                                first_layer=s.layers.first, last_layer=s.layers.last,
                                backend=s.host.backend or dep.backend,
                                device_type=s.host.device_type) for s in stages),
-        extra={"parameter_bytes": [r.parameter_bytes for r in replies]})
+        extra={"parameter_bytes": [r.parameter_bytes for r in replies],
+               # Credential files (not their contents) for status/release and SDK clients.
+               **({"security": {"coordinator": dep.security.paths(),
+                                "client": dep.client_security.paths()}}
+                  if dep.security else {})})
     return pipeline
 
 
@@ -226,7 +231,8 @@ def _weight_sources(dep: Deployment, stages: list[PlannedStage], controls: list[
 def release(pipeline: Pipeline) -> list[tuple[str, bool]]:
     out = []
     for s in pipeline.stages:
-        c = StageControl(s.name, s.address)
+        c = StageControl(s.name, s.address, security=security.for_pipeline(pipeline,
+                                                                           "coordinator"))
         try:
             out.append((s.name, c.release().released))
         except grpc.RpcError:

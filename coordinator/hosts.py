@@ -11,6 +11,8 @@ from pathlib import Path
 import yaml
 
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.security import Security, SecurityError
+from pipeedge.security import set_default as set_default_security
 
 
 class HostsFileError(ValueError):
@@ -67,6 +69,10 @@ class Deployment:
     pipeline_file: str = "pipeline.json"
     scheduler_dir: str = ""      # where models.yml etc. live; "" = beside hosts.yml
     source: Path = field(default=Path("hosts.yml"), compare=False)
+    # `tls:` / `token:` (README "Security"): the coordinator's credentials for control calls, and
+    # the client credentials deploy records in the pipeline file for SDK clients.
+    security: Security | None = field(default=None, compare=False)
+    client_security: Security | None = field(default=None, compare=False)
 
     def ordered_hosts(self) -> list[Host]:
         if not self.order:
@@ -101,7 +107,54 @@ def _weights(kind: str, path: str, seed: int) -> Weights:
     return Weights(kind, path, seed)
 
 
-def load_deployment(path: str | Path, **overrides) -> Deployment:
+_TLS_KEYS = {"dir", "ca", "cert", "key", "client_cert", "client_key", "server_name"}
+
+
+def parse_security(tls, token, source: Path) -> dict[str, Security | None]:
+    """`tls:` (a folder from `pipeedge-coord certs`, or a mapping of files) and `token:`
+    (`file:PATH`, `env:VAR` or the token) -> the coordinator's and the clients' credentials.
+
+    Paths are relative to hosts.yml. Without `tls:` and `token:` both are None (plaintext)."""
+    if tls in (None, "", False) and token in (None, ""):
+        return {"security": None, "client_security": None}
+    if isinstance(tls, (str, Path)):
+        tls = {"dir": str(tls)}
+    if tls in (None, "", False):
+        tls = {}
+    if not isinstance(tls, dict):
+        raise HostsFileError(f"{source}: tls must be a folder (from `pipeedge-coord certs`) or a "
+                             "mapping with ca, cert, key")
+    unknown = sorted(set(tls) - _TLS_KEYS)
+    if unknown:
+        raise HostsFileError(f"{source}: unknown tls field(s) {unknown}; use {sorted(_TLS_KEYS)}")
+    base = source.parent.resolve()
+    folder = Path(str(tls["dir"])) if tls.get("dir") else None
+
+    def pick(key: str, default: str):
+        value = tls.get(key)
+        if value:
+            return str(value)
+        return str(folder / default) if folder is not None else None
+
+    ca, cert, key = pick("ca", "ca.crt"), pick("cert", "coordinator.crt"), pick("key",
+                                                                                "coordinator.key")
+    client_cert, client_key = pick("client_cert", "client.crt"), pick("client_key", "client.key")
+    if folder is None and not tls.get("client_cert"):
+        client_cert, client_key = cert, key
+    token = None if token in (None, "") else str(token)
+    try:
+        coordinator = Security.from_files(ca=ca, cert=cert, key=key, token=token,
+                                          server_name=tls.get("server_name"), base_dir=base)
+        client = Security.from_files(ca=ca, cert=client_cert, key=client_key, token=token,
+                                     server_name=tls.get("server_name"), base_dir=base)
+    except SecurityError as exc:
+        raise HostsFileError(f"{source}: {exc}") from None
+    return {"security": coordinator, "client_security": client}
+
+
+def load_deployment(path: str | Path, *, with_security: bool = True, **overrides) -> Deployment:
+    """Parse hosts.yml. `with_security=False` skips tls:/token: (for `certs`, which creates
+    those files) and leaves the process' default credentials alone."""
     path = Path(path)
     if not path.is_file():
         raise HostsFileError(f"hosts file {path} not found; start from "
@@ -131,11 +184,17 @@ def load_deployment(path: str | Path, **overrides) -> Deployment:
     partition = data.get("partition", "")
     if isinstance(partition, list):
         partition = ",".join(str(x) for x in partition)
-    return Deployment(
+    dep = Deployment(
         model=str(data["model"]), hosts=tuple(hosts), weights=parse_weights(data.get("weights")),
         partition=str(partition or ""), order=tuple(str(x) for x in data.get("order") or ()),
         backend=str(data.get("backend", "torch")), dtype=str(data.get("dtype", "float32")),
         microbatch=int(data.get("microbatch", 8)), device=str(data.get("device", "")),
         encoding=str(data.get("encoding", "raw")),
         pipeline_file=str(data.get("pipeline_file", "pipeline.json")),
-        scheduler_dir=str(data.get("scheduler_dir", "")), source=path)
+        scheduler_dir=str(data.get("scheduler_dir", "")), source=path,
+        **(parse_security(data.get("tls"), data.get("token"), path) if with_security else {}))
+    if with_security:
+        # This process now acts for this deployment: every control channel it opens without
+        # explicit credentials (deploy, profile, serve, monitors) uses hosts.yml's tls:/token:.
+        set_default_security(dep.security)
+    return dep

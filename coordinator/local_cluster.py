@@ -1,7 +1,8 @@
 """Start N stage servers as separate local processes on loopback ports (demo, tests, benches).
 
 Each server binds port 0 and reports the port it got through a ready file, so parallel runs
-never collide on ports.
+never collide on ports. `tls=True` / `token=...` start secured stages (README "Security"): a CA
+and certificates under workdir/certs, each stage with its own certificate and the token.
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+
+@dataclass(frozen=True)
+class _Named:  # what certs.make_certs needs of a host
+    name: str
+    address: str
+    peer_address: str = ""
 
 
 @dataclass
@@ -34,7 +42,8 @@ class LocalCluster:
     """Context manager owning the stage processes; everything is stopped on exit."""
 
     def __init__(self, count: int, *, threads: int = 0, workdir: Path | None = None,
-                 extra_args: tuple[str, ...] = (), start_timeout_s: float = 60.0) -> None:
+                 extra_args: tuple[str, ...] = (), start_timeout_s: float = 60.0,
+                 tls: bool = False, token: str | bool | None = None) -> None:
         self.count = count
         self.threads = threads
         self.extra_args = extra_args
@@ -42,6 +51,24 @@ class LocalCluster:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="pipeedge-cluster-")
         self.workdir = Path(workdir or self._tmp.name)
         self.stages: list[LocalStage] = []
+        self.tls = tls
+        self.certs_dir = self.workdir / "certs"
+        self.token_path: Path | None = None
+        if tls or token:
+            self.certs_dir.mkdir(parents=True, exist_ok=True)
+        if token:
+            from pipeedge.coordinator.certs import write_token
+
+            self.token_path = self.certs_dir / "token"
+            if token is True:
+                write_token(self.token_path, overwrite=True)
+            else:
+                self.token_path.write_text(str(token) + "\n")
+        if tls:
+            from pipeedge.coordinator.certs import make_certs
+
+            make_certs([_Named(f"stage{i}", "127.0.0.1") for i in range(count)],
+                       self.certs_dir, days=2, token=False)
 
     def __enter__(self) -> "LocalCluster":
         try:
@@ -62,10 +89,14 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "pipeedge.stage_server.cli", "--host", "127.0.0.1",
                "--port", str(port), "--name", name, "--ready-file", str(ready),
                "--cache-dir", str(self.workdir / "cache" / name), "--grace", "2",
-               *(["--threads", str(self.threads)] if self.threads else []), *self.extra_args]
+               *(["--threads", str(self.threads)] if self.threads else []),
+               *self._security_args(name), *self.extra_args]
         log = open(log_path, "w")
+        # Stages get credentials from the options above only, never from this process' env.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PIPEEDGE_TLS_", "PIPEEDGE_TOKEN", "PIPEEDGE_COORDINATOR"))}
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**env, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + self.start_timeout_s
         while not (ready.exists() and ready.read_text().strip()):
             if proc.poll() is not None:
@@ -77,12 +108,41 @@ class LocalCluster:
             time.sleep(0.05)
         return LocalStage(name, int(ready.read_text()), proc, log_path)
 
+    def _security_args(self, name: str) -> list[str]:
+        args = ["--token-file", str(self.token_path)] if self.token_path else []
+        if self.tls:
+            if not (self.certs_dir / f"{name}.crt").exists():  # a stage started later
+                from pipeedge.coordinator.certs import Party, issue, load_or_create_ca
+
+                ca_cert, ca_key, _ = load_or_create_ca(self.certs_dir)
+                issue(Party(name, ("127.0.0.1",)), ca_cert, ca_key, self.certs_dir, days=2)
+            args += ["--tls-ca", str(self.certs_dir / "ca.crt"),
+                     "--tls-cert", str(self.certs_dir / f"{name}.crt"),
+                     "--tls-key", str(self.certs_dir / f"{name}.key")]
+        return args
+
+    def security(self, identity: str = "coordinator", *, token: bool = True):
+        """Credentials of `identity` (coordinator, client or a stage name) in this cluster's
+        deployment, with its token unless `token=False`."""
+        from pipeedge.security import Security
+
+        tls = self.tls and identity
+        return Security.from_files(
+            ca=self.certs_dir / "ca.crt" if self.tls else None,
+            cert=self.certs_dir / f"{identity}.crt" if tls else None,
+            key=self.certs_dir / f"{identity}.key" if tls else None,
+            token_file=self.token_path if token and self.token_path else None)
+
     def hosts_file(self, model: str, *, partition: str = "", weights: str = "random:0",
                    microbatch: int = 8, path: Path | None = None, **extra) -> Path:
         """Write a hosts.yml for these stages (what a user would write by hand)."""
         data = {"model": model, "weights": weights, "microbatch": microbatch,
                 "pipeline_file": str(self.workdir / "pipeline.json"),
                 "hosts": [{"name": s.name, "address": s.address} for s in self.stages], **extra}
+        if self.tls:
+            data.setdefault("tls", str(self.certs_dir))
+        if self.token_path:
+            data.setdefault("token", f"file:{self.token_path}")
         if partition:
             data["partition"] = partition
         path = path or self.workdir / "hosts.yml"

@@ -11,6 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.security import Security
+from pipeedge.security import default as default_security
 
 
 class StageUnreachable(Exception):
@@ -18,10 +20,12 @@ class StageUnreachable(Exception):
 
 
 class StageControl:
-    def __init__(self, name: str, address: str) -> None:
+    def __init__(self, name: str, address: str, *, security: Security | None = None) -> None:
         self.name = name
         self.address = address
-        self._channel = channels.open_channel(address)
+        # None: the process default (the credentials of the hosts.yml this process loaded).
+        self._security = security if security is not None else default_security()
+        self._channel = channels.open_channel(address, security=self._security)
         self.stub = pb_grpc.StageStub(self._channel)
 
     def close(self) -> None:
@@ -37,7 +41,9 @@ class StageControl:
             raise StageUnreachable(
                 f"host {self.name} ({self.address}) is unreachable: start `pipeedge-stage "
                 f"--port {self.address.rsplit(':', 1)[-1]}` there or fix its address in "
-                "hosts.yml") from None
+                "hosts.yml" + (" (with TLS: or it refused the handshake; check tls: in hosts.yml "
+                               "against the stage's --tls-* flags and CA)"
+                               if self._security and self._security.tls else "")) from None
         if reply.status != health_pb2.HealthCheckResponse.SERVING:
             raise StageUnreachable(f"host {self.name} ({self.address}) is not serving "
                                    "(shutting down?); restart it")

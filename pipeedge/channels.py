@@ -9,6 +9,7 @@ from __future__ import annotations
 import grpc
 
 from pipeedge.security import Security
+from pipeedge.security import default as default_security
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 WEIGHT_CHUNK_BYTES = 2 * 1024 * 1024
@@ -41,8 +42,12 @@ def open_channel(address: str, *, security: Security | None = None) -> grpc.Chan
     """A channel to a PipeEdge server (stage or coordinator) with the project's options.
 
     `security` (see pipeedge.security): TLS with this party's certificate when it has a CA or
-    certificate, and its bearer token on every call when it has one; None = plaintext, no token.
+    certificate, and its bearer token on every call when it has one. None = the process default
+    (`pipeedge.security.set_default`, or PIPEEDGE_TLS_* variables; plaintext when neither);
+    `Security()` = plaintext.
     """
+    if security is None:
+        security = default_security()
     if security is None or not security.enabled:
         return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     options = CHANNEL_OPTIONS + security.channel_options()
@@ -53,6 +58,8 @@ def open_channel(address: str, *, security: Security | None = None) -> grpc.Chan
 
 
 def open_aio_channel(address: str, *, security: Security | None = None) -> grpc.aio.Channel:
+    if security is None:
+        security = default_security()
     if security is None or not security.enabled:
         return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
     options = CHANNEL_OPTIONS + security.channel_options()

@@ -105,8 +105,8 @@ class Security:
     server_name: TLS name to expect from the server instead of the address' host (NAT, tunnels)
     """
 
-    ca: bytes | None = None
-    cert: bytes | None = None
+    ca: bytes | None = field(default=None, repr=False)
+    cert: bytes | None = field(default=None, repr=False)
     key: bytes | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     coordinator_name: str = DEFAULT_COORDINATOR_NAME
@@ -229,6 +229,37 @@ def _warn_if_readable(path: Path) -> None:
         pass
 
 
+# -- the process default ----------------------------------------------------------------------------
+# What `channels.open_channel(address)` uses when the caller passes no `security`: set by
+# `set_default` (the coordinator sets it when it loads hosts.yml), else read once from the
+# environment (PIPEEDGE_TLS_CA, PIPEEDGE_TLS_CERT, PIPEEDGE_TLS_KEY, PIPEEDGE_TOKEN_FILE), else
+# None (plaintext). An explicit `Security()` forces plaintext.
+_UNSET = object()
+_default: object = _UNSET
+ENV_VARS = {"ca": "PIPEEDGE_TLS_CA", "cert": "PIPEEDGE_TLS_CERT", "key": "PIPEEDGE_TLS_KEY",
+            "token_file": "PIPEEDGE_TOKEN_FILE"}
+
+
+def set_default(security: Security | None) -> None:
+    """Credentials for every channel opened without explicit `security` in this process."""
+    global _default
+    _default = security if security is None or security.enabled else None
+
+
+def reset_default() -> None:
+    """Forget `set_default`; the environment is read again on next use (tests)."""
+    global _default
+    _default = _UNSET
+
+
+def default() -> Security | None:
+    global _default
+    if _default is _UNSET:
+        env = {k: os.environ.get(v) for k, v in ENV_VARS.items() if os.environ.get(v)}
+        _default = Security.from_files(**env) if env else None
+    return _default  # type: ignore[return-value]
+
+
 def from_paths(paths: dict | None, **overrides) -> Security | None:
     """Inverse of `Security.paths()` (pipeline.json's `security` entries); None when empty."""
     if not paths:
@@ -243,6 +274,13 @@ def for_pipeline(pipeline, role: str = "client") -> Security | None:
     return from_paths(entry.get(role) or entry.get("coordinator"))
 
 
+def use_pipeline(pipeline) -> None:
+    """Act with the coordinator credentials deploy recorded in this pipeline file (if any)."""
+    recorded = for_pipeline(pipeline, "coordinator")
+    if recorded is not None:
+        set_default(recorded)
+
+
 def client_security(security: Security | None = None, *, token: str | None = None,
                     address: str | None = None, pipeline_file=None) -> Security | None:
     """What an SDK client uses: `security` as given, else what the pipeline file records (when
@@ -254,7 +292,7 @@ def client_security(security: Security | None = None, *, token: str | None = Non
         if path.is_file():
             security = for_pipeline(Pipeline.load(path), "client")
     if token:
-        security = (security or Security()).with_token(token)
+        security = (security or default() or Security()).with_token(token)
     return security
 
 

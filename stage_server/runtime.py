@@ -95,6 +95,17 @@ class StageRuntime:
             self.metrics.error(exc.code)
             route.deliver(error_frame(frame, exc.code, str(exc), self.name))
             return
+        except Exception as exc:  # noqa: BLE001
+            # Every counted request must be answered, or its stream never ends (Infer without a
+            # deadline waits forever). Decoding rejects bad frames with ValueError; anything
+            # else is a decoder bug, reported instead of hanging (found by tests/test_fuzz.py).
+            log.exception("decoding request %s failed", frame.request_id)
+            self.counters.errors += 1
+            self.metrics.error(grpc.StatusCode.INTERNAL)
+            route.deliver(error_frame(frame, grpc.StatusCode.INTERNAL,
+                                      f"stage {self.name} cannot decode request "
+                                      f"{frame.request_id}: {type(exc).__name__}", self.name))
+            return
         while not self._stopped.is_set():
             try:
                 self._inbox.put(work, timeout=0.5)

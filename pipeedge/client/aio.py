@@ -13,6 +13,7 @@ import torch
 from pipeedge import channels
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.client.frames import request_frame, resolve_address, result_tensors, rpc_error
+from pipeedge.security import Security, client_security
 
 
 class AsyncPipelineClient:
@@ -22,10 +23,14 @@ class AsyncPipelineClient:
     """
 
     def __init__(self, address: str | None = None, *, pipeline_file: str | Path | None = None,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, security: Security | None = None,
+                 token: str | None = None) -> None:
         self.address = resolve_address(address, pipeline_file)
         self.timeout_s = timeout_s
-        self._channel = channels.open_aio_channel(self.address)
+        # Credentials as in PipelineClient: explicit, else the pipeline file's, else the default.
+        self._security = client_security(security, token=token, address=address,
+                                         pipeline_file=pipeline_file)
+        self._channel = channels.open_aio_channel(self.address, security=self._security)
         self._stub = pb_grpc.StageStub(self._channel)
         self._prefix = uuid.uuid4().hex[:8]
         self._count = 0

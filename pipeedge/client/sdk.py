@@ -27,6 +27,7 @@ from pipeedge.client.discovery import make_source
 from pipeedge.client.frames import request_frame, result_tensors, rpc_error
 from pipeedge.errors import (DeadlineExceededError, NotDeployedError, PipelineError,
                              StageUnavailableError, status_from_int)
+from pipeedge.security import Security, client_security
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,9 @@ class PipelineClient:
         timeout_s: deadline for each request.
         recovery_timeout_s: how long to wait for the coordinator to re-plan after a failure.
         max_retries: resends of one request before its error is raised.
+        security: credentials (`pipeedge.security.Security`: CA, client certificate, token);
+            default: what deploy recorded in the pipeline file, else the process default.
+        token: bearer token for Forward/Infer (overrides the one in `security`).
 
     Example:
         >>> with PipelineClient(coordinator="10.0.0.1:50050") as client:   # doctest: +SKIP
@@ -54,7 +58,10 @@ class PipelineClient:
 
     def __init__(self, address: str | None = None, *, pipeline_file: str | Path | None = None,
                  coordinator: str | None = None, timeout_s: float = 60.0,
-                 recovery_timeout_s: float = 30.0, max_retries: int = 3) -> None:
+                 recovery_timeout_s: float = 30.0, max_retries: int = 3,
+                 security: Security | None = None, token: str | None = None) -> None:
+        self._security = client_security(security, token=token, address=address or coordinator,
+                                         pipeline_file=pipeline_file)
         self._source = make_source(address, pipeline_file, coordinator)
         self.timeout_s = timeout_s
         self.recovery_timeout_s = recovery_timeout_s
@@ -81,7 +88,7 @@ class PipelineClient:
         if self._channel:
             self._channel.close()
         self.address = address
-        self._channel = channels.open_channel(address)
+        self._channel = channels.open_channel(address, security=self._security)
         self._stub = pb_grpc.StageStub(self._channel)
 
     def _next_id(self) -> str:
