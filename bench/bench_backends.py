@@ -27,6 +27,7 @@ from pipeedge.stage_server.backends import load_backend
 MODELS = {"vit": "google/vit-base-patch16-224", "bert": "bert-base-uncased"}
 SEQ_LEN = 128
 GOAL = ("vit", 3, 8, 1.5)  # model, blocks, microbatch, onnx/torch ratio
+SOFT_LIMIT_S = 150.0
 
 
 def shard_inputs(info: models.ModelInfo, first: int, batch: int) -> dict[str, torch.Tensor]:
@@ -80,7 +81,7 @@ def bench_shard(model: str, blocks: int, batches: list[int], threads: int, budge
 
         ref, got = run_torch(), run_onnx()  # also the warm-up
         diff = max((ref[k] - got[k]).abs().max().item() for k in ref if k != "attention_mask")
-        times = time_pair({"torch": run_torch, "onnx": run_onnx}, budget_s, min_rounds=5)
+        times = time_pair({"torch": run_torch, "onnx": run_onnx}, budget_s, min_rounds=3)
         t_torch, t_onnx = statistics.median(times["torch"]), statistics.median(times["onnx"])
         # Each onnx run is paired with the torch run just before it: load from other processes
         # comes and goes over seconds, so paired ratios vary less than a ratio of two medians.
@@ -122,8 +123,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="pipeedge-bench-onnx-") as cache:
         for key in args.models.split(","):
             for blocks in (int(b) for b in args.blocks.split(",")):
-                rows += bench_shard(MODELS[key], blocks, batches, threads, args.budget,
-                                    Path(cache))
+                # On a loaded machine every run is slow: past the soft limit, only the minimum
+                # number of runs per row, so the whole bench stays within about 5 minutes.
+                late = time.perf_counter() - start > SOFT_LIMIT_S
+                rows += bench_shard(MODELS[key], blocks, batches, threads,
+                                    0.0 if late else args.budget, Path(cache))
     print(f"total {time.perf_counter() - start:.0f}s")
     goal = [r for r in rows if (r[0], r[1], r[2]) == (MODELS[GOAL[0]].split("/")[-1], *GOAL[1:3])]
     if goal:
