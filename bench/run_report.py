@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="pipeedge-report-"))
-    settings = Settings(out_dir=out_dir, workdir=workdir, cpu=args.cpu,
+    settings = Settings(out_dir=out_dir, workdir=workdir, cpu=args.cpu, priority=args.priority,
                         microbatch=args.microbatch, quick=args.quick, seed=args.seed)
     start = time.monotonic()
     results = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick,
-               "settings": {"cpu": args.cpu, "microbatch": args.microbatch, "seed": args.seed},
+               "settings": {"cpu": args.cpu, "priority": args.priority,
+                            "microbatch": args.microbatch, "seed": args.seed},
                "environment": _environment(), "sections": {}}
     failed = False
     from pipeedge.coordinator.testbed import problems
@@ -128,7 +129,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="Run only this section (repeatable) [default: all].")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
                    help="Where results.json, REPORT.md and the figures go [default: bench/].")
-    p.add_argument("--cpu", type=float, default=0.5, help="Cores per equal device.")
+    p.add_argument("--cpu", type=float, default=0.4,
+                   help="Cores per equal device (4 x 0.5 would be every core of a 2-core host, "
+                        "leaving none for the client and kernel).")
+    p.add_argument("--priority", type=float, default=10.0,
+                   help="Testbed cpu_priority: CPU weight of each device vs an ordinary process "
+                        "(1 = no precedence; the quota caps it either way).")
     p.add_argument("--microbatch", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="Tiny models, few microbatches.")

@@ -78,6 +78,31 @@ def test_cgroup_detection_prefers_v1_controllers_then_v2(tmp_path):
         detect("proc /proc proc rw 0 0\n")
 
 
+def test_links_document_is_the_schedulers_format_with_per_device_caps():
+    from pipeedge.coordinator.scheduler import DeviceProfile
+    from pipeedge.coordinator.scheduler.links import parse_links
+    from pipeedge.coordinator.testbed.hostsfile import MBIT, UNSHAPED_MBPS, links_document
+    from pipeedge.coordinator.testbed.state import DeviceState
+
+    devs = [DeviceState(n, "t", i, f"10.0.0.{i + 2}", 50051, f"x-{n}", 1, 1000, bw, 1)
+            for i, (n, bw) in enumerate([("a", 1000), ("b", 20), ("c", 0)])]
+    doc = links_document(devs)
+    profiles = [DeviceProfile(d.name, "t", 1000, 1000, (0.1,)) for d in devs]
+    links = parse_links(doc, profiles)
+    assert links.host_to_host[("a", "b")].bw_Mbps == links.host_to_host[("b", "a")].bw_Mbps \
+        == round(20e6 / MBIT, 3)
+    assert links.host_to_host[("a", "c")].bw_Mbps == round(1000e6 / MBIT, 3)
+    assert links.client_to_host["c"].bw_Mbps == round(UNSHAPED_MBPS * 1e6 / MBIT, 3)
+
+
+def test_cpu_priority_is_parsed_and_bounded():
+    base = {"device_types": {"a": {}}, "devices": [{"type": "a"}]}
+    assert spec_from_dict(base).cpu_priority == 1.0
+    assert spec_from_dict({**base, "cpu_priority": 10}).cpu_priority == 10.0
+    with pytest.raises(TestbedError, match="cpu_priority"):
+        spec_from_dict({**base, "cpu_priority": 0})
+
+
 def test_tbf_burst_scales_with_rate():
     assert tbf_params(5).burst_bytes == 32 * 1024
     assert tbf_params(1000).burst_bytes == 500_000
@@ -117,6 +142,8 @@ def test_up_writes_hosts_file_and_deployed_pipeline_equals_unsplit(running, test
     assert [(h["name"], h["device_type"], h["address"]) for h in hosts["hosts"]] == [
         ("near", "edge", "10.78.0.2:50051"), ("far", "edge", "10.78.0.3:50051")]
     assert hosts["hosts"][1]["bw_mbps"] == 20 and hosts["hosts"][0]["mem_mb"] == 2048
+    links = yaml.safe_load((testbed_file.parent / "links.yml").read_text())
+    assert links["hosts"]["near"]["far"]["bw_Mbps"] < 20
     code, out = cli("testbed", "status", "--name", "pett", "--state-dir",
                     str(running.state_dir))
     assert code == 0 and out.count(" yes ") == 2, out
@@ -173,6 +200,20 @@ def test_down_after_a_lost_state_file_leaves_nothing_and_is_idempotent(tmp_path)
         assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
     assert not any(p.name.startswith("petc-") for root in detect().roots()
                    for p in root.iterdir())
+
+
+@needs_root
+def test_a_stage_that_cannot_start_fails_up_cleanly_and_keeps_its_log(tmp_path, monkeypatch):
+    from pipeedge.coordinator.testbed import processes
+
+    monkeypatch.setattr(processes, "_STAGE_MODULE", "pipeedge.no_such_module")
+    spec = spec_from_dict({"name": "petd", "subnet": "10.79.1.0/24",
+                           "state_dir": str(tmp_path / "state"),
+                           "device_types": {"d": {"cpu": 0.5}}, "devices": [{"type": "d"}]})
+    with pytest.raises(TestbedError, match="exited with 1 during start-up.*logs kept in"):
+        Testbed.up(spec)
+    assert leftovers("petd", spec.state_dir).empty()
+    assert "no_such_module" in (tmp_path / "state" / "petd-failed-logs" / "petd-d0.log").read_text()
 
 
 def _state(pid: int) -> str:

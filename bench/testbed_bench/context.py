@@ -25,7 +25,8 @@ class Skipped(Exception):
 class Settings:
     out_dir: Path                 # results.json, REPORT.md, figures
     workdir: Path                 # testbed state, hosts files, profiles (scratch)
-    cpu: float = 0.5              # cores per equal device
+    cpu: float = 0.4              # cores per equal device (4 x 0.4 leaves the host 0.4 core)
+    priority: float = 10.0        # testbed cpu_priority: devices keep their quota on a busy host
     microbatch: int = 2
     quick: bool = False           # tiny models, few microbatches: checks the report end to end
     seed: int = 0
@@ -72,7 +73,7 @@ class Testbeds:
 
 def equal_devices(settings: Settings, count: int = 4) -> dict:
     """Testbed A: `count` identical CPU-capped devices on fast links."""
-    return {"name": "pebench", "subnet": "10.77.10.0/24",
+    return {"name": "pebench", "subnet": "10.77.10.0/24", "cpu_priority": settings.priority,
             "device_types": {"edge": {"cpu": settings.cpu, "mem_mb": 2048, "bw_mbps": 1000}},
             "devices": [{"type": "edge", "count": count}],
             "deployment": {"weights": f"random:{settings.seed}",

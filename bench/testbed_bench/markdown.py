@@ -24,7 +24,9 @@ def write_report(results: dict, figures: dict[str, str], path: Path) -> Path:
         "fill excluded); every figure's baseline was measured in the same run.",
         "",
         "**Reading the numbers.** The stages share the host's cores with the client and with "
-        "anything else running. Tables show the CPU each stage actually got (cores) and the "
+        "anything else running; devices ran with `cpu_priority: "
+        f"{results['settings'].get('priority', 1):g}` (CPU weight vs an ordinary process; the "
+        "quota still caps them). Tables show the CPU each stage actually got (cores) and the "
         "host CPU used by other processes during the run (`other`); a stage well under its "
         "quota while `other` is high means the host, not the pipeline, was the limit.",
         ""]

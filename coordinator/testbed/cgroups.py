@@ -16,7 +16,11 @@ from pipeedge.coordinator.testbed.errors import TestbedError
 
 log = logging.getLogger(__name__)
 
-CFS_PERIOD_US = 100_000
+# A short CFS period: with the default 100 ms, a 0.5-core device runs at full speed for 50 ms
+# and then stops for 50 ms, so anything shorter than a period (one layer being profiled, a small
+# stage's microbatch) sees the whole core and looks 2x faster than the device it emulates.
+CFS_PERIOD_US = 10_000
+_MIN_QUOTA_US = 1_000  # the kernel's smallest quota
 _MOUNTS = Path("/proc/self/mounts")
 
 
@@ -49,13 +53,25 @@ class Cgroups:
         return self.dirs(name)
 
     def set_cpu(self, name: str, cores: float) -> None:
+        period = max(CFS_PERIOD_US, int(_MIN_QUOTA_US / cores)) if cores > 0 else CFS_PERIOD_US
+        quota = int(cores * period)
         if self.version == 2:
-            quota = str(int(cores * CFS_PERIOD_US)) if cores > 0 else "max"
-            _write(self.cpu_root / name / "cpu.max", f"{quota} {CFS_PERIOD_US}")
+            _write(self.cpu_root / name / "cpu.max",
+                   f"{quota if cores > 0 else 'max'} {period}")
             return
         d = self.cpu_root / name
-        _write(d / "cpu.cfs_period_us", str(CFS_PERIOD_US))
-        _write(d / "cpu.cfs_quota_us", str(int(cores * CFS_PERIOD_US)) if cores > 0 else "-1")
+        _write(d / "cpu.cfs_quota_us", "-1")  # so the new period is never below the old quota
+        _write(d / "cpu.cfs_period_us", str(period))
+        _write(d / "cpu.cfs_quota_us", str(quota) if cores > 0 else "-1")
+
+    def set_weight(self, name: str, priority: float) -> None:
+        """CPU weight relative to an ordinary process (1): above 1 the device keeps its quota
+        when other work on the host competes for the cores; the quota still caps it."""
+        if self.version == 2:
+            weight = min(10_000, max(1, round(100 * priority)))
+            _write(self.cpu_root / name / "cpu.weight", str(weight))
+        else:
+            _write(self.cpu_root / name / "cpu.shares", str(max(2, round(1024 * priority))))
 
     def set_memory(self, name: str, mem_mb: float) -> None:
         limit = int(mem_mb * 1e6) if mem_mb > 0 else None

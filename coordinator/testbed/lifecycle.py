@@ -64,11 +64,26 @@ def up(spec: TestbedSpec) -> TestbedState:
     state.save()
     try:
         _create(spec, state, names, cg)
-    except BaseException:
+    except BaseException as exc:
         log.error("testbed %s failed to come up; removing what was created", spec.name)
+        kept = _keep_logs(workdir, Path(spec.state_dir) / f"{spec.name}-failed-logs")
         down(spec.name, spec.state_dir)
+        if isinstance(exc, TestbedError) and kept:
+            raise TestbedError(f"{exc} (stage logs kept in {kept})") from None
         raise
     return state
+
+
+def _keep_logs(workdir: Path, dest: Path) -> Path | None:
+    """Copy the stage logs out of the work directory `down` is about to delete."""
+    logs = list(workdir.glob("*.log"))
+    if not logs:
+        return None
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for f in logs:
+        shutil.copy2(f, dest / f.name)
+    return dest
 
 
 def _initial_state(spec: TestbedSpec, names: Names, workdir: Path) -> TestbedState:
@@ -105,6 +120,7 @@ def _create(spec: TestbedSpec, state: TestbedState, names: Names,
     # The CPU cap comes after start-up: importing torch is not part of what is emulated.
     for d in state.devices:
         cg.set_cpu(names.cgroup(d.name), d.cpu)
+        cg.set_weight(names.cgroup(d.name), spec.cpu_priority)
     _check_reachable(state)
     hosts_file = write_hosts_file(Path(state.hosts_file), state.devices, spec.deployment)
     # Beside hosts.yml is where the planner looks for links.yml by default.

@@ -77,12 +77,12 @@ def wait_ready(launches: list[StageLaunch], procs: list[subprocess.Popen],
             if proc.poll() is not None:
                 tail = _tail(launch.log_file)
                 raise TestbedError(f"stage {launch.stage_name} exited with {proc.returncode} "
-                                   f"during start-up ({launch.log_file}): {tail}")
+                                   f"during start-up: {tail}")
             still.append((launch, proc))
         if still and time.monotonic() > deadline:
             raise TestbedError(f"stage {still[0][0].stage_name} did not start within "
-                               f"{timeout_s:g}s; see {still[0][0].log_file} or raise "
-                               "start_timeout_s in testbed.yml")
+                               f"{timeout_s:g}s; read its log or raise start_timeout_s in "
+                               "testbed.yml")
         pending = still
         if pending:
             time.sleep(0.1)

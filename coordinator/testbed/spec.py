@@ -61,6 +61,7 @@ class TestbedSpec:
     hosts_file: str = ""        # where to write hosts.yml; "" = inside the state directory
     state_dir: str = str(DEFAULT_STATE_DIR)
     start_timeout_s: float = 120.0
+    cpu_priority: float = 1.0   # CPU weight vs an ordinary process; > 1 keeps quotas on a busy host
     source: Path | None = None
 
     @property
@@ -100,7 +101,11 @@ def spec_from_dict(data: dict, *, source: Path | None = None) -> TestbedSpec:
         devices=devices, types=types, deployment=dict(data.get("deployment") or {}),
         hosts_file=str(data.get("hosts_file", "")),
         state_dir=str(data.get("state_dir", DEFAULT_STATE_DIR)),
-        start_timeout_s=float(data.get("start_timeout_s", 120.0)), source=source)
+        start_timeout_s=float(data.get("start_timeout_s", 120.0)),
+        cpu_priority=float(data.get("cpu_priority", 1.0)), source=source)
+    if not 0.01 <= spec.cpu_priority <= 100:
+        raise TestbedError(f"{where}: cpu_priority {spec.cpu_priority:g} is out of range; use "
+                           "0.01-100 (1 = like any other process)")
     _check_subnet(spec, where)
     return spec
 

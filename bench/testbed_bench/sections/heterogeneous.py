@@ -22,7 +22,7 @@ TITLE = "Heterogeneous devices"
 
 
 def testbed_doc(settings: Settings) -> dict:
-    return {"name": "pehet", "subnet": "10.77.11.0/24",
+    return {"name": "pehet", "subnet": "10.77.11.0/24", "cpu_priority": settings.priority,
             "device_types": {"fast": {"cpu": 0.5, "mem_mb": 1024, "bw_mbps": 1000},
                              "slow": {"cpu": 0.25, "mem_mb": 1536, "bw_mbps": 100}},
             "devices": [{"type": "fast", "count": 2}, {"type": "slow", "name": "slow0"},
