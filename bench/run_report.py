@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from testbed_bench.context import Settings, Skipped, Testbeds  # noqa: E402
+from testbed_bench.context import Settings, Skipped, Testbeds  # after sys.path
 
 log = logging.getLogger("bench.report")
 
@@ -82,7 +82,7 @@ def _run_section(name: str, settings: Settings, testbeds: Testbeds,
     except Skipped as exc:
         print(f"[{name}] skipped: {exc}")
         return {"title": title, "status": "skipped", "reason": str(exc)}
-    except Exception as exc:  # one broken section must not lose the others' results
+    except Exception as exc:  # noqa: BLE001 - one broken section must not lose the others'
         traceback.print_exc()
         print(f"[{name}] FAILED: {exc}")
         return {"title": title, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
@@ -111,8 +111,8 @@ def _environment() -> dict:
         from pipeedge.coordinator.testbed.cgroups import detect
 
         env["cgroup_version"] = detect().version
-    except Exception:  # no cgroups: the sections say so
-        pass
+    except Exception as exc:  # noqa: BLE001 - no cgroups: the sections say so
+        log.info("no cgroup version: %s", exc)
     return env
 
 

@@ -11,6 +11,7 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -86,7 +87,7 @@ def sequential_latencies(entry: str, inputs: dict[str, torch.Tensor], *, request
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (0 when it is gone)."""
     try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -94,7 +95,8 @@ def cpu_seconds(pid: int) -> float:
 
 def host_busy_seconds() -> float:
     """CPU seconds the whole host has been busy (all cores, from /proc/stat)."""
-    fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 

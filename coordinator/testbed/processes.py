@@ -8,6 +8,7 @@ by cgroup, by namespace and by its `--name PREFIX-...` command line.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shlex
@@ -101,7 +102,7 @@ def find_stage_pids(prefix: str) -> set[int]:
         if _STAGE_MODULE.encode() not in args and not any(a.endswith(b"pipeedge-stage")
                                                           for a in args):
             continue
-        for flag, value in zip(args, args[1:]):
+        for flag, value in itertools.pairwise(args):
             if flag == b"--name" and value.decode(errors="replace").startswith(prefix):
                 found.add(int(entry.name))
     return found

@@ -14,7 +14,8 @@ def run(*argv: str, check: bool = True, timeout_s: float = 30.0) -> str:
     """Run argv (no shell) and return stdout; raise TestbedError with stderr when it fails."""
     log.debug("run: %s", " ".join(argv))
     try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s,
+                              check=False)
     except FileNotFoundError:
         raise TestbedError(f"'{argv[0]}' is not installed; install iproute2 "
                            "(apt-get install iproute2)") from None
@@ -30,6 +31,7 @@ def run(*argv: str, check: bool = True, timeout_s: float = 30.0) -> str:
 def succeeds(*argv: str) -> bool:
     """Whether argv exits 0 (for probes and best-effort clean-up)."""
     try:
-        return subprocess.run(list(argv), capture_output=True, timeout=30).returncode == 0
+        return subprocess.run(list(argv), capture_output=True, timeout=30,
+                              check=False).returncode == 0
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return False
