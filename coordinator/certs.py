@@ -51,7 +51,7 @@ class Party:
 
 
 def host_part(address: str) -> str:
-    """'10.0.0.7:50051' -> '10.0.0.7'; '[::1]:50051' -> '::1'; 'jetson.local:50051' -> 'jetson.local'."""
+    """'10.0.0.7:50051' -> '10.0.0.7'; '[::1]:50051' -> '::1'; 'jetson.lan:50051' -> 'jetson.lan'."""
     address = address.strip()
     if address.startswith("["):
         return address[1:].split("]", 1)[0]
@@ -83,7 +83,7 @@ def parties_for(hosts, *, coordinator_name: str = DEFAULT_COORDINATOR_NAME,
         names = tuple(dict.fromkeys(n for n in names if n))
         clash = reserved & ({h.name} | set(names))
         if clash:
-            raise CertsError(f"host {h.name} uses the reserved name {sorted(clash)[0]!r} (the "
+            raise CertsError(f"host {h.name} uses the reserved name {min(clash)!r} (the "
                              "identity of the coordinator or of clients); rename it in hosts.yml")
         stem = file_stem(h.name)
         if stem in stems:

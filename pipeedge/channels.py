@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from pipeedge.security import Security
+from pipeedge.security import Security, StreamDecodeGuard
 from pipeedge.security import default as default_security
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -78,5 +78,6 @@ def add_server_port(server, address: str, *, security: Security | None = None) -
 
 
 def server_interceptors(security: Security | None) -> list:
-    """The authorization checks a server installs for `security` (none when it is None)."""
-    return security.server_interceptors() if security is not None else []
+    """What every server installs: the stream decode guard (pipeedge.security), then the
+    authorization checks for `security` (none when it is None)."""
+    return [StreamDecodeGuard()] + (security.server_interceptors() if security else [])

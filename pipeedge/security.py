@@ -78,7 +78,7 @@ def read_token(spec: str | Path, *, base_dir: Path | None = None) -> str:
                                 "token: file:PATH")
         return check_token(value.strip(), f"${var}")
     if text.startswith("file:") or isinstance(spec, Path):
-        path = Path(text[5:] if text.startswith("file:") else text).expanduser()
+        path = Path(text.removeprefix("file:")).expanduser()
         if base_dir and not path.is_absolute():
             path = base_dir / path
         return check_token(_read(path, "token").decode("utf-8", "replace").strip(), str(path))
@@ -117,7 +117,7 @@ class Security:
     @classmethod
     def from_files(cls, *, ca=None, cert=None, key=None, token=None, token_file=None,
                    coordinator_name: str = DEFAULT_COORDINATOR_NAME, server_name=None,
-                   base_dir: Path | None = None) -> "Security":
+                   base_dir: Path | None = None) -> Security:
         """Load PEM files (paths relative to `base_dir`) and a token (literal or `token_file`)."""
         def resolve(p):
             if p in (None, ""):
@@ -138,8 +138,7 @@ class Security:
             tok = read_token(token, base_dir=base_dir)
             token_spec = str(token)
             if token_spec.startswith("file:"):
-                path = Path(token_spec[5:]).expanduser()
-                token_spec = f"file:{(base_dir / path if base_dir and not path.is_absolute() else path).resolve()}"
+                token_spec = f"file:{resolve(token_spec[5:])}"
         sec = cls(ca=_read(ca_p, "CA", pem="CERTIFICATE") if ca_p else None,
                   cert=_read(cert_p, "certificate", pem="CERTIFICATE") if cert_p else None,
                   key=_read(key_p, "private key", pem="") if key_p else None,
@@ -165,7 +164,7 @@ class Security:
     def enabled(self) -> bool:
         return self.tls or bool(self.token)
 
-    def with_token(self, token: str | None) -> "Security":
+    def with_token(self, token: str | None) -> Security:
         return replace(self, token=check_token(token, "token")) if token else self
 
     def describe(self) -> str:
@@ -229,7 +228,7 @@ def _warn_if_readable(path: Path) -> None:
         pass
 
 
-# -- the process default ----------------------------------------------------------------------------
+# -- the process default -------------------------------------------------------------------------
 # What `channels.open_channel(address)` uses when the caller passes no `security`: set by
 # `set_default` (the coordinator sets it when it loads hosts.yml), else read once from the
 # environment (PIPEEDGE_TLS_CA, PIPEEDGE_TLS_CERT, PIPEEDGE_TLS_KEY, PIPEEDGE_TOKEN_FILE), else
@@ -443,11 +442,58 @@ class AuthInterceptor(grpc.ServerInterceptor):
         context.abort(code, message)
 
 
+# -- undecodable messages on request streams ------------------------------------------------------
+_UNDECODABLE = object()
+
+
+class StreamDecodeGuard(grpc.ServerInterceptor):
+    """Decodes request-stream messages itself, so an undecodable one ends its stream with
+    INVALID_ARGUMENT (after the messages before it are answered) instead of gRPC's own abort.
+
+    Found by tests/test_fuzz.py: after gRPC-Python (1.85) aborts a streaming call because a
+    message does not deserialize ("Exception deserializing request!"), `server.stop()` never
+    completes, so one such message from any peer kept the stage from shutting down.
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not handler.request_streaming or not handler.request_deserializer:
+            return handler
+        decode = handler.request_deserializer
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+
+        def tolerant(data: bytes):
+            try:
+                return decode(data)
+            except Exception:  # noqa: BLE001
+                return _UNDECODABLE
+
+        def checked(requests, context):
+            for n, request in enumerate(requests, 1):
+                if request is _UNDECODABLE:
+                    context.set_code(grpc.StatusCode.INVALID_ARGUMENT)
+                    context.set_details(f"message {n} of the {method} stream is not a valid "
+                                        "protobuf message of its type; the stream was ended")
+                    return
+                yield request
+
+        if handler.response_streaming:
+            inner_ss = handler.stream_stream
+            return grpc.stream_stream_rpc_method_handler(
+                lambda requests, context: inner_ss(checked(requests, context), context),
+                request_deserializer=tolerant,
+                response_serializer=handler.response_serializer)
+        inner_su = handler.stream_unary
+        return grpc.stream_unary_rpc_method_handler(
+            lambda requests, context: inner_su(checked(requests, context), context),
+            request_deserializer=tolerant, response_serializer=handler.response_serializer)
+
+
 def _guarded(handler: grpc.RpcMethodHandler, check) -> grpc.RpcMethodHandler:
     """The same handler, running `check(context)` before the method (and before it reads any
     request of a stream)."""
-    kw = dict(request_deserializer=handler.request_deserializer,
-              response_serializer=handler.response_serializer)
+    kw = {"request_deserializer": handler.request_deserializer,
+          "response_serializer": handler.response_serializer}
     if handler.request_streaming and handler.response_streaming:
         inner = handler.stream_stream
 

@@ -15,7 +15,7 @@ import torch
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
-from pipeedge.stage_server.backends import load_backend
+from pipeedge.stage_server.backends import check_target, load_backend
 from pipeedge.stage_server.device_info import memory_capacity_mb
 
 
@@ -26,6 +26,12 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
     warmup, repeats = req.warmup or 2, req.repeats or 5
     threads = req.threads or default_threads
     device = req.device or default_device
+    # Bounded like an assignment: a huge thread count aborts the process, huge batch or
+    # repeat counts would hold the stage for hours (ValueError -> INVALID_ARGUMENT).
+    check_target(pb.AssignRequest(backend=req.backend, device=device, threads=threads))
+    if batch > 4096 or warmup > 1000 or repeats > 1000:
+        raise ValueError(f"batch_size {batch}, warmup {warmup}, repeats {repeats}: limits are "
+                         "4096, 1000 and 1000")
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)

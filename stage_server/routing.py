@@ -90,6 +90,8 @@ class Route:
 
 def error_frame(request: pb.Frame, code: grpc.StatusCode, message: str, stage: str) -> pb.Frame:
     """A result frame that reports a failed request, keeping its ids so the sender can match it."""
+    if len(message) > 1000:  # messages echo request fields (e.g. a tensor's name); keep them
+        message = message[:1000] + "..."  # under gRPC's 8 KB status limit on the Infer path
     return pb.Frame(request_id=request.request_id, hop_tag=request.hop_tag,
                     session_id=request.session_id, step=request.step, trace_id=request.trace_id,
                     error=pb.FrameError(code=code.value[0], message=message, stage=stage))

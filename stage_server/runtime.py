@@ -131,6 +131,9 @@ class StageRuntime:
                                f"layers {self.assignment.first_layer}-"
                                f"{self.assignment.last_layer}: {exc}") from None
         batch = _batch_size(tensors)
+        if tensors and batch == 0:  # found by tests/test_fuzz.py: went through every stage
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "microbatch of 0 items; send at least one")
         limit = self.assignment.max_microbatch
         if limit and batch > limit:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,

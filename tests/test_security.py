@@ -20,11 +20,6 @@ import yaml
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-from pipeedge import channels, models, security
-from pipeedge._proto import stage_pb2 as pb
-from pipeedge._proto import stage_pb2_grpc as pb_grpc
-from pipeedge.client import AsyncPipelineClient, PipelineClient
 from pipeedge.coordinator import certs as certs_mod
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator import planning
@@ -32,8 +27,13 @@ from pipeedge.coordinator.cli import main as coord_cli
 from pipeedge.coordinator.hosts import HostsFileError, load_deployment
 from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
-from pipeedge.security import Security, SecurityError
 from pipeedge.stage_server.weight_cache import WeightCache, WeightPushError
+
+from pipeedge import channels, models, security
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.client import AsyncPipelineClient, PipelineClient, PipelineError
+from pipeedge.security import Security, SecurityError
 
 MODEL = "pipeedge/tiny-vit"
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_stage_cli_rejects_incomplete_tls_flags_in_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeedge.stage_server.cli", "--port", "0",
                            "--tls-cert", str(tmp_path / "nope.crt"), "--tls-key",
                            str(tmp_path / "nope.key")], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     assert proc.returncode == 2
     assert "certificate file" in proc.stderr and "pipeedge-coord certs" in proc.stderr
 
@@ -256,9 +256,10 @@ def test_inference_needs_the_bearer_token(secured):
     assert not out.error.code and out.tensors
     # The SDK's token= overrides whatever the credentials carry.
     with PipelineClient(pipeline.entry, security=cluster.security("client"),
-                        token="wrong-token-456") as client:
-        with pytest.raises(Exception, match="token is wrong"):
-            client.infer(models.example_inputs(models_info, 1))
+                        token="wrong-token-456") as client, \
+            pytest.raises(PipelineError, match="token is wrong") as err:
+        client.infer(models.example_inputs(models_info, 1))
+    assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_token_only_stage_guards_data_and_control(cluster_factory):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import re
 from pathlib import Path
 from collections.abc import Mapping
 
@@ -34,6 +35,35 @@ class ShardBackend(abc.ABC):
 
     def close(self) -> None:
         """Free memory held by the shard."""
+
+
+_KNOWN_BACKENDS = (pb.BACKEND_UNSPECIFIED, pb.TORCH, pb.ONNX, pb.ECHO)
+_DEVICE = re.compile(r"^(cpu|cuda|mps)(:\d{1,3})?$")
+# Bounds on what an assignment may ask of the process: threads=2**31-1 aborted the whole stage
+# (libgomp "Out of memory allocating"), and queue lengths size in-memory queues.
+MAX_THREADS = 256
+MAX_QUEUE = 1024
+
+
+def check_target(assignment: pb.AssignRequest) -> None:
+    """Reject an unknown backend or device before anything is loaded (found by
+    tests/test_fuzz.py: backend 99 silently ran torch; device "meta" was accepted as a shard
+    that cannot compute, replacing a working assignment; "tpu" failed with a bare traceback)."""
+    if assignment.backend not in _KNOWN_BACKENDS:
+        raise ValueError(f"backend {assignment.backend} is unknown; use TORCH, ONNX or ECHO")
+    if assignment.device and not _DEVICE.match(assignment.device):
+        raise ValueError(f"device {assignment.device[:64]!r} is not supported; use cpu, cuda, "
+                         "cuda:N or mps")
+    check_threads(assignment.threads)
+    for field in ("queue_in", "queue_out"):
+        if getattr(assignment, field) > MAX_QUEUE:
+            raise ValueError(f"{field} {getattr(assignment, field)} is over the limit of "
+                             f"{MAX_QUEUE} microbatches")
+
+
+def check_threads(threads: int) -> None:
+    if threads > MAX_THREADS:
+        raise ValueError(f"threads {threads} is over the limit of {MAX_THREADS}")
 
 
 def load_backend(assignment: pb.AssignRequest, state: dict[str, torch.Tensor], *,
