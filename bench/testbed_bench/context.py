@@ -41,7 +41,7 @@ class Settings:
 
     def count(self, stages: int) -> int:
         """Microbatches to stream on `stages` stages: enough past the fill for a stable rate."""
-        return {1: 4, 2: 6}.get(stages, 8) if self.quick else {1: 8, 2: 12}.get(stages, 20)
+        return {1: 4, 2: 6}.get(stages, 8) if self.quick else {1: 8, 2: 16}.get(stages, 20)
 
 
 def inputs_for(model: str, batch: int, seed: int = 0):

@@ -114,7 +114,8 @@ def _links(s: dict) -> list[str]:
 def _transport(s: dict) -> list[str]:
     rows = [[r["where"], r["stages"], r["partition"], f"{r['p50_ms']:.1f}",
              f"{r['p90_ms']:.1f}", f"{r['per_extra_hop_ms']:.1f}"] for r in s["rows"]]
-    return _table(["where", "stages", "partition", "p50 ms", "p90 ms", "ms per extra hop"], rows)
+    return [f"{s.get('note', '')}.", ""] + _table(
+        ["where", "stages", "partition", "p50 ms", "p90 ms", "ms per extra hop"], rows)
 
 
 _TABLES = {"scaling": _scaling, "predictions": _predictions, "heterogeneous": _hetero,

@@ -35,7 +35,7 @@ class Measurement:
 
 
 def measure_stream(entry: str, inputs: dict[str, torch.Tensor], *, microbatches: int,
-                   window: int, skip: int, warmup: int = 1, pids: tuple[int, ...] = (),
+                   window: int, skip: int, warmup: int = 2, pids: tuple[int, ...] = (),
                    timeout_s: float = 600.0) -> Measurement:
     """Stream `microbatches` copies of `inputs` with `window` in flight; the rate counts
     completions after the first `skip` (the fill). `pids`: stage processes whose CPU use is
