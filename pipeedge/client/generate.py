@@ -40,6 +40,7 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.client.frames import result_tensors, rpc_error
 from pipeedge.errors import DeadlineExceededError, StageUnavailableError
+from pipeedge.security import Security, client_security
 from pipeedge.tokenizer import TextStream, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -137,9 +138,9 @@ class _Mux:
     """Sends frames over one long-lived Forward stream and hands each result to the future
     registered for its request id. A broken stream fails its waiters; the next send reopens."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, security: Security | None = None) -> None:
         self.address = address
-        self._channel = channels.open_channel(address)
+        self._channel = channels.open_channel(address, security=security)
         self._stub = pb_grpc.StageStub(self._channel)
         self._lock = threading.Lock()
         self._outbox: queue.SimpleQueue | None = None
@@ -270,12 +271,17 @@ class TextGenerator:
         tokenizer: a ``Tokenizer``, or a local directory holding the model's tokenizer. Default:
             the pipeline's weights directory if it has tokenizer files, else byte-level.
         timeout_s: deadline for each step.
+        security, token: credentials as for ``PipelineClient`` (default: what the pipeline
+            file records, when the address comes from it).
     """
 
     def __init__(self, address: str | None = None, *, pipeline_file: str | Path | None = None,
                  model: str | None = None, model_config_json: str | None = None,
                  tokenizer: Tokenizer | str | Path | None = None,
-                 timeout_s: float = 60.0) -> None:
+                 timeout_s: float = 60.0, security: Security | None = None,
+                 token: str | None = None) -> None:
+        security = client_security(security, token=token, address=address,
+                                   pipeline_file=pipeline_file)
         weights_dir = None
         if address is None or model is None:
             from pipeedge.pipeline_file import Pipeline
@@ -297,7 +303,7 @@ class TextGenerator:
         else:
             self.tokenizer = load_tokenizer(tokenizer or weights_dir, self.info.config)
         self.max_positions = int(self.info.config.get("max_position_embeddings", 2048))
-        self._mux = _Mux(address)
+        self._mux = _Mux(address, security)
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
 
