@@ -1,6 +1,7 @@
 # PipeEdge developer entry points. Everything runs inside $(VENV), created on first use.
 #   make demo   - set up and run the 3-stage local demo
 #   make test   - set up and run the test suite (Python + C++ scheduler tests)
+#   make bench  - the testbed benchmark report (bench/REPORT.md + PNGs; needs root)
 
 PYTHON     ?= python3
 VENV       ?= .venv
@@ -11,7 +12,7 @@ STAMP      := $(VENV)/.pipeedge-installed
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-py test-cpp lint bench bench-transport bench-sched bench-quant \
-        bench-backends bench-decode clean
+        bench-backends bench-decode bench-accuracy clean
 
 $(STAMP): pyproject.toml CMakeLists.txt scheduler_cpp/CMakeLists.txt $(wildcard protos/*.proto) $(wildcard scheduler_cpp/*.cpp scheduler_cpp/src/*.[ch]pp scheduler_cpp/include/*/*.hpp)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +39,11 @@ test-cpp: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Emulated edge devices (network namespaces, cgroup CPU quotas): ~10 minutes on 2 cores.
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench,dev,onnx]"
+	$(PY) bench/run_report.py
+
 bench-transport: $(STAMP)
 	$(PY) bench/bench_transport.py
 
@@ -53,6 +59,10 @@ bench-backends: $(STAMP)
 bench-decode: $(STAMP)
 	$(PY) bench/bench_decode.py
 
+# Cosine similarity of compressed activations on real MiniLM weights (the README's table).
+bench-accuracy: $(STAMP)
+	$(PY) bench/quant_accuracy.py
+
 clean:
 	rm -rf build $(VENV) .pytest_cache
 
@@ -67,13 +77,16 @@ WHEELHOUSE_EXTRAS   ?= onnx
 # More `pip download` options, e.g. an index that serves the CPU torch wheel for this platform:
 #   WHEELHOUSE_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
 WHEELHOUSE_PIP_ARGS ?=
+# Fixed zip timestamps: an unchanged tree gives a byte-identical pipeedge wheel, so image
+# rebuilds keep their cached layers.
+WHEELHOUSE_EPOCH    ?= 315532800
 
 .PHONY: wheelhouse test-docker
 
 wheelhouse: $(STAMP)
 	mkdir -p $(WHEELHOUSE)
 	rm -rf $(WHEELHOUSE)/pipeedge $(WHEELHOUSE)/deps.new
-	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE)/pipeedge -C build-dir=build/wheelhouse/{wheel_tag} .
+	SOURCE_DATE_EPOCH=$(WHEELHOUSE_EPOCH) $(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE)/pipeedge -C build-dir=build/wheelhouse/{wheel_tag} .
 	$(PY) -m pip download -q --only-binary=:all: -d $(WHEELHOUSE)/deps.new $(WHEELHOUSE_PIP_ARGS) \
 	  "$(TORCH_SPEC)" "$$(ls $(WHEELHOUSE)/pipeedge/pipeedge-*.whl)$(if $(WHEELHOUSE_EXTRAS),[$(WHEELHOUSE_EXTRAS)])"
 	rm -f $(WHEELHOUSE)/deps.new/pipeedge-*.whl

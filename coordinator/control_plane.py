@@ -170,11 +170,18 @@ class CoordinatorServicer(cpb_grpc.CoordinatorServicer):
         return self.plane.info(request.newer_than, timeout_s=max(0.0, remaining - 0.1))
 
 
+COORDINATOR_SERVICE = cpb.DESCRIPTOR.services_by_name["Coordinator"].full_name
+
+
 def start_server(plane: ControlPlane, address: str) -> tuple[grpc.Server, int]:
+    """Serve GetPipeline with the deployment's own security (hosts.yml tls:/token:): mutual TLS
+    with the coordinator's certificate, and the inference token on every call."""
+    security = plane.dep.security
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
-                         options=channels.SERVER_OPTIONS)
+                         options=channels.SERVER_OPTIONS,
+                         interceptors=channels.server_interceptors(security, COORDINATOR_SERVICE))
     cpb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(plane), server)
-    port = server.add_insecure_port(address)
+    port = channels.add_server_port(server, address, security=security)
     if port == 0:
         raise OSError(f"cannot listen on {address}; is the port in use?")
     server.start()

@@ -68,7 +68,7 @@ class LocalCluster:
             from pipeedge.coordinator.certs import make_certs
 
             make_certs([_Named(f"stage{i}", "127.0.0.1") for i in range(count)],
-                       self.certs_dir, days=2, token=False)
+                       self.certs_dir, days=2, token=False, coordinator_hosts=("127.0.0.1",))
 
     def __enter__(self) -> "LocalCluster":
         try:

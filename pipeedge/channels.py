@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from pipeedge.security import Security, StreamDecodeGuard
+from pipeedge.security import STAGE_SERVICE, Security, StreamDecodeGuard
 from pipeedge.security import default as default_security
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
@@ -77,7 +77,7 @@ def add_server_port(server, address: str, *, security: Security | None = None) -
     return server.add_insecure_port(address)
 
 
-def server_interceptors(security: Security | None) -> list:
+def server_interceptors(security: Security | None, service: str = STAGE_SERVICE) -> list:
     """What every server installs: the stream decode guard (pipeedge.security), then the
-    authorization checks for `security` (none when it is None)."""
-    return [StreamDecodeGuard()] + (security.server_interceptors() if security else [])
+    authorization checks of `service` for `security` (none when it is None)."""
+    return [StreamDecodeGuard()] + (security.server_interceptors(service) if security else [])

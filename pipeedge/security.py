@@ -209,15 +209,17 @@ class Security:
         return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.ca,
                                            require_client_auth=True)
 
-    def server_interceptors(self) -> list[grpc.ServerInterceptor]:
+    def server_interceptors(self, service: str = STAGE_SERVICE) -> list[grpc.ServerInterceptor]:
+        """Checks for `service`'s calls. Only a Stage has control calls (coordinator identity);
+        every Coordinator call is a client's and needs the token, like Forward."""
         if not self.enabled:
             return []
         if self.token and not self.tls:
             log.warning("bearer token without TLS: it travels in clear text; add --tls-cert, "
                         "--tls-key and --tls-ca")
-        return [AuthInterceptor(token=self.token,
-                                coordinator_name=self.coordinator_name if self.mutual_tls
-                                else None)]
+        coordinator = self.coordinator_name if self.mutual_tls and service == STAGE_SERVICE \
+            else None
+        return [AuthInterceptor(token=self.token, coordinator_name=coordinator, service=service)]
 
 
 def _warn_if_readable(path: Path) -> None:

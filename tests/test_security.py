@@ -262,6 +262,41 @@ def test_inference_needs_the_bearer_token(secured):
     assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_coordinator_serves_pipeline_info_over_mutual_tls_with_token(secured):
+    """`pipeedge-coord serve` answers GetPipeline with the deployment's own security: clients
+    need a certificate of the CA and the token; the SDK passes its credentials to it."""
+    from pipeedge.coordinator.control_plane import ControlPlane, start_server
+
+    from pipeedge._proto import coordinator_pb2 as cpb
+    from pipeedge._proto import coordinator_pb2_grpc as cpb_grpc
+
+    cluster, pipeline = secured
+    dep = load_deployment(cluster.workdir / "hosts.yml")
+    plane = ControlPlane(dep, pipeline_path=cluster.workdir / "served.json")
+    plane.deploy()
+    server, port = start_server(plane, "127.0.0.1:0")
+    security.reset_default()
+    address = f"127.0.0.1:{port}"
+    try:
+        batch = models.example_inputs(models.model_info(MODEL), 2, seed=5)
+        with PipelineClient(coordinator=address, security=cluster.security("client")) as client:
+            assert client.version == plane.version and client.address == plane.pipeline.entry
+            assert (client.infer(batch)["logits"] - unsplit(batch)["logits"]).abs().max() <= 1e-5
+
+        def get_pipeline(sec, timeout):
+            with channels.open_channel(address, security=sec) as channel:
+                return cpb_grpc.CoordinatorStub(channel).GetPipeline(cpb.GetPipelineRequest(),
+                                                                    timeout=timeout)
+
+        err = refused(get_pipeline, cluster.security("client", token=False))
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "token" in err.details()
+        for sec in (None, Security.from_files(ca=cluster.certs_dir / "ca.crt")):
+            assert refused(get_pipeline, sec).code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop(0)
+        plane.stop()
+
+
 def test_token_only_stage_guards_data_and_control(cluster_factory):
     cluster = cluster_factory(1, token="shared-secret-token")
     address = cluster.stages[0].address

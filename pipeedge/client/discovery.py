@@ -57,9 +57,9 @@ class PipelineFileSource(PipelineSource):
 
 
 class CoordinatorSource(PipelineSource):
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, security=None) -> None:
         self.address = address
-        self._channel = channels.open_channel(address)
+        self._channel = channels.open_channel(address, security=security)
         self._stub = cpb_grpc.CoordinatorStub(self._channel)
 
     def entry(self) -> tuple[str, int]:
@@ -82,9 +82,11 @@ class CoordinatorSource(PipelineSource):
 
 
 def make_source(address: str | None, pipeline_file: str | Path | None,
-                coordinator: str | None) -> PipelineSource:
+                coordinator: str | None, security=None) -> PipelineSource:
+    """Where the pipeline starts: a coordinator (asked with `security`), a fixed address, or
+    the pipeline file."""
     if coordinator:
-        return CoordinatorSource(coordinator)
+        return CoordinatorSource(coordinator, security)
     if address:
         return PipelineSource(address)
     return PipelineFileSource(Path(pipeline_file) if pipeline_file else DEFAULT_PATH)

@@ -62,7 +62,7 @@ class PipelineClient:
                  security: Security | None = None, token: str | None = None) -> None:
         self._security = client_security(security, token=token, address=address or coordinator,
                                          pipeline_file=pipeline_file)
-        self._source = make_source(address, pipeline_file, coordinator)
+        self._source = make_source(address, pipeline_file, coordinator, self._security)
         self.timeout_s = timeout_s
         self.recovery_timeout_s = recovery_timeout_s
         self.max_retries = max_retries
