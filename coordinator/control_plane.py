@@ -181,6 +181,7 @@ def start_server(plane: ControlPlane, address: str) -> tuple[grpc.Server, int]:
                          options=channels.SERVER_OPTIONS,
                          interceptors=channels.server_interceptors(security, COORDINATOR_SERVICE))
     cpb_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(plane), server)
+    channels.add_standard_services(server, COORDINATOR_SERVICE)
     port = channels.add_server_port(server, address, security=security)
     if port == 0:
         raise OSError(f"cannot listen on {address}; is the port in use?")

@@ -209,7 +209,7 @@ def summarize(rows: list[StageRow], polls: int = 1) -> Snapshot:
 
 # -- rendering ----------------------------------------------------------------------------------
 HEADERS = ["host", "address", "state", "layers", "q_in", "q_out", "in_flight", "items", "errors",
-           "inst/s", "window/s", "global/s", "ms/item", "busy", "MB/s out", "J/item", ""]
+           "inst/s", "window/s", "global/s", "ms/item", "busy", "MB/s out", "wire", "J/item", ""]
 
 
 def render_snapshot(snap: Snapshot) -> str:
@@ -218,7 +218,7 @@ def render_snapshot(snap: Snapshot) -> str:
     for i, r in enumerate(snap.rows):
         st = r.status
         if r.state != "up":
-            table.append([r.name, r.address, r.state, r.layers] + ["-"] * 12 + [""])
+            table.append([r.name, r.address, r.state, r.layers] + ["-"] * 13 + [""])
             continue
         mark = ""
         if snap.bottleneck and snap.bottleneck[0] == i:
@@ -229,7 +229,7 @@ def render_snapshot(snap: Snapshot) -> str:
             _num(r.items_per_s.window), _num(r.items_per_s.global_),
             f"{r.compute_s_per_item * 1e3:.3g}" if r.compute_s_per_item is not None else "-",
             f"{r.busy:.0%}" if r.busy is not None else "-", _num(r.mb_out_per_s, 2),
-            _joules(r), mark])
+            _wire(st), _joules(r), mark])
     lines = [render(HEADERS, table), "", _summary(snap)]
     return "\n".join(lines)
 
@@ -249,6 +249,14 @@ def _summary(snap: Snapshot) -> str:
     else:
         parts.append(f"energy {jpi:.3g} J/item" if jpi is not None else "energy -")
     return "; ".join(parts)
+
+
+def _wire(st: pb.StageStatus) -> str:
+    """What the stage sends downstream: bits per float element (adaptive compression changes it)
+    and the link throughput it measured, e.g. "8b @ 4.7Mbps"; "-" on the last stage."""
+    if not st.output_bits:
+        return "-"
+    return f"{st.output_bits}b" + (f" @ {st.link_mbps:.3g}Mbps" if st.link_mbps > 0 else "")
 
 
 def _num(value: float | None, digits: int = 1) -> str:

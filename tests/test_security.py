@@ -20,6 +20,12 @@ import yaml
 from click.testing import CliRunner
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from grpc_health.v1 import health_pb2
+
+from pipeedge import channels, models, security
+from pipeedge._proto import stage_pb2 as pb
+from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.client import AsyncPipelineClient, PipelineClient, PipelineError
 from pipeedge.coordinator import certs as certs_mod
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator import planning
@@ -27,13 +33,8 @@ from pipeedge.coordinator.cli import main as coord_cli
 from pipeedge.coordinator.hosts import HostsFileError, load_deployment
 from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
-from pipeedge.stage_server.weight_cache import WeightCache, WeightPushError
-
-from pipeedge import channels, models, security
-from pipeedge._proto import stage_pb2 as pb
-from pipeedge._proto import stage_pb2_grpc as pb_grpc
-from pipeedge.client import AsyncPipelineClient, PipelineClient, PipelineError
 from pipeedge.security import Security, SecurityError
+from pipeedge.stage_server.weight_cache import WeightCache, WeightPushError
 
 MODEL = "pipeedge/tiny-vit"
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,15 +263,14 @@ def test_inference_needs_the_bearer_token(secured):
     assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_coordinator_serves_pipeline_info_over_mutual_tls_with_token(secured):
+def test_coordinator_serves_pipeline_info_over_mutual_tls_with_token(secured, standard_services):
     """`pipeedge-coord serve` answers GetPipeline with the deployment's own security: clients
     need a certificate of the CA and the token; the SDK passes its credentials to it."""
-    from pipeedge.coordinator.control_plane import ControlPlane, start_server
-
     from pipeedge._proto import coordinator_pb2 as cpb
     from pipeedge._proto import coordinator_pb2_grpc as cpb_grpc
+    from pipeedge.coordinator.control_plane import ControlPlane, start_server
 
-    cluster, pipeline = secured
+    cluster, _ = secured
     dep = load_deployment(cluster.workdir / "hosts.yml")
     plane = ControlPlane(dep, pipeline_path=cluster.workdir / "served.json")
     plane.deploy()
@@ -288,6 +288,11 @@ def test_coordinator_serves_pipeline_info_over_mutual_tls_with_token(secured):
                 return cpb_grpc.CoordinatorStub(channel).GetPipeline(cpb.GetPipelineRequest(),
                                                                     timeout=timeout)
 
+        # Like every server: standard health service and reflection, open to any peer of the CA.
+        with channels.open_channel(address, security=cluster.security("client")) as channel:
+            status, names = standard_services(channel, "pipeedge.v1.Coordinator")
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        assert {"pipeedge.v1.Coordinator", "grpc.health.v1.Health"} <= names
         err = refused(get_pipeline, cluster.security("client", token=False))
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED and "token" in err.details()
         for sec in (None, Security.from_files(ca=cluster.certs_dir / "ca.crt")):
