@@ -8,9 +8,10 @@ when measured) from the deployment's scheduler directory; `pipeedge-coord profil
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import torch
 
 from pipeedge import models
 from pipeedge.coordinator.deploy import PlannedStage
@@ -90,9 +91,9 @@ def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
     if missing:
         log.warning("hosts %s have no profile in %s; they are left out (run "
                     "`pipeedge-coord profile`)", missing, folder)
-    result = scheduler.schedule(model=_on_the_wire(inputs.model, dep.encoding), devices=devices,
-                                links=inputs.links, batch_size=dep.microbatch,
-                                dtype=f"torch.{dep.dtype}")
+    result = scheduler.schedule(model=inputs.model, devices=devices,
+                                links=_on_the_wire(dep, devices, by_name, inputs.links),
+                                batch_size=dep.microbatch, dtype=f"torch.{dep.dtype}")
     stages = [PlannedStage(by_name[s.host], LayerRange(s.first_layer, s.last_layer))
               for s in result.stages]
     how = "scheduler (exact optimum)" if result.exact else \
@@ -100,16 +101,27 @@ def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
     return Plan(stages, how, result)
 
 
-def _on_the_wire(model, encoding: str):
-    """Links carry encoded activations: scale the per-layer output sizes by bits / 32."""
-    kind, _, bits = (encoding or "raw").partition(":")
-    ratio = {"raw": 1.0, "float16": 0.5, "bfloat16": 0.5}.get(kind)
-    if ratio is None and kind == "uniform" and bits.split(":")[0].isdigit():
-        ratio = int(bits.split(":")[0]) / 32
-    if not ratio or ratio == 1.0:
-        return model
-    return replace(model, parameters_out=tuple(math.ceil(p * ratio)
-                                               for p in model.parameters_out))
+def _on_the_wire(dep: Deployment, devices, hosts: dict[str, Host], links):
+    """Links as the scheduler should see them: each stage sends its output in its host's
+    encoding (hosts.yml `encoding:`, per host or top level), k bits per element instead of the
+    compute dtype's d, so its outgoing host-to-host legs carry d/k times the items per second.
+    Client legs stay as they are (the client sends raw; the last stage answers raw). Adaptive
+    counts as raw, and `deploy -q` (per stage position, chosen after planning) is not seen.
+    """
+    from pipeedge.coordinator.deploy import parse_encoding
+    from pipeedge.coordinator.scheduler import Link, NetworkLinks
+
+    dtype_bits = torch.empty((), dtype=getattr(torch, dep.dtype)).element_size() * 8
+    speedup = {d.host: dtype_bits / min(dtype_bits, parse_encoding(
+        hosts[d.host].encoding or dep.encoding, where=f"host {d.host}").bits) for d in devices}
+    if all(x == 1 for x in speedup.values()):
+        return links
+    if links is None:  # the scheduler's default: the slower NIC of the pair, no latency
+        links = NetworkLinks({(a.host, b.host): Link(min(a.bw_Mbps, b.bw_Mbps))
+                              for a in devices for b in devices if a.host != b.host})
+    legs = {(a, b): replace(leg, bw_Mbps=leg.bw_Mbps * speedup.get(a, 1))
+            for (a, b), leg in links.host_to_host.items()}
+    return replace(links, host_to_host=legs)
 
 
 def ensure_profiles(dep: Deployment, *, progress: bool = True) -> bool:
@@ -119,8 +131,11 @@ def ensure_profiles(dep: Deployment, *, progress: bool = True) -> bool:
     """
     if dep.partition or have_profiles(dep):
         return False
-    from pipeedge.coordinator.profiling import (hosts_to_profile, profile_hosts,
-                                                write_scheduler_files)
+    from pipeedge.coordinator.profiling import (
+        hosts_to_profile,
+        profile_hosts,
+        write_scheduler_files,
+    )
 
     log.info("no profiles for %s in %s: profiling", dep.model, scheduler_dir(dep))
     dtype = dep.dtype
