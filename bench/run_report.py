@@ -8,6 +8,7 @@ not available here is skipped with the reason printed; the others still run.
 
     python bench/run_report.py                 # everything (~10 minutes on 2 cores)
     python bench/run_report.py --quick         # tiny models: checks the report end to end
+    python bench/run_report.py --quick --max-devices 2   # the CI smoke run (tests/)
     python bench/run_report.py -s scaling -s transport
 """
 
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import ipaddress
 import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -43,11 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="pipeedge-report-"))
     settings = Settings(out_dir=out_dir, workdir=workdir, cpu=args.cpu, priority=args.priority,
-                        microbatch=args.microbatch, quick=args.quick, seed=args.seed)
+                        microbatch=args.microbatch, quick=args.quick, seed=args.seed,
+                        max_devices=args.max_devices, testbed_prefix=args.testbed_prefix,
+                        subnets=args.subnets)
     start = time.monotonic()
     results = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick,
                "settings": {"cpu": args.cpu, "priority": args.priority,
-                            "microbatch": args.microbatch, "seed": args.seed},
+                            "microbatch": args.microbatch, "seed": args.seed,
+                            "max_devices": args.max_devices},
                "environment": _environment(), "sections": {}}
     failed = False
     from pipeedge.coordinator.testbed import problems
@@ -138,9 +144,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--microbatch", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="Tiny models, few microbatches.")
+    p.add_argument("--max-devices", type=int, default=4, choices=(2, 3, 4),
+                   help="Emulated devices per testbed: 4 for the report, 2 for a smoke run "
+                        "(every section still runs, on 1-2 stages).")
+    p.add_argument("--testbed-prefix", default="pe",
+                   help="Testbeds are named PREFIXbench and PREFIXhet (1-3 lowercase letters "
+                        "or digits, starting with a letter) [default: pe].")
+    p.add_argument("--subnets", default="10.77.10.0/23",
+                   help="Private /23 for the two testbeds' /24s [default: 10.77.10.0/23].")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     args.sections = args.sections or list(SECTIONS)
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,2}", args.testbed_prefix):
+        p.error(f"--testbed-prefix {args.testbed_prefix!r}: use 1-3 lowercase letters or digits "
+                "starting with a letter")
+    try:
+        if ipaddress.IPv4Network(args.subnets).prefixlen > 23:
+            p.error(f"--subnets {args.subnets}: need a /23 or larger (two /24s)")
+    except ValueError as exc:
+        p.error(f"--subnets: {exc}")
     return args
 
 

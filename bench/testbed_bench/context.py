@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,28 @@ class Settings:
     microbatch: int = 2
     quick: bool = False           # tiny models, few microbatches: checks the report end to end
     seed: int = 0
+    max_devices: int = 4          # emulated devices per testbed (2: the CI smoke run)
+    testbed_prefix: str = "pe"    # testbeds are PREFIXbench and PREFIXhet (namespaces, cgroups)
+    subnets: str = "10.77.10.0/23"  # first /24 for the equal devices, second for PREFIXhet
+
+    def __post_init__(self) -> None:
+        if self.max_devices < 2:
+            raise ValueError(f"max_devices must be at least 2, got {self.max_devices}")
+        net = ipaddress.IPv4Network(self.subnets)
+        if net.prefixlen > 23:
+            raise ValueError(f"subnets must be a /23 or larger (two /24s), got {net}")
+
+    def testbed_name(self, role: str) -> str:
+        """Testbed prefix for `role` ('bench': equal devices, 'het': heterogeneous)."""
+        return f"{self.testbed_prefix}{role}"
+
+    def subnet(self, index: int) -> str:
+        """The index-th /24 of `subnets`: 0 for the equal devices, 1 for the heterogeneous."""
+        return str(list(ipaddress.IPv4Network(self.subnets).subnets(new_prefix=24))[index])
+
+    def stages(self, wanted: tuple[int, ...]) -> tuple[int, ...]:
+        """The stage counts of `wanted` that fit on `max_devices` devices."""
+        return tuple(n for n in wanted if n <= self.max_devices)
 
     @property
     def vit(self) -> str:
@@ -71,9 +94,11 @@ class Testbeds:
         self._up.clear()
 
 
-def equal_devices(settings: Settings, count: int = 4) -> dict:
-    """Testbed A: `count` identical CPU-capped devices on fast links."""
-    return {"name": "pebench", "subnet": "10.77.10.0/24", "cpu_priority": settings.priority,
+def equal_devices(settings: Settings, count: int | None = None) -> dict:
+    """Testbed A: `count` (default: max_devices) identical CPU-capped devices on fast links."""
+    count = min(count or settings.max_devices, settings.max_devices)
+    return {"name": settings.testbed_name("bench"), "subnet": settings.subnet(0),
+            "cpu_priority": settings.priority,
             "device_types": {"edge": {"cpu": settings.cpu, "mem_mb": 2048, "bw_mbps": 1000}},
             "devices": [{"type": "edge", "count": count}],
             "deployment": {"weights": f"random:{settings.seed}",

@@ -85,7 +85,11 @@ def _hetero(plt, result):
     ax.axhline(rows[0]["items_per_s"], color="k", linestyle="--", linewidth=0.8,
                label="even split (baseline)")
     ax.set_xticks(list(xs), [r["split"] for r in rows])
-    ax.set(ylabel="items/s (steady state)", title=f"2 fast + 2 slow, {_short(result['model'])}")
+    kinds = [d.get("type") for d in result["testbed"]["devices"]
+             for _ in range(int(d.get("count", 1)))]
+    ax.set(ylabel="items/s (steady state)",
+           title=f"{kinds.count('fast')} fast + {kinds.count('slow')} slow, "
+                 f"{_short(result['model'])}")
     ax.legend(fontsize=8)
     return fig
 

@@ -2,7 +2,8 @@
 you get without a scheduler) vs memory-proportional split vs the scheduler's plan.
 
 The slow devices have more memory than the fast ones (an old laptop next to a new board), so
-splitting by memory is not the same as splitting by speed.
+splitting by memory is not the same as splitting by speed. With --max-devices 2 (the smoke
+run) it is 1 fast + slow1, with slow1's slow link.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ TITLE = "Heterogeneous devices"
 
 
 def testbed_doc(settings: Settings) -> dict:
-    return {"name": "pehet", "subnet": "10.77.11.0/24", "cpu_priority": settings.priority,
+    total = min(4, settings.max_devices)
+    fast = total // 2
+    slow = [{"type": "slow", "name": "slow0"}] if total - fast > 1 else []
+    return {"name": settings.testbed_name("het"), "subnet": settings.subnet(1),
+            "cpu_priority": settings.priority,
             "device_types": {"fast": {"cpu": 0.5, "mem_mb": 1024, "bw_mbps": 1000},
                              "slow": {"cpu": 0.25, "mem_mb": 1536, "bw_mbps": 100}},
-            "devices": [{"type": "fast", "count": 2}, {"type": "slow", "name": "slow0"},
+            "devices": [{"type": "fast", "count": fast}, *slow,
                         {"type": "slow", "name": "slow1", "bw_mbps": 20}],
             "deployment": {"weights": f"random:{settings.seed}",
                            "microbatch": settings.microbatch}}

@@ -1,8 +1,8 @@
 """(2) Predictions: measured throughput / the scheduler's predicted throughput.
 
 Profiles are taken on the emulated devices themselves (under their CPU caps), links come from
-the testbed's exact caps, the scheduler plans 1, 2 and 4 devices, and each plan is deployed and
-measured. A ratio of 1 is a perfect prediction; the even split measured by the scaling section
+the testbed's exact caps, the scheduler plans 1, 2 and 4 devices (those within --max-devices),
+and each plan is deployed and measured. A ratio of 1 is a perfect prediction; the even split measured by the scaling section
 in this run is shown beside it as the reference.
 """
 
@@ -34,7 +34,7 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
                     microbatch=settings.microbatch)
     inputs = inputs_for(model, settings.microbatch, settings.seed)
     rows = []
-    for n in STAGES:
+    for n in settings.stages(STAGES):
         p = planner.plan(tb, sched_dir, f"pred-{n}", model, names[:n],
                          weights=f"random:{settings.seed}", microbatch=settings.microbatch)
         pipeline = deploy_file(p.hosts_file)

@@ -1,4 +1,5 @@
 """(1) Scaling: throughput on 1, 2 and 4 equal CPU-capped devices; baseline = 1 device.
+(With --max-devices 2, the smoke run: 1 and 2.)
 
 Even block-aligned splits on identical devices: when compute-bound, N devices should give
 close to N times one device. Each stage's delivered CPU is recorded, because on a small host
@@ -31,7 +32,7 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
         info = models.model_info(model)
         inputs = inputs_for(model, settings.microbatch, settings.seed)
         base = None
-        for n in STAGES:
+        for n in settings.stages(STAGES):
             partition = partitions.even(info.num_layers, n)
             hosts = hosts_for(tb, settings.workdir, f"scaling-{n}", names[:n], model=model,
                               partition=partition)

@@ -1,5 +1,6 @@
-"""(5) Transport: latency of one small request (tiny model, batch 1) through 1 vs 4 stages, on
-the testbed and, as the baseline, on plain loopback processes without caps.
+"""(5) Transport: latency of one small request (tiny model, batch 1) through 1 vs 4 stages (2
+with --max-devices 2), on the testbed and, as the baseline, on plain loopback processes without
+caps.
 
 Requests go one at a time, so each latency is a full trip through every stage and back; the
 difference between 4 and 1 stages over 3 is the cost of one extra hop. The devices' CPU caps
@@ -21,15 +22,23 @@ from testbed_bench.measure import sequential_latencies
 log = logging.getLogger(__name__)
 
 TITLE = "Transport latency"
-PARTITIONS = {1: "1,12", 4: "1,3,4,6,7,9,10,12"}  # tiny-vit has 12 layers
+PARTITIONS = {1: "1,12", 2: "1,6,7,12", 4: "1,3,4,6,7,9,10,12"}  # tiny-vit has 12 layers
+
+
+def _partitions(settings: Settings) -> dict[int, str]:
+    """1 stage and the most stages that fit (4, or 2 with --max-devices 2)."""
+    most = max(n for n in PARTITIONS if n <= settings.max_devices)
+    return {n: PARTITIONS[n] for n in (1, most)}
 
 
 def run(settings: Settings, testbeds: Testbeds) -> dict:
     requests = 10 if settings.quick else 40
     inputs = inputs_for(TINY_VIT, 1, settings.seed)
     rows = []
-    with LocalCluster(4, threads=1, workdir=_fresh(settings, "loopback")) as cluster:
-        for n, partition in PARTITIONS.items():
+    parts = _partitions(settings)
+    most = max(parts)
+    with LocalCluster(most, threads=1, workdir=_fresh(settings, "loopback")) as cluster:
+        for n, partition in parts.items():
             hosts = cluster.hosts_file(TINY_VIT, partition=partition, microbatch=1,
                                        path=cluster.workdir / f"hosts-{n}.yml")
             rows.append(_measure("loopback", n, partition, hosts, inputs, requests))
@@ -39,7 +48,7 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
     try:
         for name in names:
             tb.set_cpu(name, 0)
-        for n, partition in PARTITIONS.items():
+        for n, partition in parts.items():
             hosts = hosts_for(tb, settings.workdir, f"transport-{n}", names[:n],
                               model=TINY_VIT, partition=partition, microbatch=1)
             rows.append(_measure("testbed", n, partition, hosts, inputs, requests))
@@ -47,9 +56,9 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
         for name in names:
             tb.set_cpu(name, doc["device_types"]["edge"]["cpu"])
     for where in ("loopback", "testbed"):
-        one, four = (r for r in rows if r["where"] == where)
-        for r in (one, four):
-            r["per_extra_hop_ms"] = (four["p50_ms"] - one["p50_ms"]) / 3
+        one, many = (r for r in rows if r["where"] == where)
+        for r in (one, many):
+            r["per_extra_hop_ms"] = (many["p50_ms"] - one["p50_ms"]) / (most - 1)
     return {"title": TITLE, "testbed": doc, "rows": rows, "model": TINY_VIT,
             "baseline": "1 stage; and the same requests on loopback processes (no namespaces, "
                         "bridge or tc)", "note": "CPU caps lifted; link caps 1000 Mbps"}
