@@ -2,8 +2,8 @@
 
 Profiles are taken on the emulated devices themselves (under their CPU caps), links come from
 the testbed's exact caps, the scheduler plans 1, 2 and 4 devices (those within --max-devices),
-and each plan is deployed and measured. A ratio of 1 is a perfect prediction; the even split measured by the scaling section
-in this run is shown beside it as the reference.
+and each plan is deployed and measured. A ratio of 1 is a perfect prediction; the even split
+measured by the scaling section in this run is shown beside it as the reference.
 """
 
 from __future__ import annotations
