@@ -3,6 +3,10 @@
 Each layer is built alone as a one-layer shard (seeded random weights: timing does not depend
 on the values) through the same backend factory that serves assignments, so an ONNX device is
 profiled with ONNX. Layers run in order on real activations; only one layer is in memory at once.
+
+Decoders, when the request sets ``decode_context``, are also timed the way generation spends its
+time: one new token per sequence against a cache of that many tokens (random context; the cost
+does not depend on the values), reported per layer as ``step_time_s``.
 """
 
 from __future__ import annotations
@@ -55,12 +59,17 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
                 start = time.perf_counter()
                 outputs = backend.run(tensors)
                 times.append(time.perf_counter() - start)
+            step = _decode_step(backend, info, req, batch, repeats)
             event = pb.ProfileEvent(layer=layer, layers=info.num_layers,
                                     time_s=statistics.median(times),
                                     mem_mb=backend.parameter_bytes / 2**20,
                                     parameters_out=_elements_per_item(outputs, batch),
                                     done=layer == info.num_layers,
                                     memory_capacity_mb=capacity, device=label)
+            if step is not None:
+                event.step_time_s = step.step_s
+                event.step_parameters_out = _elements_per_item(step.outputs, batch)
+                event.step_context = _step_context(info, req)
             if layer == 1:
                 event.parameters_in = sum(t.numel() for t in tensors.values()) // batch
             backend.close()
@@ -70,6 +79,25 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
             yield event
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _step_context(info, req: pb.ProfileRequest) -> int:
+    # One position must stay free for the step itself.
+    return min(req.decode_context, int(info.config.get("max_position_embeddings", 2048)) - 1)
+
+
+def _decode_step(backend, info, req: pb.ProfileRequest, batch: int, repeats: int):
+    """This one-layer shard's decode-step timing, or None (not asked, or not a decoder)."""
+    module = getattr(backend, "module", None)
+    if not req.decode_context or not info.is_decoder or \
+            not isinstance(module, models.DecoderShard):
+        return None
+    from pipeedge.stage_server.backends.torch_backend import compute_dtype
+    from pipeedge.stage_server.sessions import time_decode_step
+
+    return time_decode_step(module, context_len=_step_context(info, req), batch=batch,
+                            repeats=repeats, warmup=1, dtype=compute_dtype(pb.AssignRequest(
+                                dtype=req.dtype)), device=backend.device)
 
 
 def _elements_per_item(tensors: dict[str, torch.Tensor], batch: int) -> int:

@@ -216,11 +216,9 @@ def profile_decode(model_name: str, first_layer: int, last_layer: int, *,
     then single-token decode steps against that cache (seeded random weights).
 
     Returns ``prefill_s`` (one prefill), ``step_s`` (median decode step), ``kv_bytes`` (cache
-    of one session after the prefill, capacity included). The Profile rpc reports the prefill
-    cost per layer; this adds the per-token cost a scheduler needs for decode-heavy loads.
+    of one session after the prefill, capacity included). The Profile rpc reports the same
+    per-layer step cost (``decode_context``) for the scheduler's decode-step plans.
     """
-    import statistics
-
     from pipeedge import models
 
     info = models.model_info(model_name, config_json)
@@ -229,27 +227,51 @@ def profile_decode(model_name: str, first_layer: int, last_layer: int, *,
     shard = models.build_shard(info, first_layer, last_layer,
                                models.load_shard_state(info, first_layer, last_layer, 0),
                                dtype=dtype).to(device)
-    specs = shard.input_spec()
+    with torch.inference_mode():
+        shard(_decode_inputs(shard, batch, context_len, dtype, device))  # warm-up
+    timing = time_decode_step(shard, context_len=context_len, batch=batch, repeats=repeats,
+                              dtype=dtype, device=device)
+    return {"prefill_s": timing.prefill_s, "step_s": timing.step_s,
+            "kv_bytes": float(timing.kv_bytes)}
 
-    def make(tokens: int) -> dict[str, torch.Tensor]:
-        if shard.is_first:
-            return {"input_ids": torch.randint(3, 200, (batch, tokens), device=device)}
-        return {s.name: torch.randn(batch, tokens, s.shape[2], device=device, dtype=dtype)
-                for s in specs}
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    prefill_s: float                  # one prefill of the context (untimed warm-up excluded)
+    step_s: float                     # median single-token step against the cached context
+    kv_bytes: int                     # cache of the session after the prefill
+    outputs: dict[str, torch.Tensor]  # what one step sends on (sizes a cut after the shard)
+
+
+def time_decode_step(shard, *, context_len: int, batch: int = 1, repeats: int = 5,
+                     warmup: int = 1, dtype: torch.dtype = torch.float32,
+                     device: str | torch.device = "cpu") -> DecodeTiming:
+    """Prefill a fresh cache of ``shard`` (a DecoderShard) with ``context_len`` random tokens,
+    then time ``warmup`` + ``repeats`` single-token steps, each against exactly that context."""
+    import statistics
 
     with torch.inference_mode():
-        shard(make(context_len))  # warm-up
         cache = shard.new_cache()
         start = time.perf_counter()
-        shard(make(context_len), cache=cache)
+        shard(_decode_inputs(shard, batch, context_len, dtype, device), cache=cache)
         prefill = time.perf_counter() - start
-        steps = []
+        kv_bytes = cache.nbytes
         base = cache.length
-        for _ in range(repeats + 1):
+        steps = []
+        for _ in range(warmup + repeats):
             cache.truncate(base)  # every step sees the same context length
-            x = make(1)
+            x = _decode_inputs(shard, batch, 1, dtype, device)
             start = time.perf_counter()
-            shard(x, cache=cache)
+            outputs = shard(x, cache=cache)
             steps.append(time.perf_counter() - start)
-    return {"prefill_s": prefill, "step_s": statistics.median(steps[1:]),
-            "kv_bytes": float(cache.nbytes)}
+        cache.clear()
+    return DecodeTiming(prefill, statistics.median(steps[warmup:]), kv_bytes, outputs)
+
+
+def _decode_inputs(shard, batch: int, tokens: int, dtype: torch.dtype,
+                   device) -> dict[str, torch.Tensor]:
+    """Random inputs of a decoder shard: token ids for the first, hidden states otherwise."""
+    if shard.is_first:
+        return {"input_ids": torch.randint(3, 200, (batch, tokens), device=device)}
+    return {s.name: torch.randn(batch, tokens, s.shape[2], device=device, dtype=dtype)
+            for s in shard.input_spec()}
