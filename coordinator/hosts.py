@@ -68,11 +68,20 @@ class Deployment:
     encoding: str = "raw"
     pipeline_file: str = "pipeline.json"
     scheduler_dir: str = ""      # where models.yml etc. live; "" = beside hosts.yml
+    # Decoders: the generation load planning sizes KV caches for (and profiles decode steps
+    # at): concurrent sequences, and tokens per sequence (prompt + generated). 0 = default:
+    # 1 sequence, the model's maximum positions (see `generation_load`).
+    sessions: int = 0
+    context: int = 0
     source: Path = field(default=Path("hosts.yml"), compare=False)
     # `tls:` / `token:` (README "Security"): the coordinator's credentials for control calls, and
     # the client credentials deploy records in the pipeline file for SDK clients.
     security: Security | None = field(default=None, compare=False)
     client_security: Security | None = field(default=None, compare=False)
+
+    def generation_load(self, info) -> tuple[int, int]:
+        """(sessions, context tokens) for this decoder `info`, defaults filled in."""
+        return self.sessions or 1, self.context or _max_positions(info)
 
     def ordered_hosts(self) -> list[Host]:
         if not self.order:
@@ -105,6 +114,43 @@ def _weights(kind: str, path: str, seed: int) -> Weights:
     if kind != "random" and not path:
         raise HostsFileError(f"weights '{kind}' needs a path, e.g. {kind}:/models/vit-base")
     return Weights(kind, path, seed)
+
+
+def _max_positions(info) -> int:
+    return int(info.config.get("max_position_embeddings", 2048))
+
+
+def _positive_int(data: dict, key: str, path: Path, example: str) -> int:
+    value = data.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HostsFileError(f"{path}: {key} must be a positive whole number, e.g. "
+                             f"'{key}: {example}', got {value!r}")
+    return value
+
+
+def parse_generation_load(data: dict, path: Path) -> dict[str, int]:
+    """`sessions:` and `context:` (decoder models only): positive, context within the model."""
+    load = {"sessions": _positive_int(data, "sessions", path, "4"),
+            "context": _positive_int(data, "context", path, "512")}
+    if not any(load.values()):
+        return load
+    from pipeedge import models
+
+    try:
+        info = models.model_info(str(data["model"]))
+    except (KeyError, ValueError):
+        return load  # an unknown model is reported where it is used, with the known names
+    if not info.is_decoder:
+        given = " and ".join(f"'{k}'" for k, v in load.items() if v)
+        raise HostsFileError(f"{path}: {given} size the KV cache of text generation, but "
+                             f"{info.name} is not a decoder model; remove them")
+    if load["context"] > _max_positions(info):
+        raise HostsFileError(f"{path}: context {load['context']} is over {info.name}'s "
+                             f"{_max_positions(info)} positions; use at most "
+                             f"{_max_positions(info)}")
+    return load
 
 
 _TLS_KEYS = {"dir", "ca", "cert", "key", "client_cert", "client_key", "server_name"}
@@ -192,6 +238,7 @@ def load_deployment(path: str | Path, *, with_security: bool = True, **overrides
         encoding=str(data.get("encoding", "raw")),
         pipeline_file=str(data.get("pipeline_file", "pipeline.json")),
         scheduler_dir=str(data.get("scheduler_dir", "")), source=path,
+        **parse_generation_load(data, path),
         **(parse_security(data.get("tls"), data.get("token"), path) if with_security else {}))
     if with_security:
         # This process now acts for this deployment: every control channel it opens without

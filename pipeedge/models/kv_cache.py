@@ -100,6 +100,17 @@ class KVCache:
         self.length = 0
 
 
+def cache_capacity(tokens: int, max_length: int | None = None, *,
+                   chunk: int = DEFAULT_CHUNK) -> int:
+    """Token slots a KVCache holds once a session reaches ``tokens`` tokens: buffers grow in
+    doubling chunks (``KVCache._grow``), capped at the model's ``max_length``. Size memory with
+    this, not ``tokens``: 300 tokens occupy 512 slots."""
+    capacity = chunk
+    while capacity < tokens:
+        capacity *= 2
+    return max(tokens, min(capacity, max_length)) if max_length is not None else capacity
+
+
 def kv_heads_and_dim(info: ModelInfo) -> tuple[int, int]:
     """(key/value heads, head dim) of a decoder's attention."""
     c = info.config
