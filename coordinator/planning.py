@@ -3,6 +3,12 @@
 The scheduler reads the seed's files (models.yml, device_types.yml, devices.yml, and links.yml
 when measured) from the deployment's scheduler directory; `pipeedge-coord profile` and
 `measure-links` write them there.
+
+Decoders are planned for generation: each layer's memory includes its KV cache for hosts.yml's
+`sessions` x `context` (as the stages allocate it), and, where profiled, the layer times and
+cut sizes are those of one decode step (`step_time_s` in a device type's model_profiles run,
+`step_parameters_in`/`step_parameters_out` in models.yml: keys the seed's tools ignore), since
+decode steps, not the prefill, dominate generation time.
 """
 
 from __future__ import annotations
@@ -91,14 +97,79 @@ def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
     if missing:
         log.warning("hosts %s have no profile in %s; they are left out (run "
                     "`pipeedge-coord profile`)", missing, folder)
-    result = scheduler.schedule(model=inputs.model, devices=devices,
-                                links=_on_the_wire(dep, devices, by_name, inputs.links),
-                                batch_size=dep.microbatch, dtype=f"torch.{dep.dtype}")
+    model, notes = inputs.model, ()
+    info = models.model_info(dep.model)
+    if info.is_decoder:
+        model, devices, notes = _for_generation(dep, info, model, devices, folder)
+    try:
+        result = scheduler.schedule(model=model, devices=devices,
+                                    links=_on_the_wire(dep, devices, by_name, inputs.links),
+                                    batch_size=dep.microbatch, dtype=f"torch.{dep.dtype}")
+    except scheduler.SchedulingError as exc:
+        if not notes:
+            raise
+        raise scheduler.SchedulingError(f"{exc} (that includes a {notes[0]}; lower "
+                                        "sessions: or context: in hosts.yml)") from None
     stages = [PlannedStage(by_name[s.host], LayerRange(s.first_layer, s.last_layer))
               for s in result.stages]
     how = "scheduler (exact optimum)" if result.exact else \
         f"scheduler (heuristic, within {result.gap:.1%} of optimal)"
-    return Plan(stages, how, result)
+    return Plan(stages, ", ".join((how, *notes)), result)
+
+
+def _for_generation(dep: Deployment, info, model, devices, folder: Path):
+    """A decoder's scheduler inputs for generation: KV cache added to each layer's memory, and
+    decode-step times and cut sizes when every device type has them; with notes for the plan
+    (the KV cache added, which times were used)."""
+    from pipeedge.models.kv_cache import cache_capacity
+
+    sessions, context = dep.generation_load(info)
+    positions = int(info.config.get("max_position_embeddings", 2048))
+    slots = cache_capacity(context, positions)
+    kv = models.kv_cache_bytes_per_layer(info, sessions=sessions, context_len=slots,
+                                         dtype=getattr(torch, dep.dtype))
+    model = replace(model, mem_MB=tuple(m + b / 2**20 for m, b in zip(model.mem_MB, kv)))
+    what = f"KV cache of {sum(kv) / 2**20:.1f} MB for {sessions} session(s) x {context} tokens"
+    steps = _step_profiles(dep, model, {d.device_type for d in devices}, folder)
+    if steps is None:
+        log.info("%s: no decode-step profile in %s for every device type; planning with prefill "
+                 "times (run `pipeedge-coord profile` again for decode-step costs)", dep.model,
+                 folder)
+        return model, devices, (what, "prefill times")
+    times, params_in, params_out, profiled = steps
+    if profiled - {min(context, positions - 1)}:  # the profiler keeps one position free
+        log.info("%s: decode steps were profiled against %s cached tokens, hosts.yml's context "
+                 "is %d (`pipeedge-coord profile` again to match)", dep.model, sorted(profiled),
+                 context)
+    model = replace(model, parameters_in=params_in, parameters_out=params_out)
+    devices = [replace(d, time_s=times[d.device_type]) for d in devices]
+    return model, devices, (what, "decode-step times")
+
+
+def _step_profiles(dep: Deployment, model, types: set[str], folder: Path):
+    """Decode-step (times per device type, parameters_in, parameters_out, contexts profiled) from
+    the scheduler files, or None unless models.yml and every device type in `types` have them
+    for this batch size and dtype (the seed's rule: the last matching run)."""
+    import yaml
+
+    entry = (yaml.safe_load((folder / "models.yml").read_text()) or {}).get(dep.model) or {}
+    params_out = entry.get("step_parameters_out")
+    if not params_out or len(params_out) != model.layers:
+        return None
+    doc = yaml.safe_load((folder / "device_types.yml").read_text()) or {}
+    times, contexts = {}, set()
+    for name in types:
+        runs = ((doc.get(name) or {}).get("model_profiles") or {}).get(dep.model) or []
+        match = [r for r in runs if isinstance(r, dict) and r.get("batch_size") == dep.microbatch
+                 and str(r.get("dtype")) == f"torch.{dep.dtype}"]
+        step = match[-1].get("step_time_s") if match else None
+        if not step or len(step) != model.layers:
+            return None
+        times[name] = tuple(float(t) for t in step)
+        if match[-1].get("step_context"):
+            contexts.add(int(match[-1]["step_context"]))
+    return (times, int(entry.get("step_parameters_in", 1)),
+            tuple(int(p) for p in params_out), contexts)
 
 
 def _on_the_wire(dep: Deployment, devices, hosts: dict[str, Host], links):

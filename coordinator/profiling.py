@@ -1,5 +1,9 @@
 """`pipeedge-coord profile`: profile each device type on its own hardware, in parallel, and
 write the scheduler's inputs in the seed's formats (models.yml, device_types.yml, devices.yml).
+
+Decoders are also timed per decode step (one token against hosts.yml's `context`); those go in
+keys the seed's tools ignore: `step_time_s` and `step_context` beside `time_s` in the device
+type's run, `step_parameters_in` and `step_parameters_out` in the models.yml entry.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import grpc
 import yaml
 from tqdm import tqdm
 
+from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.deploy import BACKENDS, DTYPES
 from pipeedge.coordinator.hosts import Deployment, Host
@@ -33,6 +38,10 @@ class LayerProfile:
     parameters_out: tuple[int, ...]
     parameters_in: int
     memory_capacity_mb: float
+    # Decoders (empty/0 when not measured: another model, or a stage without decode profiling)
+    step_time_s: tuple[float, ...] = ()
+    step_parameters_out: tuple[int, ...] = ()
+    step_context: int = 0
 
 
 def device_type(host: Host) -> str:
@@ -53,6 +62,8 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
                   progress: bool = True) -> list[LayerProfile]:
     """Profile `hosts` in parallel, one progress bar per host."""
     results: list[LayerProfile | Exception | None] = [None] * len(hosts)
+    info = models.model_info(dep.model)
+    decode_context = dep.generation_load(info)[1] if info.is_decoder else 0
 
     def work(i: int, host: Host) -> None:
         ctl = StageControl(host.name, host.address)
@@ -61,7 +72,8 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
         try:
             ctl.check_serving()
             req = pb.ProfileRequest(model_name=dep.model, dtype=DTYPES[dtype], batch_size=batch,
-                                    backend=BACKENDS[host.backend or dep.backend])
+                                    backend=BACKENDS[host.backend or dep.backend],
+                                    decode_context=decode_context)
             events = []
             for event in ctl.stub.Profile(req, timeout=3600):
                 bar.total = event.layers
@@ -70,7 +82,8 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
             results[i] = LayerProfile(
                 host, tuple(e.time_s for e in events), tuple(e.mem_mb for e in events),
                 tuple(e.parameters_out for e in events), events[0].parameters_in,
-                events[0].memory_capacity_mb)
+                events[0].memory_capacity_mb,
+                *_steps(events))
         except grpc.RpcError as exc:
             results[i] = RuntimeError(f"profiling on {host.name} failed: {exc.details()}")
         except Exception as exc:
@@ -90,6 +103,13 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
     return [r for r in results if r is not None]
 
 
+def _steps(events) -> tuple[tuple[float, ...], tuple[int, ...], int]:
+    if not all(e.step_time_s > 0 for e in events):  # not asked, or a server without it
+        return (), (), 0
+    return (tuple(e.step_time_s for e in events), tuple(e.step_parameters_out for e in events),
+            events[0].step_context)
+
+
 def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir: Path, *,
                           batch: int, dtype: str) -> dict[str, Path]:
     """Merge measurements into models.yml / device_types.yml and write devices.yml."""
@@ -101,6 +121,9 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
     models_doc[dep.model] = {"layers": len(first.time_s), "mem_MB": list(first.mem_mb),
                              "parameters_in": first.parameters_in,
                              "parameters_out": list(first.parameters_out)}
+    if first.step_parameters_out:  # one decode step: one token id per sequence in
+        models_doc[dep.model].update(step_parameters_in=1,
+                                     step_parameters_out=list(first.step_parameters_out))
     by_type: dict[str, list[LayerProfile]] = {}
     for p in profiles:
         by_type.setdefault(device_type(p.host), []).append(p)
@@ -116,7 +139,12 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
                 if not (r.get("batch_size") == batch and r.get("dtype") == dtype_key)]
         # Several hosts of one type: average them, layer by layer.
         times = [sum(p.time_s[i] for p in group) / len(group) for i in range(len(first.time_s))]
-        runs.append({"batch_size": batch, "dtype": dtype_key, "time_s": times})
+        run = {"batch_size": batch, "dtype": dtype_key, "time_s": times}
+        if first.step_parameters_out and all(p.step_time_s for p in group):
+            run["step_time_s"] = [sum(p.step_time_s[i] for p in group) / len(group)
+                                  for i in range(len(first.time_s))]
+            run["step_context"] = group[0].step_context
+        runs.append(run)
         profiles_doc[dep.model] = runs
     devices_doc: dict[str, list[str]] = {}
     for h in dep.hosts:
