@@ -2,8 +2,9 @@
 
 Failover: when the pipeline source can move (the coordinator's control plane, or the pipeline
 file it rewrites), a request that fails because a stage died is resent, with the same request
-id, to the new pipeline once the coordinator has re-planned. Results are matched by request id,
-so none is delivered twice.
+id, to the new pipeline once the coordinator has re-planned. A hung entry stage breaks no call, so
+a call without a result for a second asks whether a newer pipeline is out, and moves if so.
+Results are matched by request id, so none is delivered twice.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ from pipeedge.security import Security, client_security
 log = logging.getLogger(__name__)
 
 _DONE = object()
+_MOVED = object()
 # Failures that a new pipeline can cure: a dead or reassigned stage, or one not yet redeployed.
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
               grpc.StatusCode.CANCELLED)
+# A hung entry stage (alive connection, no answers) never breaks the call: after this long
+# without a result the client asks whether the coordinator has re-planned, and if so moves.
+_STALL_CHECK_S = 1.0
 
 
 class PipelineClient:
@@ -95,6 +100,24 @@ class PipelineClient:
         self._count += 1
         return f"{self._prefix}-{self._count}"
 
+    def _moved(self) -> bool:
+        """True if a newer pipeline is published (asked when a call went quiet; no wait)."""
+        try:
+            return self._source.entry()[1] > self.version
+        except Exception:  # noqa: BLE001 - no coordinator or pipeline file now: keep waiting
+            return False
+
+    def _call_infer(self, frame: pb.Frame, timeout: float) -> pb.Frame | None:
+        """One Infer call; None if the pipeline moved while it went unanswered."""
+        call = self._stub.Infer.future(frame, timeout=timeout)
+        while True:
+            try:
+                return call.result(timeout=_STALL_CHECK_S)
+            except grpc.FutureTimeoutError:
+                if self._moved():
+                    call.cancel()
+                    return None
+
     def _failover(self) -> bool:
         """Wait for a newer pipeline and connect to it; False if none came."""
         newer = self._source.wait_newer(self.version, self.recovery_timeout_s)
@@ -115,11 +138,16 @@ class PipelineClient:
         failed_at = None
         for attempt in range(self.max_retries + 1):
             try:
-                result = self._stub.Infer(frame, timeout=timeout)
+                result = self._call_infer(frame, timeout)
             except grpc.RpcError as exc:
-                error = rpc_error(exc, request_id)
                 if exc.code() not in _RETRYABLE or attempt == self.max_retries:
-                    raise error from None
+                    raise rpc_error(exc, request_id) from None
+                result = None
+            if result is None:  # a stage failed, or hung while the coordinator re-planned
+                if attempt == self.max_retries:
+                    raise StageUnavailableError(
+                        f"request {request_id} failed {attempt + 1} times; the pipeline at "
+                        f"{self.address} keeps failing", request_id=request_id)
                 failed_at = failed_at or time.monotonic()
                 if not self._failover():
                     time.sleep(0.2 * (attempt + 1))
@@ -191,13 +219,10 @@ class _Stream:
                 with self.cond:
                     if self.exhausted and not self.pending:
                         return
-                try:
-                    item = inbox.get(timeout=self.timeout)
-                except queue.Empty:
-                    raise DeadlineExceededError(
-                        f"no result from {self.client.address} within {self.timeout:.0f}s; a "
-                        "stage may be stalled (check `pipeedge-coord status`)") from None
-                if isinstance(item, pb.Frame):
+                item = self._next(inbox)
+                if item is _MOVED:  # the entry hung and the coordinator re-planned around it
+                    broken = True
+                elif isinstance(item, pb.Frame):
                     broken = self._accept(item)
                 else:  # the stream ended or broke
                     with self.cond:
@@ -221,6 +246,22 @@ class _Stream:
                 _restamp(self.pending[rid], self.timeout)
             if not self.client._failover():
                 time.sleep(0.2)
+
+    def _next(self, inbox: queue.Queue):
+        """The next result, stream end or error; _MOVED if none came while a newer pipeline
+        was published (a hung stage never breaks the stream by itself)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceededError(
+                    f"no result from {self.client.address} within {self.timeout:.0f}s; a "
+                    "stage may be stalled (check `pipeedge-coord status`)")
+            try:
+                return inbox.get(timeout=min(left, _STALL_CHECK_S))
+            except queue.Empty:
+                if self.client._moved():
+                    return _MOVED
 
     def _accept(self, frame: pb.Frame) -> bool:
         """Take one result; True if it shows the pipeline broke (resend and re-open)."""
