@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 
 from pipeedge import models
@@ -120,3 +121,86 @@ def test_sigterm_reports_not_serving_and_finishes_what_it_holds(cluster_factory)
     assert status in (None, health_pb2.HealthCheckResponse.NOT_SERVING)
     assert cluster.stages[0].process.wait(timeout=20) == 0
     channel.close()
+
+
+@pytest.mark.parametrize("hung", [1, 0], ids=["middle", "entry"])
+def test_hung_stage_is_routed_around(cluster_factory, capsys, hung):
+    """Issue 6: a stage that keeps its TCP connections but stops answering (SIGSTOP) is found by
+    the deadline-bound health checks and re-planned around; the stream loses nothing. A hung
+    middle stage breaks the stream when its upstream is reassigned; a hung entry never breaks
+    it, so the client must notice the new pipeline by itself."""
+    import os
+    import signal
+
+    cluster = cluster_factory(3)
+    dep = load_deployment(cluster.hosts_file(MODEL, partition="1,4,5,8,9,12", microbatch=2))
+    plane = ControlPlane(dep, pipeline_path=cluster.workdir / "pipeline.json",
+                         check_interval_s=0.2, check_timeout_s=0.5)
+    plane.deploy()
+    plane.start_watching()
+    server, port = start_server(plane, "127.0.0.1:0")
+    info = models.model_info(MODEL)
+    full = models.build_shard(info, 1, info.num_layers,
+                              models.load_shard_state(info, 1, info.num_layers, 0))
+    inputs = [models.example_inputs(info, 2, seed=i) for i in range(200)]
+    with torch.inference_mode():
+        expected = [full(x)["logits"] for x in inputs]
+
+    pid = cluster.stages[hung].process.pid
+    name = f"stage{hung}"
+    times: dict[str, float] = {}
+
+    def hang():
+        os.kill(pid, signal.SIGSTOP)  # alive sockets, no answers: neither Check nor Forward
+        times["stopped"] = time.monotonic()
+        deadline = time.monotonic() + 30
+        while plane.version < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        times["replanned"] = time.monotonic()
+
+    def feed():
+        for i, x in enumerate(inputs):
+            if i == 80:  # mid-stream, with requests in flight on every stage
+                threading.Thread(target=hang, daemon=True).start()
+            yield x
+
+    results = []
+    try:
+        # The request deadline (20 s) is far above the expected recovery: a client or upstream
+        # stage that waits on the hung hop instead of failing over shows up as an error here.
+        with PipelineClient(coordinator=f"127.0.0.1:{port}", timeout_s=20) as client:
+            start = time.monotonic()
+            for out in client.infer_many(feed(), window=6):
+                results.append(out)
+                if client.version >= 2 and "recovered" not in times:
+                    times["recovered"] = time.monotonic()  # first result on the new pipeline
+            elapsed = time.monotonic() - start
+            recoveries = list(client.recoveries)
+        assert name in plane.down and plane.version == 2
+        assert [s.name for s in plane.pipeline.stages] == [
+            f"stage{i}" for i in range(3) if i != hung]
+        # The hung host is back once it answers again (it joins at the next re-plan).
+        os.kill(pid, signal.SIGCONT)
+        _wait(lambda: name not in plane.down, timeout=15)
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        cluster.kill(hung)
+        plane.stop()
+        server.stop(0)
+    assert len(results) == 200  # every request answered once, in order
+    for got, want in zip(results, expected):
+        assert (got["logits"] - want).abs().max().item() <= 1e-5
+    detect = times["replanned"] - times["stopped"]
+    recovery = times["recovered"] - times["stopped"]
+    # 2 failed checks (0.2 s apart, 0.5 s deadline each) plus a re-plan: seconds, not the
+    # 20 s request deadline.
+    assert detect < 10, f"re-plan came {detect:.1f}s after the stage hung"
+    assert recovery < 12, f"first result on the new pipeline {recovery:.1f}s after the hang"
+    assert recoveries, "the client never saw the failure"
+    with capsys.disabled():
+        print(f"\n[failover/hung {name}] 200 requests in {elapsed:.1f}s; SIGSTOP -> marked down and "
+              f"re-planned {detect:.2f}s (re-plan itself {plane.replans[-1]['seconds']:.2f}s); "
+              f"SIGSTOP -> first result on the new pipeline {recovery:.2f}s")
