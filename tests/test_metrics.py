@@ -248,6 +248,58 @@ def test_control_plane_metrics_endpoint(rapl_cluster):
 
 
 # -- without processes -----------------------------------------------------------------------------
+_FAKE_ENERGYMON = r"""
+#include <stdint.h>
+#include <string.h>
+#include <stddef.h>
+typedef struct energymon energymon;
+struct energymon {
+  int (*finit)(energymon*); uint64_t (*fread)(const energymon*); int (*ffinish)(energymon*);
+  char* (*fsource)(char*, size_t); uint64_t (*finterval)(const energymon*);
+  uint64_t (*fprecision)(const energymon*); int (*fexclusive)(void); void* state;
+};
+static uint64_t total_uj = 5000000;  /* each read: +250000 uJ, like a running counter */
+static int finished = 0;
+static int init(energymon* em) { em->state = &total_uj; return 0; }
+static uint64_t rd(const energymon* em) { return *(uint64_t*)em->state += 250000; }
+static int finish(energymon* em) { finished = 1; em->state = NULL; return 0; }
+static char* source(char* buf, size_t n) { strncpy(buf, "fake-meter", n); return buf; }
+static uint64_t interval(const energymon* em) { return 1000; }
+static int exclusive(void) { return 0; }
+int fake_finished(void) { return finished; }
+int energymon_get_default(energymon* em) {
+  em->finit = init; em->fread = rd; em->ffinish = finish; em->fsource = source;
+  em->finterval = interval; em->fprecision = interval; em->fexclusive = exclusive;
+  em->state = NULL; return 0;
+}
+"""
+
+
+def test_energymon_library_is_read_through_ctypes(tmp_path, monkeypatch):
+    """A stand-in libenergymon-default.so with energymon.h's ABI: found, read in microjoules
+    from the first reading on, named, and finished on close."""
+    import ctypes.util
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler to build the stand-in EnergyMon library")
+    src, lib = tmp_path / "fake.c", tmp_path / "libenergymon-default.so"
+    src.write_text(_FAKE_ENERGYMON)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    monkeypatch.setattr(ctypes.util, "find_library",
+                        lambda name: str(lib) if name == "energymon-default" else None)
+    meter = open_meter("energymon")
+    assert meter.source == "energymon:fake-meter"
+    assert meter.read_joules() == pytest.approx(0.25)   # one read after the baseline
+    assert meter.read_joules() == pytest.approx(0.50)
+    meter.close()
+    assert ctypes.CDLL(str(lib)).fake_finished() == 1
+    with pytest.raises(OSError, match="closed"):
+        meter.read_joules()
+
+
 def test_rapl_meter_sums_packages_and_undoes_wraparound(tmp_path):
     energy = _fake_rapl(tmp_path, energy_uj=9_000_000, max_uj=9_999_999)
     dram = tmp_path / "intel-rapl:0:1"
