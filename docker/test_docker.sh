@@ -56,10 +56,15 @@ cleanup() {
       done
     fi
     step "teardown"
+    # In parallel; wait for these only (a plain `wait` would also wait for our dockerd).
+    local pids=()
     for d in "${DEVICES[@]}"; do
-      stage_compose "$d" down -v --remove-orphans -t 15 >/dev/null 2>&1
+      stage_compose "$d" down -v --remove-orphans -t 10 >/dev/null 2>&1 &
+      pids+=($!)
     done
-    coord_compose down -v --remove-orphans >/dev/null 2>&1
+    coord_compose down -v --remove-orphans >/dev/null 2>&1 &
+    pids+=($!)
+    wait "${pids[@]}"
   fi
   if [[ -n ${DOCKER_OK:-} ]]; then
     # Only images this Dockerfile labelled: replaced builds and intermediate stages.
@@ -161,7 +166,7 @@ stage_compose() {
   PIPEEDGE_IMAGE=$IMAGE PIPEEDGE_CONTAINER_NAME=$PREFIX-$d PIPEEDGE_NAME=$d \
   PIPEEDGE_HOST=127.0.0.1 PIPEEDGE_PORT=$(port_of "$d") \
   PIPEEDGE_THREADS=1 PIPEEDGE_CPUS=1 PIPEEDGE_MEM_LIMIT=2g \
-  PIPEEDGE_HEALTH_INTERVAL=2s PIPEEDGE_LOG_FORMAT=text \
+  PIPEEDGE_HEALTH_INTERVAL=2s PIPEEDGE_LOG_FORMAT=text PIPEEDGE_GRACE=2 \
     "${COMPOSE_CMD[@]}" -p "$PREFIX-$d" -f docker/compose.stage.yml "$@"
 }
 
@@ -231,7 +236,7 @@ deploy_and_check "first deploy"
 # ------------------------------------------------------------------------ restart and crash --
 d=$PREFIX-${DEVICES[1]}
 step "docker restart $d"
-docker restart -t 15 "$d" >/dev/null
+docker restart -t 10 "$d" >/dev/null
 wait_healthy "$d"
 coord status | tee "$STATE/status.txt"
 grep -q "${DEVICES[1]}.*empty" "$STATE/status.txt" \
