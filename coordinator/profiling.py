@@ -42,6 +42,7 @@ class LayerProfile:
     step_time_s: tuple[float, ...] = ()
     step_parameters_out: tuple[int, ...] = ()
     step_context: int = 0
+    nic_mbps: float = 0.0  # the device's fastest NIC (2^20 bits/s); 0 = it could not tell
 
 
 def device_type(host: Host) -> str:
@@ -83,7 +84,7 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
                 host, tuple(e.time_s for e in events), tuple(e.mem_mb for e in events),
                 tuple(e.parameters_out for e in events), events[0].parameters_in,
                 events[0].memory_capacity_mb,
-                *_steps(events))
+                *_steps(events), nic_mbps=events[0].nic_mbps)
         except grpc.RpcError as exc:
             results[i] = RuntimeError(f"profiling on {host.name} failed: {exc.details()}")
         except Exception as exc:
@@ -132,7 +133,11 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
         host = group[0].host
         entry = types_doc.setdefault(dtype_name, {})
         entry["mem_MB"] = host.mem_mb or min(p.memory_capacity_mb for p in group)
-        entry["bw_Mbps"] = host.bw_mbps or entry.get("bw_Mbps", DEFAULT_BW_MBPS)
+        # Bandwidth: hosts.yml, else what the devices' NICs report (the slowest of the type),
+        # else what the file had, else a default. measure-links' links.yml overrides all.
+        nics = [p.nic_mbps for p in group]
+        entry["bw_Mbps"] = (host.bw_mbps or (min(nics) if all(nics) else 0)
+                            or entry.get("bw_Mbps", DEFAULT_BW_MBPS))
         profiles_doc = entry.setdefault("model_profiles", {}) or {}
         entry["model_profiles"] = profiles_doc
         runs = [r for r in profiles_doc.get(dep.model, [])

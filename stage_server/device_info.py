@@ -1,9 +1,10 @@
-"""What this device offers: usable memory (cgroup limit or RAM)."""
+"""What this device offers: usable memory (cgroup limit or RAM) and its NIC speed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+_NET = Path("/sys/class/net")
 _CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"),                    # cgroup v2
                   Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))  # cgroup v1
 
@@ -32,3 +33,28 @@ def _meminfo_total_bytes() -> int:
     import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def nic_speed_mbps(net: Path = _NET) -> float:
+    """Link speed of the fastest NIC that is up, in Mbit/s of 2^20 bits (the scheduler's unit);
+    0 when none reports one (Wi-Fi, most virtual NICs without a speed, no sysfs). Physical NICs
+    win over virtual ones (bridges, veth), which report nominal speeds. A ceiling, not a
+    measurement: `pipeedge-coord measure-links` measures what the links really carry."""
+    physical, virtual = [], []
+    try:
+        interfaces = sorted(net.iterdir())
+    except OSError:
+        return 0.0
+    for iface in interfaces:
+        if iface.name == "lo":
+            continue
+        try:
+            if (iface / "operstate").read_text().strip() not in ("up", "unknown"):
+                continue
+            speed = int((iface / "speed").read_text().strip())  # 10^6 bit/s; -1 = unknown
+        except (OSError, ValueError):
+            continue
+        if speed > 0:
+            (physical if (iface / "device").exists() else virtual).append(speed)
+    speeds = physical or virtual
+    return max(speeds) * 1e6 / 2**20 if speeds else 0.0

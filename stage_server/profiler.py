@@ -20,7 +20,7 @@ import torch
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.stage_server.backends import check_target, load_backend
-from pipeedge.stage_server.device_info import memory_capacity_mb
+from pipeedge.stage_server.device_info import memory_capacity_mb, nic_speed_mbps
 
 
 def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
@@ -41,7 +41,7 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
         torch.set_num_threads(threads)
     try:
         tensors = models.example_inputs(info, batch, seed=0)
-        capacity = memory_capacity_mb()
+        capacity, nic = memory_capacity_mb(), nic_speed_mbps()
         label = f"{device} ({torch.get_num_threads()} threads)"
         for layer in range(1, info.num_layers + 1):
             assignment = pb.AssignRequest(model_name=req.model_name,
@@ -65,7 +65,8 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
                                     mem_mb=backend.parameter_bytes / 2**20,
                                     parameters_out=_elements_per_item(outputs, batch),
                                     done=layer == info.num_layers,
-                                    memory_capacity_mb=capacity, device=label)
+                                    memory_capacity_mb=capacity, device=label,
+                                    nic_mbps=nic)
             if step is not None:
                 event.step_time_s = step.step_s
                 event.step_parameters_out = _elements_per_item(step.outputs, batch)

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from pipeedge import models
 from pipeedge.client import PipelineClient
 from pipeedge.coordinator.cli import main
+from pipeedge.coordinator.profiling import DEFAULT_BW_MBPS
+from pipeedge.stage_server.device_info import nic_speed_mbps
 
 MODEL = "pipeedge/tiny-vit"
 
@@ -36,6 +38,8 @@ def test_profile_plan_measure_links_and_auto_deploy(cluster_factory):
     types_doc = yaml.safe_load((folder / "device_types.yml").read_text())
     assert models_doc[MODEL]["layers"] == 12 and len(models_doc[MODEL]["parameters_out"]) == 12
     assert set(types_doc) == {"edge", "tiny"} and types_doc["tiny"]["mem_MB"] == 0.01
+    # Bandwidth from the device's NIC (these stages run on this machine), else the default.
+    assert types_doc["edge"]["bw_Mbps"] == (nic_speed_mbps() or DEFAULT_BW_MBPS)
     profile = types_doc["edge"]["model_profiles"][MODEL][0]
     assert profile["batch_size"] == 4 and all(t > 0 for t in profile["time_s"])
     assert "scheduler (exact optimum)" in out and "predicted" in out
@@ -107,3 +111,23 @@ def test_scheduler_costs_each_hosts_encoding_on_its_outgoing_link(tmp_path):
         assert abs(both.schedule.stages[0].transfer_s - 100_000 * 8 / (10 * 2**20)) < 1e-9
     # Adaptive is costed as raw (it sends raw whenever the link allows).
     assert len(_slow_link_setup(tmp_path, {"a": "adaptive:5", "b": "adaptive:5"}).stages) == 1
+
+
+def test_nic_speed_prefers_physical_nics_that_are_up(tmp_path):
+    def nic(name, speed, state="up", physical=True):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "operstate").write_text(state + "\n")
+        (d / "speed").write_text(f"{speed}\n")
+        if physical:
+            (d / "device").mkdir()
+
+    assert nic_speed_mbps(tmp_path) == 0.0            # nothing there
+    nic("lo", 10000, physical=False)
+    nic("veth0", 10000, physical=False)
+    assert nic_speed_mbps(tmp_path) == 10000 * 1e6 / 2**20  # only virtual ones: take them
+    nic("eth0", 100)
+    nic("eth1", 1000, state="down")
+    nic("wlan0", -1)                                  # Wi-Fi: no speed
+    assert nic_speed_mbps(tmp_path) == 100 * 1e6 / 2**20   # the physical NIC that is up
+    assert nic_speed_mbps(tmp_path / "missing") == 0.0
