@@ -18,7 +18,9 @@ from pipeedge.coordinator.hosts import load_deployment
 MODEL = "pipeedge/tiny-vit"
 
 
-def test_kill_middle_stage_during_500_requests(cluster_factory, capsys):
+def _served_three_stages(cluster_factory, requests: int):
+    """3 stages watched by a served control plane (fast checks), and `requests` inputs with the
+    unsplit model's answers."""
     cluster = cluster_factory(3)
     dep = load_deployment(cluster.hosts_file(MODEL, partition="1,4,5,8,9,12", microbatch=2))
     plane = ControlPlane(dep, pipeline_path=cluster.workdir / "pipeline.json",
@@ -29,9 +31,14 @@ def test_kill_middle_stage_during_500_requests(cluster_factory, capsys):
     info = models.model_info(MODEL)
     full = models.build_shard(info, 1, info.num_layers,
                               models.load_shard_state(info, 1, info.num_layers, 0))
-    inputs = [models.example_inputs(info, 2, seed=i) for i in range(500)]
+    inputs = [models.example_inputs(info, 2, seed=i) for i in range(requests)]
     with torch.inference_mode():
         expected = [full(x)["logits"] for x in inputs]
+    return cluster, plane, server, port, inputs, expected
+
+
+def test_kill_middle_stage_during_500_requests(cluster_factory, capsys):
+    cluster, plane, server, port, inputs, expected = _served_three_stages(cluster_factory, 500)
 
     sent = []
 
@@ -132,19 +139,7 @@ def test_hung_stage_is_routed_around(cluster_factory, capsys, hung):
     import os
     import signal
 
-    cluster = cluster_factory(3)
-    dep = load_deployment(cluster.hosts_file(MODEL, partition="1,4,5,8,9,12", microbatch=2))
-    plane = ControlPlane(dep, pipeline_path=cluster.workdir / "pipeline.json",
-                         check_interval_s=0.2, check_timeout_s=0.5)
-    plane.deploy()
-    plane.start_watching()
-    server, port = start_server(plane, "127.0.0.1:0")
-    info = models.model_info(MODEL)
-    full = models.build_shard(info, 1, info.num_layers,
-                              models.load_shard_state(info, 1, info.num_layers, 0))
-    inputs = [models.example_inputs(info, 2, seed=i) for i in range(200)]
-    with torch.inference_mode():
-        expected = [full(x)["logits"] for x in inputs]
+    cluster, plane, server, port, inputs, expected = _served_three_stages(cluster_factory, 200)
 
     pid = cluster.stages[hung].process.pid
     name = f"stage{hung}"
