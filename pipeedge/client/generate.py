@@ -12,6 +12,12 @@ already works on session B's. ``generate_many`` drives up to ``concurrency`` ses
 multiplexed stream; ``generate`` is one session. Both are safe to call from several threads at once
 (the HTTP server does).
 
+Failover: with ``coordinator=`` (or the pipeline file that ``pipeedge-coord serve`` rewrites), a
+step that fails because a stage died or hung waits for the re-planned pipeline and goes on there:
+each open session starts over on the new stages with one prefill of its prompt plus the tokens
+generated so far (the old stages' KV caches are gone), so the token stream continues where it was
+and no token is produced twice.
+
 Example:
     >>> gen = TextGenerator(pipeline_file="pipeline.json")            # doctest: +SKIP
     >>> for ev in gen.generate("Once upon a time", max_new_tokens=32):
@@ -38,8 +44,9 @@ import torch
 from pipeedge import channels, codec, models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
-from pipeedge.client.frames import result_tensors, rpc_error
-from pipeedge.errors import DeadlineExceededError, StageUnavailableError
+from pipeedge.client.discovery import make_source
+from pipeedge.client.frames import RETRYABLE_CODES, STALL_CHECK_S, result_tensors, rpc_error
+from pipeedge.errors import DeadlineExceededError, PipelineError, StageUnavailableError
 from pipeedge.security import Security, client_security
 from pipeedge.tokenizer import TextStream, Tokenizer, load_tokenizer
 
@@ -213,7 +220,8 @@ class _Run:
         self.prompt_ids = prompt_ids
         self.params = params
         self.session_id = uuid.uuid4().hex
-        self.step = 0
+        self.step = 0       # tokens sampled so far
+        self.wire_step = 0  # Frame.step of this session on the stages; 0 = prefill
         self.stop_ids = set(eos_ids if params.stop_token_ids is None else params.stop_token_ids)
         self.stream = TextStream(tokenizer)
         self.completion = Completion(index, prompt_ids)
@@ -224,8 +232,15 @@ class _Run:
         self.hold = max((len(s) for s in params.stop), default=1) - 1
 
     def inputs(self) -> dict[str, torch.Tensor]:
-        ids = self.prompt_ids if self.step == 0 else self.completion.token_ids[-1:]
+        """Prefill: the prompt and whatever was generated before a failover; then one token."""
+        ids = (self.prompt_ids + self.completion.token_ids if self.wire_step == 0
+               else self.completion.token_ids[-1:])
         return {"input_ids": torch.tensor([ids], dtype=torch.int64)}
+
+    def restart(self) -> None:
+        """Continue on a new pipeline: a fresh session that prefills everything so far."""
+        self.session_id = uuid.uuid4().hex
+        self.wire_step = 0
 
     def advance(self, logits: torch.Tensor) -> TokenEvent:
         """Sample from the last position's logits; the returned event says if the run is over."""
@@ -234,6 +249,7 @@ class _Run:
         c = self.completion
         c.token_ids.append(token)
         self.step += 1
+        self.wire_step += 1
         finish = None
         if token in self.stop_ids:
             finish, delta = "stop", self.stream.flush()
@@ -264,13 +280,18 @@ class TextGenerator:
     """Generates text on a deployed decoder pipeline.
 
     Args:
-        address: "host:port" of the first stage; if omitted, read from ``pipeline_file``.
-        pipeline_file: the file ``pipeedge-coord deploy`` wrote (default ./pipeline.json).
+        address: "host:port" of the first stage (no failover); if omitted, read from
+            ``pipeline_file`` or asked of ``coordinator``.
+        pipeline_file: the file ``pipeedge-coord deploy``/``serve`` wrote (default
+            ./pipeline.json); read again after a failure, since ``serve`` rewrites it.
+        coordinator: "host:port" of ``pipeedge-coord serve``: where the pipeline starts now and
+            after a re-plan (``model`` is then needed unless a pipeline file names it).
         model: the model name (default: the pipeline file's); needed with a bare address.
         model_config_json: config.json text when the model is not one PipeEdge ships.
         tokenizer: a ``Tokenizer``, or a local directory holding the model's tokenizer. Default:
             the pipeline's weights directory if it has tokenizer files, else byte-level.
         timeout_s: deadline for each step.
+        recovery_timeout_s: how long a failed step waits for a re-planned pipeline.
         security, token: credentials as for ``PipelineClient`` (default: what the pipeline
             file records, when the address comes from it).
     """
@@ -279,15 +300,15 @@ class TextGenerator:
                  model: str | None = None, model_config_json: str | None = None,
                  tokenizer: Tokenizer | str | Path | None = None,
                  timeout_s: float = 60.0, security: Security | None = None,
-                 token: str | None = None) -> None:
-        security = client_security(security, token=token, address=address,
+                 token: str | None = None, coordinator: str | None = None,
+                 recovery_timeout_s: float = 30.0) -> None:
+        security = client_security(security, token=token, address=address or coordinator,
                                    pipeline_file=pipeline_file)
         weights_dir = None
-        if address is None or model is None:
+        if model is None or (address is None and coordinator is None):
             from pipeedge.pipeline_file import Pipeline
 
             pipeline = Pipeline.load(Path(pipeline_file) if pipeline_file else Path("pipeline.json"))
-            address = address or pipeline.entry
             model = model or pipeline.model
             kind, _, path = pipeline.weights.partition(":")
             weights_dir = path if kind in ("local", "push") else None
@@ -296,14 +317,19 @@ class TextGenerator:
             raise ValueError(f"{model} is not a decoder (text-generation) model; use "
                              "PipelineClient.infer for it")
         self.model = model
-        self.address = address
+        self._source = make_source(address, pipeline_file, coordinator, security)
+        self.address, self.version = self._source.entry()
+        self._security = security
         self.timeout_s = timeout_s
+        self.recovery_timeout_s = recovery_timeout_s
+        self.recoveries: list[float] = []  # seconds from a failure to the resent steps
         if isinstance(tokenizer, Tokenizer):
             self.tokenizer = tokenizer
         else:
             self.tokenizer = load_tokenizer(tokenizer or weights_dir, self.info.config)
         self.max_positions = int(self.info.config.get("max_position_embeddings", 2048))
-        self._mux = _Mux(address, security)
+        self._mux = _Mux(self.address, security)
+        self._move_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._prefix = uuid.uuid4().hex[:8]
 
@@ -315,6 +341,7 @@ class TextGenerator:
 
     def close(self) -> None:
         self._mux.close()
+        self._source.close()
 
     # -- public API ---------------------------------------------------------------------------
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
@@ -392,7 +419,7 @@ class TextGenerator:
 
     def _send(self, run: _Run) -> Future:
         frame = pb.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
-                         session_id=run.session_id, step=run.step,
+                         session_id=run.session_id, step=run.wire_step,
                          deadline_unix_ms=int((time.time() + self.timeout_s) * 1000))
         codec.encode_tensors(frame, run.inputs())
         return self._mux.send(frame)
@@ -400,42 +427,88 @@ class TextGenerator:
     def _end(self, run: _Run) -> None:
         """Free the session on every stage (fire and forget)."""
         frame = pb.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
-                         session_id=run.session_id, step=run.step)
+                         session_id=run.session_id, step=run.wire_step)
         try:
             self._mux.send(frame)
         except Exception:  # noqa: BLE001 (the stream is gone: the stages' idle timeout frees it)
             log.debug("could not end session %s", run.session_id)
 
+    def _move(self, seen: int, error: BaseException | None) -> bool:
+        """Go to a pipeline newer than version `seen`: at once if another generation already
+        moved, else wait for one (`error`: what failed; None = a quiet step, no waiting).
+        False if none came."""
+        with self._move_lock:
+            if self.version <= seen:
+                if error is None:
+                    try:
+                        newer = self._source.entry()
+                    except Exception:  # noqa: BLE001 - no coordinator or file now: keep waiting
+                        return False
+                    newer = newer if newer[1] > seen else None
+                else:
+                    newer = self._source.wait_newer(seen, self.recovery_timeout_s)
+                if newer is None:
+                    return False
+                old, self._mux = self._mux, _Mux(newer[0], self._security)
+                self.address, self.version = newer
+                old.close()
+                log.warning("pipeline moved to v%d (entry %s); resuming the open generations",
+                            self.version, self.address,
+                            extra={"event": "failover", "version": self.version})
+            return True
+
     def _drive(self, runs: Iterator[_Run], concurrency: int) -> Iterator[TokenEvent]:
         active: dict[Future, _Run] = {}
+        version = self.version
 
         def start_next() -> None:
             run = next(runs, None)
             if run is not None:
                 active[self._send(run)] = run
 
+        def resume(error: BaseException | None) -> bool:
+            """Move to a newer pipeline and restart every open session there."""
+            nonlocal version
+            failed_at = time.monotonic()
+            if not self._move(version, error):
+                return False
+            version = self.version
+            open_runs = list(active.values())
+            active.clear()
+            for run in open_runs:
+                run.restart()
+                active[self._send(run)] = run
+            self.recoveries.append(time.monotonic() - failed_at)
+            return True
+
         try:
             for _ in range(concurrency):
                 start_next()
+            quiet_since = time.monotonic()
             while active:
-                done, _ = wait(list(active), timeout=self.timeout_s, return_when=FIRST_COMPLETED)
-                if not done:
-                    raise DeadlineExceededError(
-                        f"no generation step came back from {self.address} within "
-                        f"{self.timeout_s:.0f}s; a stage may be stalled (pipeedge-coord status)",
-                        code=grpc.StatusCode.DEADLINE_EXCEEDED)
+                done, _ = wait(list(active), timeout=STALL_CHECK_S, return_when=FIRST_COMPLETED)
+                if not done:  # a hung stage breaks nothing: has the coordinator re-planned?
+                    if resume(None):
+                        quiet_since = time.monotonic()
+                    elif time.monotonic() - quiet_since > self.timeout_s:
+                        raise DeadlineExceededError(
+                            f"no generation step came back from {self.address} within "
+                            f"{self.timeout_s:.0f}s; a stage may be stalled (pipeedge-coord "
+                            "status)", code=grpc.StatusCode.DEADLINE_EXCEEDED)
+                    continue
+                quiet_since = time.monotonic()
                 for fut in done:
+                    if fut not in active:  # resumed on a new pipeline already
+                        continue
+                    try:
+                        logits = result_tensors(fut.result())["logits"]
+                    except PipelineError as exc:
+                        # A dead, reassigned or restarted stage (NOT_FOUND: it lost the session).
+                        if exc.code in RETRYABLE_CODES + (grpc.StatusCode.NOT_FOUND,) \
+                                and resume(exc):
+                            break
+                        raise
                     run = active.pop(fut)
-                    try:
-                        frame = fut.result()
-                    except Exception:
-                        active[fut] = run  # still open: end it in `finally`
-                        raise
-                    try:
-                        logits = result_tensors(frame)["logits"]
-                    except Exception:
-                        active[fut] = run
-                        raise
                     event = run.advance(logits)
                     if event.finish_reason is None:
                         active[self._send(run)] = run  # next step goes out before we yield

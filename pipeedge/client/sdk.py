@@ -25,7 +25,8 @@ from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.client.discovery import make_source
-from pipeedge.client.frames import request_frame, result_tensors, rpc_error
+from pipeedge.client.frames import (RETRYABLE_CODES, STALL_CHECK_S, request_frame,
+                                    result_tensors, rpc_error)
 from pipeedge.errors import (DeadlineExceededError, NotDeployedError, PipelineError,
                              StageUnavailableError, status_from_int)
 from pipeedge.security import Security, client_security
@@ -34,12 +35,6 @@ log = logging.getLogger(__name__)
 
 _DONE = object()
 _MOVED = object()
-# Failures that a new pipeline can cure: a dead or reassigned stage, or one not yet redeployed.
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
-              grpc.StatusCode.CANCELLED)
-# A hung entry stage (alive connection, no answers) never breaks the call: after this long
-# without a result the client asks whether the coordinator has re-planned, and if so moves.
-_STALL_CHECK_S = 1.0
 
 
 class PipelineClient:
@@ -112,7 +107,7 @@ class PipelineClient:
         call = self._stub.Infer.future(frame, timeout=timeout)
         while True:
             try:
-                return call.result(timeout=_STALL_CHECK_S)
+                return call.result(timeout=STALL_CHECK_S)
             except grpc.FutureTimeoutError:
                 if self._moved():
                     call.cancel()
@@ -140,7 +135,7 @@ class PipelineClient:
             try:
                 result = self._call_infer(frame, timeout)
             except grpc.RpcError as exc:
-                if exc.code() not in _RETRYABLE or attempt == self.max_retries:
+                if exc.code() not in RETRYABLE_CODES or attempt == self.max_retries:
                     raise rpc_error(exc, request_id) from None
                 result = None
             if result is None:  # a stage failed, or hung while the coordinator re-planned
@@ -229,7 +224,7 @@ class _Stream:
                         if self.exhausted and not self.pending:
                             continue  # a clean end: every answer is in
                     broken = True
-                    if isinstance(item, grpc.RpcError) and item.code() not in _RETRYABLE:
+                    if isinstance(item, grpc.RpcError) and item.code() not in RETRYABLE_CODES:
                         raise rpc_error(item)
             # Re-open on the (possibly new) pipeline and resend everything unanswered.
             alive.clear()
@@ -258,7 +253,7 @@ class _Stream:
                     f"no result from {self.client.address} within {self.timeout:.0f}s; a "
                     "stage may be stalled (check `pipeedge-coord status`)")
             try:
-                return inbox.get(timeout=min(left, _STALL_CHECK_S))
+                return inbox.get(timeout=min(left, STALL_CHECK_S))
             except queue.Empty:
                 if self.client._moved():
                     return _MOVED
@@ -269,7 +264,7 @@ class _Stream:
             if frame.request_id not in self.pending:
                 return False  # an answer to a request already answered: never deliver twice
             code = status_from_int(frame.error.code) if frame.error.code else None
-            if code in _RETRYABLE:
+            if code in RETRYABLE_CODES:
                 return True
             self.pending.pop(frame.request_id)
             self.cond.notify_all()
