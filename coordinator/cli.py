@@ -152,9 +152,12 @@ def profile(hosts_file, model, microbatch, all_hosts, out_dir, no_progress):
     except _user_errors() as exc:
         _fail(str(exc))
     for p in profiles:
+        step = (f", {sum(p.step_time_s) * 1e3:.1f} ms per decode step at {p.step_context} "
+                "cached tokens" if p.step_time_s else "")
+        nic = f", NIC {p.nic_mbps:.0f} Mbps" if p.nic_mbps else ""
         click.echo(f"{p.host.name}: {len(p.time_s)} layers, {sum(p.time_s):.3f} s per "
-                   f"microbatch of {dep.microbatch}, {sum(p.mem_mb):.0f} MB weights, "
-                   f"{p.memory_capacity_mb:.0f} MB memory")
+                   f"microbatch of {dep.microbatch}{step}, {sum(p.mem_mb):.0f} MB weights, "
+                   f"{p.memory_capacity_mb:.0f} MB memory{nic}")
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

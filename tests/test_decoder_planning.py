@@ -126,6 +126,7 @@ def test_profile_rpc_measures_decode_steps_and_plan_uses_them(cluster_factory):
     result = runner.invoke(main, ["profile", str(hosts), "--no-progress"],
                            catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert "ms per decode step at 64 cached tokens" in result.output
     folder = hosts.parent
     entry = yaml.safe_load((folder / "models.yml").read_text())[MODEL]
     assert entry["step_parameters_in"] == 1
