@@ -35,6 +35,8 @@ _TO_WIRE: dict[torch.dtype, int] = {
 _FROM_WIRE: dict[int, torch.dtype] = {v: k for k, v in _TO_WIRE.items()}
 _ENCODING_NAMES = {"raw": pb.Encoding.RAW, "float16": pb.Encoding.FLOAT16,
                    "bfloat16": pb.Encoding.BFLOAT16, "uniform": pb.Encoding.UNIFORM}
+# Encoding.granularity -> pipeedge.quant's name for it.
+_GRANULARITY = {pb.Encoding.PER_SAMPLE: "sample", pb.Encoding.PER_ROW: "row"}
 
 
 class FrameFormatError(ValueError):
@@ -57,13 +59,18 @@ def dtype_from_wire(value: int) -> torch.dtype:
                                "must speak pipeedge.v1") from None
 
 
-def encoding_from_name(name: str, *, bits: int = 0, clip: str = "") -> pb.Encoding:
-    """Build an Encoding from its CLI/YAML name: raw, float16, bfloat16, uniform (with bits)."""
+def encoding_from_name(name: str, *, bits: int = 0, clip: str = "",
+                       per_row: bool = False) -> pb.Encoding:
+    """Build an Encoding from its CLI/YAML name: raw, float16, bfloat16, uniform (with bits);
+    `per_row`: uniform with one (scale, shift) per row of the last dimension (per token)."""
     try:
         kind = _ENCODING_NAMES[name]
     except KeyError:
         raise ValueError(f"unknown encoding '{name}'; use one of {sorted(_ENCODING_NAMES)}") from None
-    return pb.Encoding(kind=kind, bits=bits, clip=clip)
+    if per_row and kind != pb.Encoding.UNIFORM:
+        raise ValueError(f"per-row params apply only to uniform encoding, not '{name}'")
+    return pb.Encoding(kind=kind, bits=bits, clip=clip,
+                       granularity=pb.Encoding.PER_ROW if per_row else pb.Encoding.PER_SAMPLE)
 
 
 def encode_tensor(name: str, tensor: torch.Tensor, encoding: pb.Encoding | None = None,
@@ -86,10 +93,12 @@ def encode_tensor(name: str, tensor: torch.Tensor, encoding: pb.Encoding | None 
     from pipeedge import quant  # compression is optional on the hot path: load it when used
 
     data, params = quant.encode(tensor, kind=_kind_name(encoding.kind), bits=encoding.bits,
-                                clip=encoding.clip)
+                                clip=encoding.clip,
+                                granularity=_granularity_name(encoding.granularity))
     msg.data = bytes(data)
     msg.encoding.CopyFrom(pb.Encoding(kind=encoding.kind, bits=encoding.bits,
-                                      params=bytes(params), clip=encoding.clip))
+                                      params=bytes(params), clip=encoding.clip,
+                                      granularity=encoding.granularity))
     return msg
 
 
@@ -126,7 +135,8 @@ def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
 
     try:
         return quant.decode(msg.data, msg.encoding.params, kind=_kind_name(kind),
-                            bits=msg.encoding.bits, shape=shape, dtype=dtype)
+                            bits=msg.encoding.bits, shape=shape, dtype=dtype,
+                            granularity=_granularity_name(msg.encoding.granularity))
     except ValueError as exc:
         raise FrameFormatError(f"tensor '{msg.name}': {exc}") from None
 
@@ -159,3 +169,11 @@ def _kind_name(kind: int) -> str:
         if value == kind:
             return name
     raise FrameFormatError(f"unknown encoding kind {kind}; use RAW, FLOAT16, BFLOAT16 or UNIFORM")
+
+
+def _granularity_name(value: int) -> str:
+    try:
+        return _GRANULARITY[value]
+    except KeyError:
+        raise FrameFormatError(f"unknown encoding granularity {value}; use PER_SAMPLE or "
+                               "PER_ROW") from None

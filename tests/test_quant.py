@@ -415,3 +415,128 @@ def test_property_hypothesis() -> None:
         _check_property(torch.from_numpy(values.copy()), bits, clip)
 
     check()
+
+
+# --- per-row params (granularity "row": one (scale, shift) per row of the last dimension) -----
+
+
+def _rows(shape: tuple[int, ...]) -> int:
+    return math.prod(shape[:-1]) if shape else 1
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 11, 16])
+def test_per_row_params_are_exact_and_error_within_half_step(bits: int) -> None:
+    gen = torch.Generator().manual_seed(bits)
+    x = _random_batch(gen, (3, 17, 24))
+    x[1, 5] *= 1000  # one outlier token: per row it only coarsens its own row
+    data, params = quant.encode(x, kind="uniform", bits=bits, granularity="row")
+    y = quant.decode(data, params, kind="uniform", bits=bits, shape=(3, 17, 24),
+                     dtype=torch.float32, granularity="row")
+    affine = np.frombuffer(params, "<f4").reshape(-1, 2)
+    assert affine.shape == (3 * 17, 2)
+    rows = x.reshape(-1, 24).double()
+    lo, hi = rows.amin(dim=1), rows.amax(dim=1)
+    assert np.array_equal(affine[:, 1], lo.float().numpy())
+    expected_scale = ((hi - lo) / (2**bits - 1)).float().numpy()
+    assert np.allclose(affine[:, 0], expected_scale, rtol=1e-6, atol=0)
+    _assert_within_half_step(x, y, affine)  # checks every row against its own scale
+    # bounds: every decoded row stays within [min, max] of that row (up to float32 rounding)
+    y2 = y.reshape(-1, 24).double()
+    slack = 1e-5 * (lo.abs() + hi.abs())[:, None]
+    assert (y2 >= lo[:, None] - slack).all() and (y2 <= hi[:, None] + slack).all()
+    # the outlier token no longer sets the step of the other tokens of its sample
+    per_sample = np.frombuffer(quant.encode(x, kind="uniform", bits=bits)[1], "<f4")
+    assert affine[:, 0].reshape(3, 17)[1, 0] < per_sample.reshape(3, 2)[1, 0] / 100
+
+
+@pytest.mark.parametrize("clip", quant.CLIPS)
+@pytest.mark.parametrize("shape", [(2, 5, 8), (4, 7), (9,), (), (2, 3, 4, 5)])
+def test_per_row_equals_per_sample_of_the_rows(shape: tuple[int, ...], clip: str) -> None:
+    """Per row is per sample of the [rows, last dim] view: same codes, same params, clipping
+    statistics per row."""
+    x = torch.nn.functional.gelu(torch.randn(shape, generator=torch.Generator().manual_seed(3)))
+    got = quant.encode(x, kind="uniform", bits=4, clip=clip, granularity="row")
+    view = x.reshape(_rows(shape), -1)
+    assert got == quant.encode(view, kind="uniform", bits=4, clip=clip)
+    assert len(got[1]) == 8 * _rows(shape) == quant.params_nbytes(shape, "uniform", "row")
+    y = quant.decode(*got, kind="uniform", bits=4, shape=shape, dtype=torch.float32,
+                     granularity="row")
+    assert y.shape == x.shape
+    ref = quant.decode(*got, kind="uniform", bits=4, shape=view.shape, dtype=torch.float32)
+    assert torch.equal(y.reshape(view.shape), ref)
+
+
+@pytest.mark.parametrize("bits", [3, 8])
+def test_per_row_wire_bytes_are_packed_codes_plus_8_per_row(bits: int) -> None:
+    shape = (4, 33, 10)
+    data, params = quant.encode(torch.randn(shape), kind="uniform", bits=bits, granularity="row")
+    assert len(data) == math.ceil(4 * 33 * 10 * bits / 8) == quant.encoded_nbytes(
+        shape, kind="uniform", bits=bits)
+    assert len(params) == 8 * 4 * 33
+
+
+def test_per_row_constant_and_nonfinite_rows() -> None:
+    x = torch.randn(2, 4, 6)
+    x[0, 1] = 3.25          # constant row: decoded exactly
+    x[1, 2] = 0.0           # all-zero row
+    x[1, 3, 2] = float("nan")  # one bad row: all-NaN, the other rows unaffected
+    data, params = quant.encode(x, kind="uniform", bits=5, granularity="row")
+    y = quant.decode(data, params, kind="uniform", bits=5, shape=(2, 4, 6), dtype=torch.float32,
+                     granularity="row")
+    assert torch.equal(y[0, 1], x[0, 1]) and torch.equal(y[1, 2], x[1, 2])
+    assert torch.isnan(y[1, 3]).all()
+    good = ~torch.isnan(y)
+    assert good.sum() == 2 * 4 * 6 - 6
+    affine = np.frombuffer(params, "<f4").reshape(2, 4, 2)
+    assert affine[0, 1, 0] == 0 and affine[0, 1, 1] == np.float32(3.25)
+    assert ((y - x).abs()[good] <= 0.3).all()
+
+
+def test_per_row_empty_shapes() -> None:
+    for shape, rows in [((0, 5, 4), 0), ((3, 0), 3), ((2, 3, 0), 6), ((0,), 1)]:
+        data, params = quant.encode(torch.empty(shape), kind="uniform", bits=4,
+                                    granularity="row")
+        assert (data, len(params)) == (b"", 8 * rows)
+        y = quant.decode(data, params, kind="uniform", bits=4, shape=shape, dtype=torch.float32,
+                         granularity="row")
+        assert y.shape == shape
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: quant.decode(bytes(3), bytes(16), kind="uniform", bits=4, shape=(2, 3, 1),
+                          dtype=torch.float32, granularity="row"),
+     (r"params has 16 bytes; expected 48 for encoding 'uniform' and shape \[2, 3, 1\] "
+      r"\(8 per row of the last dimension\)")),
+    (lambda: quant.decode(bytes(3), bytes(48), kind="uniform", bits=4, shape=(2, 3, 1),
+                          dtype=torch.float32),
+     r"params has 48 bytes; expected 16 .*\(8 per sample along dim 0\)"),
+    (lambda: quant.decode(bytes(4), bytes(48), kind="uniform", bits=4, shape=(2, 3, 1),
+                          dtype=torch.float32, granularity="row"), r"data has 4 bytes; expected 3"),
+    (lambda: quant.encode(X, kind="uniform", granularity="token"),
+     r"granularity 'token' is unknown; expected one of \['sample', 'row'\]"),
+    (lambda: quant.encode(X, kind="float16", granularity="row"),
+     r"granularity 'row' applies only to uniform"),
+    (lambda: quant.decode(bytes(12), b"", kind="bfloat16", bits=0, shape=(2, 3),
+                          dtype=torch.float32, granularity="row"), r"applies only to uniform"),
+    (lambda: quant.params_nbytes((2, 3), "uniform", "column"), r"granularity 'column'"),
+])
+def test_per_row_bad_input_raises_value_error_naming_it(call, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+def test_per_row_property_seeded_random() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        shape = tuple(int(d) for d in rng.integers(1, 7, int(rng.integers(1, 4))))
+        magnitude = 10.0 ** rng.uniform(-10, 10)
+        x = torch.from_numpy((rng.standard_normal(shape) * magnitude).astype(np.float32))
+        bits, clip = int(rng.integers(2, 17)), str(rng.choice(quant.CLIPS))
+        data, params = quant.encode(x, kind="uniform", bits=bits, clip=clip, granularity="row")
+        y = quant.decode(data, params, kind="uniform", bits=bits, shape=shape,
+                         dtype=torch.float32, granularity="row")
+        affine = np.frombuffer(params, "<f4").reshape(-1, 2)
+        assert affine.shape[0] == _rows(shape) and len(data) == math.ceil(x.numel() * bits / 8)
+        if clip == "":
+            _assert_within_half_step(x, y, affine)

@@ -8,12 +8,15 @@ Kinds (lower-case names of `Encoding.Kind`; matching ignores case):
 
 * ``float16`` / ``bfloat16``: data is the IEEE half / bfloat16 values, little-endian; no params;
   `bits` is ignored. Decoding equals torch's own casts.
-* ``uniform``: per-sample (dim 0) affine quantization to `bits` (2..16) bits, codes packed tightly
-  LSB first (ceil(numel * bits / 8) bytes for the whole tensor); params is float32 (scale, shift)
-  per sample, little-endian. See `pipeedge.quant.uniform` for the NaN/inf and constant-sample
-  rules and `pipeedge.quant.clipping` for the optional ``"laplace"`` / ``"gelu"`` clipping.
+* ``uniform``: affine quantization to `bits` (2..16) bits, codes packed tightly LSB first
+  (ceil(numel * bits / 8) bytes for the whole tensor); params is float32 (scale, shift) per
+  group, little-endian. `granularity` picks the groups: ``"sample"`` (default) one per sample
+  (dim 0), ``"row"`` one per row of the last dimension, prod(shape[:-1]) rows (per token of a
+  [batch, seq, hidden] activation: tighter ranges, 8 bytes per row). See `pipeedge.quant.uniform`
+  for the NaN/inf and constant-group rules and `pipeedge.quant.clipping` for the optional
+  ``"laplace"`` / ``"gelu"`` clipping (its statistics are per group too).
 
-A 0-d tensor counts as one sample. Every malformed argument or payload raises `ValueError` with a
+A 0-d tensor counts as one sample and one row. Every malformed argument or payload raises `ValueError` with a
 one-line message naming the field, the value received and what was expected.
 """
 
@@ -32,18 +35,21 @@ from pipeedge.quant.cast import serial_cast
 from pipeedge.quant.clipping import CLIPS, LAPLACE_ALPHA, laplace_alpha
 from pipeedge.quant.packing import MAX_BITS, MIN_BITS
 
-__all__ = ["CLIPS", "KINDS", "LAPLACE_ALPHA", "MAX_BITS", "MIN_BITS", "decode", "encode",
+__all__ = ["CLIPS", "GRANULARITIES", "KINDS", "LAPLACE_ALPHA", "MAX_BITS", "MIN_BITS", "decode", "encode",
            "encoded_nbytes", "laplace_alpha", "pack_codes", "params_nbytes", "unpack_codes"]
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("float16", "bfloat16", "uniform")
+GRANULARITIES = ("sample", "row")  # what one uniform (scale, shift) pair covers
 _HALF_TORCH = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def encode(t: torch.Tensor, *, kind: str, bits: int = 8, clip: str = "") -> tuple[bytes, bytes]:
+def encode(t: torch.Tensor, *, kind: str, bits: int = 8, clip: str = "",
+           granularity: str = "sample") -> tuple[bytes, bytes]:
     """Compress a float tensor for the wire: returns (data, params) for an `Encoding` of `kind`."""
     kind = _check_kind(kind)
+    granularity = _check_granularity(granularity, kind)
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"tensor is a {type(t).__name__}; expected a torch.Tensor")
     if not t.is_floating_point():
@@ -55,17 +61,20 @@ def encode(t: torch.Tensor, *, kind: str, bits: int = 8, clip: str = "") -> tupl
         # numpy has no bfloat16: both kinds travel as their 16-bit patterns.
         return half.view(torch.int16).numpy().astype("<i2", copy=False).tobytes(), b""
     bits = _check_bits(bits)
-    return uniform.quantize(t, bits=bits, clip=clip, samples=_samples(tuple(t.shape)))
+    return uniform.quantize(t, bits=bits, clip=clip,
+                            samples=_groups(tuple(t.shape), granularity))
 
 
 def decode(data: bytes | memoryview, params: bytes | memoryview, *, kind: str, bits: int,
-           shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+           shape: Sequence[int], dtype: torch.dtype,
+           granularity: str = "sample") -> torch.Tensor:
     """Rebuild a float tensor of `shape` and `dtype` from a frame's data and params.
 
     Lengths are checked against `shape` before any data is touched. The result is a fresh,
     writable CPU tensor.
     """
     kind = _check_kind(kind)
+    granularity = _check_granularity(granularity, kind)
     shape = _check_shape(shape)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype {dtype} cannot be decoded from encoding '{kind}'; expected a "
@@ -79,14 +88,16 @@ def decode(data: bytes | memoryview, params: bytes | memoryview, *, kind: str, b
         detail = f"{bits}-bit codes" if kind == "uniform" else "2 bytes per element"
         raise ValueError(f"data has {data_view.nbytes} bytes; expected {expected} for shape "
                          f"{list(shape)} with encoding '{kind}' ({detail})")
-    expected_params = params_nbytes(shape, kind)
+    expected_params = params_nbytes(shape, kind, granularity)
     if params_view.nbytes != expected_params:
+        per = ("8 per sample along dim 0" if granularity == "sample"
+               else "8 per row of the last dimension")
         raise ValueError(f"params has {params_view.nbytes} bytes; expected {expected_params} "
                          f"for encoding '{kind}' and shape {list(shape)}"
-                         + (" (8 per sample along dim 0)" if kind == "uniform" else ""))
+                         + (f" ({per})" if kind == "uniform" else ""))
     if kind == "uniform":
         return uniform.dequantize(data_view, params_view, bits=bits, shape=shape,
-                                  samples=_samples(shape), dtype=dtype)
+                                  samples=_groups(shape, granularity), dtype=dtype)
     return _decode_half(data_view, kind=kind, shape=shape, dtype=dtype)
 
 
@@ -99,11 +110,13 @@ def encoded_nbytes(shape: Sequence[int], *, kind: str, bits: int = 8) -> int:
     return 2 * numel
 
 
-def params_nbytes(shape: Sequence[int], kind: str) -> int:
-    """Exact `params` length: 8 bytes per sample for uniform, none for the float kinds."""
+def params_nbytes(shape: Sequence[int], kind: str, granularity: str = "sample") -> int:
+    """Exact `params` length: for uniform 8 bytes per sample, or per row of the last dimension
+    with granularity "row"; none for the float kinds."""
     kind = _check_kind(kind)
+    granularity = _check_granularity(granularity, kind)
     shape = _check_shape(shape)
-    return uniform.PARAMS_PER_SAMPLE * _samples(shape) if kind == "uniform" else 0
+    return uniform.PARAMS_PER_SAMPLE * _groups(shape, granularity) if kind == "uniform" else 0
 
 
 def pack_codes(codes: np.ndarray | Sequence[int], bits: int) -> bytes:
@@ -173,6 +186,16 @@ def _check_clip(clip: object, kind: str) -> str:
     return clip
 
 
+def _check_granularity(granularity: object, kind: str) -> str:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity {granularity!r} is unknown; expected one of "
+                         f"{list(GRANULARITIES)}")
+    if granularity != "sample" and kind != "uniform":
+        raise ValueError(f"granularity {granularity!r} applies only to uniform encoding; got "
+                         f"kind '{kind}' (use granularity='sample')")
+    return granularity  # type: ignore[return-value]
+
+
 def _check_shape(shape: object) -> tuple[int, ...]:
     try:
         dims = tuple(operator.index(d) for d in shape)  # type: ignore[union-attr]
@@ -185,9 +208,12 @@ def _check_shape(shape: object) -> tuple[int, ...]:
     return dims
 
 
-def _samples(shape: tuple[int, ...]) -> int:
-    """Samples along dim 0; a 0-d tensor is a single sample."""
-    return shape[0] if shape else 1
+def _groups(shape: tuple[int, ...], granularity: str) -> int:
+    """(scale, shift) pairs: samples along dim 0, or rows of the last dimension
+    (prod(shape[:-1])); a 0-d tensor is a single sample and a single row."""
+    if not shape:
+        return 1
+    return shape[0] if granularity == "sample" else math.prod(shape[:-1])
 
 
 def _bytes_view(buf: object, field: str) -> memoryview:

@@ -8,7 +8,8 @@ alpha^2 / (3 * 4^M); the optimum t = alpha / b solves t e^t = 3 * 4^M. The paper
 t for 2..8 bits (2.83 ... 9.89, reproduced by that equation); beyond 8 bits we solve the same
 equation, so the constants keep growing by about ln 4 per bit.
 
-Rules (all statistics per sample, i.e. over every dimension but dim 0):
+Rules (all statistics per sample, i.e. over every dimension but dim 0; or per row of the last
+dimension with per-row granularity):
 
 * ``"laplace"``: mu = mean(x), b = mean(|x - mu|), range = [mu - c(M) b, mu + c(M) b]
   intersected with [min, max].

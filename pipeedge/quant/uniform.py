@@ -1,7 +1,9 @@
-"""Per-sample uniform quantization: float tensor <-> packed `bits`-bit codes + (scale, shift).
+"""Uniform quantization: float tensor <-> packed `bits`-bit codes + (scale, shift) per group.
 
-Each sample (index along dim 0) gets its own affine map, because activations of different inputs
-in a microbatch can have very different ranges:
+Each group gets its own affine map. A group is a sample (index along dim 0; the default), because
+activations of different inputs in a microbatch can have very different ranges, or, with per-row
+granularity, a row of the last dimension (a token), because tokens of one sample differ too (a
+few outlier tokens would otherwise set every token's step). Below, "sample" means the group:
 
     scale = (hi - lo) / (2^bits - 1),  shift = lo,  code = round((x - shift) / scale)
     x' = code * scale + shift,         so |x' - x| <= scale / 2 inside [lo, hi]
@@ -43,7 +45,8 @@ _warned_nonfinite = False
 
 
 def quantize(t: torch.Tensor, *, bits: int, clip: str, samples: int) -> tuple[bytes, bytes]:
-    """(packed codes, params) for `t` viewed as `samples` rows; inputs already validated.
+    """(packed codes, params) for `t` viewed as `samples` groups (rows of a 2-D view, one
+    (scale, shift) each: samples or rows of the last dimension); inputs already validated.
 
     The arithmetic is numpy on the calling thread: as fast as single-threaded torch here, and it
     never waits on torch's thread pool (see `cast`).
@@ -114,5 +117,5 @@ def _note_nonfinite(count: int, samples: int) -> None:
     global _warned_nonfinite
     level = logging.DEBUG if _warned_nonfinite else logging.WARNING
     _warned_nonfinite = True
-    logger.log(level, "%d of %d samples contain NaN or inf; they are sent as all-NaN",
-               count, samples)
+    logger.log(level, "%d of %d samples (or rows) contain NaN or inf; they are sent as "
+               "all-NaN", count, samples)
