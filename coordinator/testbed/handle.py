@@ -76,11 +76,15 @@ class Testbed:
 
     # -- changing it in place ---------------------------------------------------------------
 
-    def set_bandwidth(self, name: str, mbps: float) -> None:
+    def set_bandwidth(self, name: str, mbps: float, direction: str = "both") -> None:
+        """Re-shape a device's link at run time (0 = unshaped). `direction` "down" caps only
+        what is sent to the device (e.g. one stage-to-stage hop, not the results coming back),
+        "up" only what it sends; the recorded cap (status, links.yml) follows "both" only."""
         d = self.device(name)
-        network.set_bandwidth(self.names, d.name, d.index, mbps)
-        d.bw_mbps = mbps
-        self.state.save()
+        network.set_bandwidth(self.names, d.name, d.index, mbps, direction)
+        if direction == "both":
+            d.bw_mbps = mbps
+            self.state.save()
 
     def set_cpu(self, name: str, cores: float) -> None:
         d = self.device(name)

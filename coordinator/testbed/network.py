@@ -71,9 +71,18 @@ def create_device(names: Names, device: str, index: int, cidr: str, bw_mbps: flo
     set_bandwidth(names, device, index, bw_mbps)
 
 
-def set_bandwidth(names: Names, device: str, index: int, bw_mbps: float) -> None:
-    shaping.set_rate(names.device_ns(device), names.device_link, bw_mbps)       # upload
-    shaping.set_rate(names.switch_ns, names.device_port(index), bw_mbps)        # download
+DIRECTIONS = ("both", "up", "down")
+
+
+def set_bandwidth(names: Names, device: str, index: int, bw_mbps: float,
+                  direction: str = "both") -> None:
+    """Cap the device's upload (its egress), download (the switch port's egress) or both."""
+    if direction not in DIRECTIONS:
+        raise TestbedError(f"direction '{direction}' is unknown; use one of {list(DIRECTIONS)}")
+    if direction in ("both", "up"):
+        shaping.set_rate(names.device_ns(device), names.device_link, bw_mbps)
+    if direction in ("both", "down"):
+        shaping.set_rate(names.switch_ns, names.device_port(index), bw_mbps)
 
 
 def bandwidth(names: Names, device: str) -> float:
