@@ -158,11 +158,14 @@ def test_status_watch_rates_bottleneck_and_energy(rapl_cluster):
     stop = threading.Event()
     sent = []
 
+    def batches():  # one steady stream: the pipeline never drains between polls
+        while not stop.is_set():
+            yield batch
+
     def traffic():
         with PipelineClient(pipeline.entry) as client:
-            while not stop.is_set():
-                for _ in client.infer_many([batch] * 10, window=8):
-                    sent.append(8)
+            for _ in client.infer_many(batches(), window=8):
+                sent.append(8)
 
     worker = threading.Thread(target=traffic, daemon=True)
     worker.start()
@@ -381,4 +384,4 @@ def test_bottleneck_prefers_standing_queue_then_compute():
     first.status.output_bits, first.status.link_mbps = 8, 4.7
     snap_text = render_snapshot(summarize([first, row("b", 0.03)]))
     assert "<- bottleneck (compute)" in snap_text and "energy not available" in snap_text
-    assert "8b @ 4.7Mbps" in snap_text.splitlines()[1] and "wire" in snap_text.splitlines()[0]
+    assert "8b @ 4.7Mbps" in snap_text.splitlines()[2] and "wire" in snap_text.splitlines()[0]
