@@ -61,8 +61,9 @@ def assign_request(dep: Deployment, stage: PlannedStage, next_hop: str,
 
 # -- Activation compression settings (README "Activation compression") --------------------------
 
-ENCODING_SYNTAX = ("raw | float16 | bfloat16 | uniform:BITS[:CLIP] | "
-                   "adaptive:ITEMS_PER_S[:MIN_BITS][:CLIP]  (BITS 2..16, CLIP laplace|gelu)")
+ENCODING_SYNTAX = ("raw | float16 | bfloat16 | uniform:BITS[:token][:CLIP] | "
+                   "adaptive:ITEMS_PER_S[:MIN_BITS][:CLIP]  (BITS 2..16, CLIP laplace|gelu, "
+                   "token = one (scale, shift) per token instead of per sample)")
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,24 @@ class EncodingSpec:
     @property
     def bits(self) -> int:
         """Bits per float element on the link, for link cost: raw 32, float16/bfloat16 16,
-        uniform BITS. Adaptive counts as 32 (it sends raw whenever the link allows)."""
+        uniform BITS (params are left out: 8 bytes per sample, or per token with :token, i.e.
+        64 / hidden size bits per element more). Adaptive counts as 32 (it sends raw whenever the
+        link allows)."""
         if self.encoding is None or self.target_items_per_s:
             return 32
         return self.encoding.bits if self.encoding.kind == pb.Encoding.UNIFORM else 16
 
 
+_GRANULARITY = {"token": True, "row": True, "sample": False}  # per-row params?
+
+
 def parse_encoding(text: str, *, where: str = "") -> EncodingSpec:
-    """Parse one encoding (see ENCODING_SYNTAX); a bare number is uniform bits, 0 or 32 raw."""
+    """Parse one encoding (see ENCODING_SYNTAX); a bare number is uniform bits, 0 or 32 raw.
+
+    After the bit width, uniform takes ``token`` (per-token params: one (scale, shift) per row of
+    the last dimension, `Encoding.PER_ROW`) and/or a clip, in either order; ``sample`` (the
+    default) and ``row`` (= token) are accepted too.
+    """
     from pipeedge.quant import CLIPS, MAX_BITS, MIN_BITS
 
     text = str(text).strip()
@@ -118,8 +129,17 @@ def parse_encoding(text: str, *, where: str = "") -> EncodingSpec:
         if not args:
             raise fail("uniform needs a bit width, e.g. uniform:8")
         bits = width(args[0], "bits")
-        return EncodingSpec(codec.encoding_from_name("uniform", bits=bits,
-                                                     clip=clip_of(args[1:])))
+        rest = args[1:]
+        grains = [a for a in rest if a in _GRANULARITY]
+        if len(grains) > 1:
+            raise fail(f"give one of token or sample, not '{':'.join(grains)}'")
+        rest = [a for a in rest if a not in _GRANULARITY]
+        if len(rest) > 1 or (rest and rest[0] not in CLIPS):
+            raise fail(f"unexpected '{':'.join(rest)}' (after BITS: token and/or a clip, "
+                       "laplace or gelu, e.g. uniform:8:token)")
+        return EncodingSpec(codec.encoding_from_name(
+            "uniform", bits=bits, clip=rest[0] if rest else "",
+            per_row=bool(grains) and _GRANULARITY[grains[0]]))
     if kind == "adaptive":
         try:
             rate = float(args[0]) if args else 0.0
@@ -129,6 +149,9 @@ def parse_encoding(text: str, *, where: str = "") -> EncodingSpec:
             raise fail("adaptive needs a target rate in items/s, e.g. adaptive:20")
         rest = args[1:]
         min_bits = width(rest.pop(0), "MIN_BITS") if rest and rest[0].isdigit() else 0
+        if any(a in _GRANULARITY for a in rest):
+            raise fail("adaptive sends per-sample params only (per-token is not supported "
+                       "there yet); use uniform:BITS:token for a fixed width")
         clip = clip_of(rest)
         return EncodingSpec(codec.encoding_from_name("uniform", clip=clip) if clip else None,
                             target_items_per_s=rate, min_bits=min_bits)

@@ -34,23 +34,30 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 # -- configuration --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, kind, bits, clip, target, min_bits, wire_bits", [
-    ("raw", None, 0, "", 0, 0, 32),
-    ("0", None, 0, "", 0, 0, 32),
-    ("float16", pb.Encoding.FLOAT16, 0, "", 0, 0, 16),
-    ("bfloat16", pb.Encoding.BFLOAT16, 0, "", 0, 0, 16),
-    ("uniform:8", pb.Encoding.UNIFORM, 8, "", 0, 0, 8),
-    ("6", pb.Encoding.UNIFORM, 6, "", 0, 0, 6),
-    ("uniform:4:laplace", pb.Encoding.UNIFORM, 4, "laplace", 0, 0, 4),
-    ("uniform:3:gelu", pb.Encoding.UNIFORM, 3, "gelu", 0, 0, 3),
-    ("adaptive:20", None, 0, "", 20, 0, 32),
-    ("adaptive:12.5:4:laplace", pb.Encoding.UNIFORM, 0, "laplace", 12.5, 4, 32),
+@pytest.mark.parametrize("text, kind, bits, clip, target, min_bits, wire_bits, per_row", [
+    ("raw", None, 0, "", 0, 0, 32, False),
+    ("0", None, 0, "", 0, 0, 32, False),
+    ("float16", pb.Encoding.FLOAT16, 0, "", 0, 0, 16, False),
+    ("bfloat16", pb.Encoding.BFLOAT16, 0, "", 0, 0, 16, False),
+    ("uniform:8", pb.Encoding.UNIFORM, 8, "", 0, 0, 8, False),
+    ("6", pb.Encoding.UNIFORM, 6, "", 0, 0, 6, False),
+    ("uniform:4:laplace", pb.Encoding.UNIFORM, 4, "laplace", 0, 0, 4, False),
+    ("uniform:3:gelu", pb.Encoding.UNIFORM, 3, "gelu", 0, 0, 3, False),
+    ("adaptive:20", None, 0, "", 20, 0, 32, False),
+    ("adaptive:12.5:4:laplace", pb.Encoding.UNIFORM, 0, "laplace", 12.5, 4, 32, False),
+    ("uniform:8:token", pb.Encoding.UNIFORM, 8, "", 0, 0, 8, True),
+    ("uniform:4:token:laplace", pb.Encoding.UNIFORM, 4, "laplace", 0, 0, 4, True),
+    ("uniform:3:gelu:token", pb.Encoding.UNIFORM, 3, "gelu", 0, 0, 3, True),
+    ("8:token", pb.Encoding.UNIFORM, 8, "", 0, 0, 8, True),
+    ("uniform:6:sample", pb.Encoding.UNIFORM, 6, "", 0, 0, 6, False),
 ])
-def test_encoding_syntax(text, kind, bits, clip, target, min_bits, wire_bits):
+def test_encoding_syntax(text, kind, bits, clip, target, min_bits, wire_bits, per_row):
     spec = parse_encoding(text)
     assert (spec.encoding.kind if spec.encoding else None) == kind
     if spec.encoding:
         assert (spec.encoding.bits, spec.encoding.clip) == (bits, clip)
+        assert spec.encoding.granularity == (pb.Encoding.PER_ROW if per_row
+                                             else pb.Encoding.PER_SAMPLE)
     assert (spec.target_items_per_s, spec.min_bits, spec.bits) == (target, min_bits, wire_bits)
 
 
@@ -60,6 +67,11 @@ def test_encoding_syntax(text, kind, bits, clip, target, min_bits, wire_bits):
     ("adaptive", "target rate"), ("adaptive:-3", "target rate"),
     ("adaptive:20:1", "MIN_BITS must be 2..16"), ("gzip", "unknown encoding"),
     ("float16:8", "takes no ':' arguments"),
+    ("uniform:8:tokens", "unexpected 'tokens'"),
+    ("uniform:8:token:sample", "give one of token or sample"),
+    ("uniform:8:laplace:gelu", "unexpected 'laplace:gelu'"),
+    ("float16:token", "takes no ':' arguments"),
+    ("adaptive:20:4:token", "use uniform:BITS:token for a fixed width"),
 ])
 def test_bad_encoding_syntax_names_the_fix(text, message):
     with pytest.raises(DeployError, match=message) as err:
@@ -243,6 +255,9 @@ def _bad_encodings(x: torch.Tensor):
         ("long payload", variant(data=good.data + b"\0"), f"data has {len(good.data) + 1} bytes"),
         ("params", variant(params=b"\0" * 4), "params has 4 bytes"),
         ("float16 size", variant(kind=pb.Encoding.FLOAT16), "2 bytes per element"),
+        ("per-row params", variant(granularity=pb.Encoding.PER_ROW),
+         f"params has {len(good.encoding.params)} bytes; expected {8 * math.prod(x.shape[:-1])}"),
+        ("unknown granularity", variant(granularity=5), "unknown encoding granularity 5"),
     ]
 
 
@@ -307,8 +322,10 @@ SENTENCES = ["A man is playing a guitar.", "Someone plays an instrument on stage
              "A woman slices an onion.", "The train leaves at noon."]
 
 
-def _expected_bytes(shapes: dict[str, tuple[int, ...]], floats: set[str], bits: int) -> int:
-    """Payload of one frame: float tensors at `bits` (uniform adds 8 bytes per sample)."""
+def _expected_bytes(shapes: dict[str, tuple[int, ...]], floats: set[str], bits: int,
+                    per_row: bool = False) -> int:
+    """Payload of one frame: float tensors at `bits` (uniform adds 8 bytes per sample, or per
+    row of the last dimension with `per_row`)."""
     total = 0
     for name, shape in shapes.items():
         n = math.prod(shape)
@@ -317,11 +334,13 @@ def _expected_bytes(shapes: dict[str, tuple[int, ...]], floats: set[str], bits: 
         elif bits in (32, 16):
             total += n * bits // 8
         else:
-            total += math.ceil(n * bits / 8) + 8 * shape[0]
+            total += math.ceil(n * bits / 8) + 8 * (math.prod(shape[:-1]) if per_row
+                                                    else shape[0])
     return total
 
 
 def test_minilm_float16_and_uniform8_over_three_processes(cluster_factory, minilm_path):
+    """Raw, float16, uniform 8 and uniform 8 per token (`uniform:8:token`) over 3 processes."""
     from transformers import AutoTokenizer
 
     info = models.model_info(MINILM)
@@ -341,7 +360,8 @@ def test_minilm_float16_and_uniform8_over_three_processes(cluster_factory, minil
     cluster = cluster_factory(3)
     weights = f"push:{minilm_path}"
 
-    def run(bits: int, hosts_file_kw: dict | None = None, cli_quant: str | None = None):
+    def run(bits: int, hosts_file_kw: dict | None = None, cli_quant: str | None = None,
+            per_row: bool = False):
         hosts = cluster.hosts_file(MINILM, partition=partition, weights=weights,
                                    **(hosts_file_kw or {}))
         if cli_quant is None:
@@ -362,7 +382,8 @@ def test_minilm_float16_and_uniform8_over_three_processes(cluster_factory, minil
             ctl.close()
         assert [st.output_bits for st in statuses] == [bits, bits, 0]
         for st in statuses[:2]:
-            assert st.bytes_sent == _expected_bytes(shapes, {"hidden", "residual"}, bits)
+            assert st.bytes_sent == _expected_bytes(shapes, {"hidden", "residual"}, bits,
+                                                    per_row)
         cos = torch.nn.functional.cosine_similarity(got, expected, dim=1)
         return got, cos, statuses
 
@@ -380,10 +401,48 @@ def test_minilm_float16_and_uniform8_over_three_processes(cluster_factory, minil
     # The same sentences still rank the same way.
     sim = got @ got.T
     assert sim[0, 1] > sim[0, 2] + 0.2
+    # Per-token params (hosts.yml `encoding: uniform:8:token`): 8 bytes per token instead of per
+    # sample, and >= 0.999 where per sample is not at every cut (see the in-process test below).
+    got, cos, u8t = run(8, {"encoding": "uniform:8:token"}, per_row=True)
+    assert cos.mean().item() >= 0.999 and cos.min().item() >= 0.999, cos
+    for r, u, t in zip(raw[:2], u8[:2], u8t[:2]):
+        tokens = 2 * batch * seq  # hidden and residual
+        assert t.bytes_sent - u.bytes_sent == 8 * (tokens - 2 * batch)
+        assert t.bytes_sent / r.bytes_sent == pytest.approx(8 / 32, abs=0.01)
     # A -q that does not match the stage count is a one-line error.
     hosts = cluster.hosts_file(MINILM, partition=partition, weights=weights)
     result = CliRunner().invoke(coord_cli, ["deploy", str(hosts), "-q", "8", "--no-progress"])
     assert result.exit_code == 2 and "-q 8 has 1 entries for 3 stage(s)" in result.output
+
+
+def test_minilm_uniform8_per_token_at_every_cut_kind(minilm_path):
+    """In process, through the codec and the wire format: uniform 8 bits with per-token params
+    keeps the embeddings at cosine >= 0.999 after every kind of sub-layer (attention, attention
+    out + residual, MLP intermediate, MLP out + residual), where per-sample params do not
+    everywhere (README "Activation compression"; bench/quant_accuracy.py covers all 23 cuts)."""
+    from transformers import AutoTokenizer
+
+    info = models.model_info(MINILM)
+    state = models.load_shard_state(info, 1, info.num_layers, minilm_path)
+    tok = AutoTokenizer.from_pretrained(str(minilm_path))
+    enc = tok(SENTENCES, padding=True, return_tensors="pt")
+    inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    per_token = parse_encoding("uniform:8:token").encoding
+    cosines = {}
+    with torch.inference_mode():
+        expected = models.build_shard(info, 1, info.num_layers, state)(inputs)["embeddings"]
+        for cut in (9, 10, 11, 12):
+            mid = models.build_shard(info, 1, cut, state)(inputs)
+            frame = pb.Frame.FromString(
+                codec.encode_tensors(pb.Frame(), mid, per_token).SerializeToString())
+            for t in frame.tensors:
+                if t.dtype == pb.FLOAT32:
+                    assert t.encoding.granularity == pb.Encoding.PER_ROW
+                    assert len(t.encoding.params) == 8 * math.prod(t.shape[:-1])
+            tail = models.build_shard(info, cut + 1, info.num_layers, state)
+            got = tail(codec.decode_tensors(frame.tensors))["embeddings"]
+            cosines[cut] = torch.nn.functional.cosine_similarity(got, expected, dim=1)
+    assert all(c.mean().item() >= 0.999 for c in cosines.values()), cosines
 
 
 # -- real stages: adaptive compression against a throttled link ----------------------------------
