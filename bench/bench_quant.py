@@ -4,8 +4,8 @@ Runs every encoding on a ViT-Base microbatch-8 activation (8x197x768 float32, th
 between blocks) and on the MLP intermediate (8x197x3072, post-GeLU). For each it prints the
 encode+decode throughput in MB/s of float32 input, the bytes on the wire versus float32 next to
 the ratio the bit width implies (bits / 32), and the relative RMS error. A wire size beyond the
-implied size plus packing overhead (params: 8 bytes per sample; padding: under one byte) is
-flagged, and the script exits 1.
+implied size plus packing overhead (params: 8 bytes per sample, or per token for the "/token"
+rows, i.e. per-row params; padding: under one byte) is flagged, and the script exits 1.
 
     python bench/bench_quant.py [--repeat N] [--threads N]
 """
@@ -23,10 +23,12 @@ import torch
 from pipeedge import quant
 
 SHAPES = {"hidden 8x197x768": (8, 197, 768), "mlp 8x197x3072": (8, 197, 3072)}
-# (label, kind, bits, clip); bits is the nominal width used for the implied ratio.
-ENCODINGS = [("float16", "float16", 16, ""), ("bfloat16", "bfloat16", 16, "")] + [
-    (f"uniform{b}", "uniform", b, "") for b in (2, 3, 4, 6, 8, 16)
-] + [("uniform4+clip", "uniform", 4, "auto")]
+# (label, kind, bits, clip, granularity); bits is the nominal width used for the implied ratio.
+ENCODINGS = [("float16", "float16", 16, "", "sample"), ("bfloat16", "bfloat16", 16, "", "sample")
+             ] + [(f"uniform{b}", "uniform", b, "", "sample") for b in (2, 3, 4, 6, 8, 16)] + [
+    ("uniform4+clip", "uniform", 4, "auto", "sample"),
+    ("uniform8/token", "uniform", 8, "", "row"), ("uniform4/token", "uniform", 4, "", "row"),
+]
 TARGET_MBPS_8BIT = 200.0
 LINK_MBPS = 100.0  # a mid-range edge link, to put the byte counts in perspective
 
@@ -64,16 +66,18 @@ def run(repeat: int) -> int:
         raw_bytes = x.numel() * 4
         print(f"{name:<18} {'float32 raw':<16} {'':>7} {'':>7} {'':>7} {'':>7} {raw_bytes:>11} "
               f"{1:>7.4f} {1:>7.4f} {0:>9.2e} {raw_bytes * 8 / LINK_MBPS / 1e3:>10.1f}")
-        for label, kind, bits, clip in ENCODINGS:
+        for label, kind, bits, clip, grain in ENCODINGS:
             if clip == "auto":
                 clip = "gelu" if name.startswith("mlp") else "laplace"
                 label = f"uniform{bits}+{clip}"
             enc_s, enc_med, (data, params) = _time(
-                partial(quant.encode, x, kind=kind, bits=bits, clip=clip), repeat)
+                partial(quant.encode, x, kind=kind, bits=bits, clip=clip, granularity=grain),
+                repeat)
             wire = len(data) + len(params)
             implied = bits / 32
-            # Allowed overhead: the params (8 bytes per sample) and under one byte of padding.
-            allowed = x.numel() * bits / 8 + quant.params_nbytes(shape, kind) + 1
+            # Allowed overhead: the params (8 bytes per sample or per token) and under one byte
+            # of padding.
+            allowed = x.numel() * bits / 8 + quant.params_nbytes(shape, kind, grain) + 1
             ok = wire <= allowed and len(data) == quant.encoded_nbytes(shape, kind=kind,
                                                                        bits=bits)
             mismatches += not ok
@@ -85,11 +89,12 @@ def run(repeat: int) -> int:
                 continue
             dec_s, dec_med, y = _time(
                 partial(quant.decode, data, params, kind=kind, bits=bits, shape=shape,
-                        dtype=torch.float32), repeat)
+                        dtype=torch.float32, granularity=grain), repeat)
             mbps = raw_bytes / (enc_s + dec_s) / 1e6
             mbps_median = raw_bytes / (enc_med + dec_med) / 1e6
             rel_rmse = float(((y - x).pow(2).mean() / x.pow(2).mean()).sqrt())
-            if kind == "uniform" and bits == 8 and not clip and mbps < TARGET_MBPS_8BIT:
+            if kind == "uniform" and bits == 8 and not clip and grain == "sample" \
+                    and mbps < TARGET_MBPS_8BIT:
                 slow_8bit.append(f"{name}: {mbps:.0f} MB/s")
             print(row + f"{dec_s * 1e3:>7.2f} {mbps:>7.0f} {mbps_median:>7.0f} "
                   + tail.format(f"{rel_rmse:.2e}"))
