@@ -84,6 +84,13 @@ def check_assignment(assignment: pb.AssignRequest) -> None:
                          f"{[c for c in CLIPS if c]} or none")
     if enc.clip and enc.kind != pb.Encoding.UNIFORM and not assignment.target_items_per_s:
         raise ValueError(f"output_encoding clip '{enc.clip}' applies only to uniform encoding")
+    if enc.granularity not in pb.Encoding.Granularity.values():
+        raise ValueError(f"output_encoding granularity {enc.granularity} is unknown; use "
+                         "PER_SAMPLE or PER_ROW")
+    if enc.granularity == pb.Encoding.PER_ROW and (enc.kind != pb.Encoding.UNIFORM
+                                                   or assignment.target_items_per_s):
+        raise ValueError("output_encoding granularity PER_ROW applies only to fixed uniform "
+                         "encoding (uniform:BITS:token), not to adaptive or float encodings")
     target = assignment.target_items_per_s
     if not (target >= 0 and math.isfinite(target)):
         raise ValueError(f"target_items_per_s must be a positive number of items/s (0 = not "

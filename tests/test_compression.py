@@ -127,9 +127,16 @@ def test_check_assignment_rejects_what_the_stage_could_not_send():
         (pb.Encoding(kind=7), "kind 7 is unknown"),
         (pb.Encoding(kind=pb.Encoding.UNIFORM, bits=4, clip="max"), "clip 'max'"),
         (pb.Encoding(kind=pb.Encoding.FLOAT16, clip="laplace"), "only to uniform"),
+        (pb.Encoding(kind=pb.Encoding.UNIFORM, bits=8, granularity=9), "granularity 9 is unknown"),
+        (pb.Encoding(kind=pb.Encoding.FLOAT16, granularity=pb.Encoding.PER_ROW), "PER_ROW"),
     ]:
         with pytest.raises(ValueError, match=msg):
             check_assignment(pb.AssignRequest(output_encoding=bad))
+    check_assignment(pb.AssignRequest(output_encoding=pb.Encoding(
+        kind=pb.Encoding.UNIFORM, bits=8, granularity=pb.Encoding.PER_ROW)))
+    with pytest.raises(ValueError, match="not to adaptive"):
+        check_assignment(pb.AssignRequest(target_items_per_s=5, output_encoding=pb.Encoding(
+            kind=pb.Encoding.UNIFORM, granularity=pb.Encoding.PER_ROW)))
     with pytest.raises(ValueError, match="target_items_per_s"):
         check_assignment(pb.AssignRequest(target_items_per_s=-1))
     with pytest.raises(ValueError, match="adaptive_min_bits"):
