@@ -108,8 +108,9 @@ def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
     except scheduler.SchedulingError as exc:
         if not notes:
             raise
-        raise scheduler.SchedulingError(f"{exc} (that includes a {notes[0]}; lower "
-                                        "sessions: or context: in hosts.yml)") from None
+        raise scheduler.SchedulingError(f"{exc} (memory includes a {notes[0]}; if memory is "
+                                        "what does not fit, lower sessions: or context: in "
+                                        "hosts.yml)") from exc
     stages = [PlannedStage(by_name[s.host], LayerRange(s.first_layer, s.last_layer))
               for s in result.stages]
     how = "scheduler (exact optimum)" if result.exact else \

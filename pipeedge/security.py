@@ -215,8 +215,8 @@ class Security:
         if not self.enabled:
             return []
         if self.token and not self.tls:
-            log.warning("bearer token without TLS: it travels in clear text; add --tls-cert, "
-                        "--tls-key and --tls-ca")
+            log.warning("bearer token without TLS: it travels in clear text; add TLS (stage: "
+                        "--tls-cert, --tls-key, --tls-ca; coordinator: hosts.yml tls:)")
         coordinator = self.coordinator_name if self.mutual_tls and service == STAGE_SERVICE \
             else None
         return [AuthInterceptor(token=self.token, coordinator_name=coordinator, service=service)]

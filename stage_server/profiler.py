@@ -5,8 +5,10 @@ on the values) through the same backend factory that serves assignments, so an O
 profiled with ONNX. Layers run in order on real activations; only one layer is in memory at once.
 
 Decoders, when the request sets ``decode_context``, are also timed the way generation spends its
-time: one new token per sequence against a cache of that many tokens (random context; the cost
-does not depend on the values), reported per layer as ``step_time_s``.
+time: one new token against a cache of that many tokens (random context; the cost does not
+depend on the values), reported per layer as ``step_time_s``. Each session steps as its own
+batch-1 frame (sessions are not batched together), so a step is timed at batch 1 and reported as
+``batch_size`` such steps one after another: the time of one microbatch, like ``time_s``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
                 start = time.perf_counter()
                 outputs = backend.run(tensors)
                 times.append(time.perf_counter() - start)
-            step = _decode_step(backend, info, req, batch, repeats)
+            step = _decode_step(backend, info, req, repeats)
             event = pb.ProfileEvent(layer=layer, layers=info.num_layers,
                                     time_s=statistics.median(times),
                                     mem_mb=backend.parameter_bytes / 2**20,
@@ -68,8 +70,8 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
                                     memory_capacity_mb=capacity, device=label,
                                     nic_mbps=nic)
             if step is not None:
-                event.step_time_s = step.step_s
-                event.step_parameters_out = _elements_per_item(step.outputs, batch)
+                event.step_time_s = step.step_s * batch
+                event.step_parameters_out = _elements_per_item(step.outputs, 1)
                 event.step_context = _step_context(info, req)
             if layer == 1:
                 event.parameters_in = sum(t.numel() for t in tensors.values()) // batch
@@ -87,8 +89,9 @@ def _step_context(info, req: pb.ProfileRequest) -> int:
     return min(req.decode_context, int(info.config.get("max_position_embeddings", 2048)) - 1)
 
 
-def _decode_step(backend, info, req: pb.ProfileRequest, batch: int, repeats: int):
-    """This one-layer shard's decode-step timing, or None (not asked, or not a decoder)."""
+def _decode_step(backend, info, req: pb.ProfileRequest, repeats: int):
+    """This one-layer shard's decode-step timing for one session (batch 1, as TextGenerator
+    sends steps), or None (not asked, or not a decoder)."""
     module = getattr(backend, "module", None)
     if not req.decode_context or not info.is_decoder or \
             not isinstance(module, models.DecoderShard):
@@ -96,7 +99,7 @@ def _decode_step(backend, info, req: pb.ProfileRequest, batch: int, repeats: int
     from pipeedge.stage_server.backends.torch_backend import compute_dtype
     from pipeedge.stage_server.sessions import time_decode_step
 
-    return time_decode_step(module, context_len=_step_context(info, req), batch=batch,
+    return time_decode_step(module, context_len=_step_context(info, req), batch=1,
                             repeats=repeats, warmup=1, dtype=compute_dtype(pb.AssignRequest(
                                 dtype=req.dtype)), device=backend.device)
 

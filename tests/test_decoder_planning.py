@@ -95,8 +95,8 @@ def test_kv_cache_memory_moves_layers_off_a_device_it_does_not_fit(tmp_path):
     assert [s.layers for s in same.stages] == [s.layers for s in loaded.stages]
     # Nothing fits: the one-line error says which knobs to turn.
     with pytest.raises(SchedulingError, match=r"includes a KV cache of 1.5 MB for 4 session\(s\) x "
-                                              r"256 tokens; lower sessions: or context: in "
-                                              r"hosts.yml\)$"):
+                                              r"256 tokens; if memory is what does not fit, "
+                                              r"lower sessions: or context: in hosts.yml\)$"):
         planning.plan(load_deployment(_hosts(tmp_path, sessions=4, context=256,
                                              names=["small"])))
 

@@ -503,9 +503,10 @@ class TextGenerator:
                     try:
                         logits = result_tensors(fut.result())["logits"]
                     except PipelineError as exc:
-                        # A dead, reassigned or restarted stage (NOT_FOUND: it lost the session).
-                        if exc.code in RETRYABLE_CODES + (grpc.StatusCode.NOT_FOUND,) \
-                                and resume(exc):
+                        # A dead or reassigned stage: wait for the re-plan. NOT_FOUND (a stage
+                        # lost the session): move only if a newer pipeline is already out.
+                        if exc.code in RETRYABLE_CODES and resume(exc) or \
+                                exc.code == grpc.StatusCode.NOT_FOUND and resume(None):
                             break
                         raise
                     run = active.pop(fut)
