@@ -18,16 +18,22 @@ from pipeedge.coordinator.hosts import load_deployment
 MODEL = "pipeedge/tiny-vit"
 
 
-def _served_three_stages(cluster_factory, requests: int):
-    """3 stages watched by a served control plane (fast checks), and `requests` inputs with the
-    unsplit model's answers."""
+def _served_plane(cluster_factory, model: str, microbatch: int):
+    """3 stages (4 sub-layers each) watched by a served control plane with fast checks."""
     cluster = cluster_factory(3)
-    dep = load_deployment(cluster.hosts_file(MODEL, partition="1,4,5,8,9,12", microbatch=2))
+    dep = load_deployment(cluster.hosts_file(model, partition="1,4,5,8,9,12",
+                                             microbatch=microbatch))
     plane = ControlPlane(dep, pipeline_path=cluster.workdir / "pipeline.json",
                          check_interval_s=0.2, check_timeout_s=0.5)
     plane.deploy()
     plane.start_watching()
     server, port = start_server(plane, "127.0.0.1:0")
+    return cluster, plane, server, port
+
+
+def _served_three_stages(cluster_factory, requests: int):
+    """`_served_plane` of the tiny ViT, and `requests` inputs with the unsplit model's answers."""
+    cluster, plane, server, port = _served_plane(cluster_factory, MODEL, 2)
     info = models.model_info(MODEL)
     full = models.build_shard(info, 1, info.num_layers,
                               models.load_shard_state(info, 1, info.num_layers, 0))
@@ -208,13 +214,7 @@ def test_generation_continues_on_the_new_pipeline_after_a_stage_dies(cluster_fac
     from pipeedge.client import TextGenerator
 
     model = "pipeedge/tiny-gpt2"
-    cluster = cluster_factory(3)
-    dep = load_deployment(cluster.hosts_file(model, partition="1,4,5,8,9,12", microbatch=1))
-    plane = ControlPlane(dep, pipeline_path=cluster.workdir / "pipeline.json",
-                         check_interval_s=0.2, check_timeout_s=0.5)
-    plane.deploy()
-    plane.start_watching()
-    server, port = start_server(plane, "127.0.0.1:0")
+    cluster, plane, server, port = _served_plane(cluster_factory, model, 1)
     try:
         with TextGenerator(coordinator=f"127.0.0.1:{port}", model=model) as gen:
             prompts = [gen.encode_prompt(p) for p in ("The pipeline", "A stage dies and")]
