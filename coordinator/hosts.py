@@ -81,7 +81,7 @@ class Deployment:
 
     def generation_load(self, info) -> tuple[int, int]:
         """(sessions, context tokens) for this decoder `info`, defaults filled in."""
-        return self.sessions or 1, self.context or _max_positions(info)
+        return self.sessions or 1, self.context or info.max_positions
 
     def ordered_hosts(self) -> list[Host]:
         if not self.order:
@@ -116,10 +116,6 @@ def _weights(kind: str, path: str, seed: int) -> Weights:
     return Weights(kind, path, seed)
 
 
-def _max_positions(info) -> int:
-    return int(info.config.get("max_position_embeddings", 2048))
-
-
 def _positive_int(data: dict, key: str, path: Path, example: str) -> int:
     value = data.get(key)
     if value is None:
@@ -146,10 +142,9 @@ def parse_generation_load(data: dict, path: Path) -> dict[str, int]:
         given = " and ".join(f"'{k}'" for k, v in load.items() if v)
         raise HostsFileError(f"{path}: {given} size the KV cache of text generation, but "
                              f"{info.name} is not a decoder model; remove them")
-    if load["context"] > _max_positions(info):
+    if load["context"] > info.max_positions:
         raise HostsFileError(f"{path}: context {load['context']} is over {info.name}'s "
-                             f"{_max_positions(info)} positions; use at most "
-                             f"{_max_positions(info)}")
+                             f"{info.max_positions} positions; use at most {info.max_positions}")
     return load
 
 

@@ -125,7 +125,7 @@ def _for_generation(dep: Deployment, info, model, devices, folder: Path):
     from pipeedge.models.kv_cache import cache_capacity
 
     sessions, context = dep.generation_load(info)
-    positions = int(info.config.get("max_position_embeddings", 2048))
+    positions = info.max_positions
     slots = cache_capacity(context, positions)
     kv = models.kv_cache_bytes_per_layer(info, sessions=sessions, context_len=slots,
                                          dtype=getattr(torch, dep.dtype))

@@ -86,7 +86,7 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
 
 def _step_context(info, req: pb.ProfileRequest) -> int:
     # One position must stay free for the step itself.
-    return min(req.decode_context, int(info.config.get("max_position_embeddings", 2048)) - 1)
+    return min(req.decode_context, info.max_positions - 1)
 
 
 def _decode_step(backend, info, req: pb.ProfileRequest, repeats: int):

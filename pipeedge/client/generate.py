@@ -327,7 +327,7 @@ class TextGenerator:
             self.tokenizer = tokenizer
         else:
             self.tokenizer = load_tokenizer(tokenizer or weights_dir, self.info.config)
-        self.max_positions = int(self.info.config.get("max_position_embeddings", 2048))
+        self.max_positions = self.info.max_positions
         self._mux = _Mux(self.address, security)
         self._move_lock = threading.Lock()
         self._ids = itertools.count(1)

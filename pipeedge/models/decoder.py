@@ -80,7 +80,7 @@ def decoder_boundary_spec(info: ModelInfo, cut_after: int, dtype: torch.dtype,
 
 def decoder_example_inputs(info: ModelInfo, batch_size: int, seq_len: int,
                            g: torch.Generator) -> dict[str, torch.Tensor]:
-    max_pos = int(info.config.get("max_position_embeddings", 2048))
+    max_pos = info.max_positions
     if not 1 <= seq_len <= max_pos:
         raise ValueError(f"seq_len {seq_len} is out of range for {info.name}: use 1..{max_pos}")
     vocab = int(info.config["vocab_size"])
@@ -93,7 +93,7 @@ class DecoderShard(ShardModule):
     and ``lm_head_weight``."""
 
     def max_positions(self) -> int:
-        return int(self.info.config.get("max_position_embeddings", 2048))
+        return self.info.max_positions
 
     @property
     def blocks(self) -> nn.ModuleDict:

@@ -7,7 +7,6 @@ one token per step costs amortised O(1) copies instead of a ``torch.cat`` of the
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -80,12 +79,7 @@ class KVCache:
 
     def _grow(self, block: int, k: torch.Tensor, v: torch.Tensor, needed: int) -> None:
         old_k, old_v = self._k.get(block), self._v.get(block)
-        capacity = max(self.chunk, old_k.shape[2] * 2 if old_k is not None else 0)
-        while capacity < needed:
-            capacity *= 2
-        capacity = math.ceil(capacity / self.chunk) * self.chunk
-        if self.max_length is not None:
-            capacity = max(needed, min(capacity, self.max_length))
+        capacity = cache_capacity(needed, self.max_length, chunk=self.chunk)
         B, nkv, _, hd = k.shape
         new_k = k.new_empty(B, nkv, capacity, hd)
         new_v = v.new_empty(B, nkv, capacity, v.shape[3])
@@ -135,7 +129,7 @@ def kv_cache_bytes_per_layer(info: ModelInfo, *, sessions: int = 1, context_len:
     if not info.is_decoder:
         return [0] * info.num_layers
     if context_len is None:
-        context_len = int(info.config.get("max_position_embeddings", 2048))
+        context_len = info.max_positions
     n_kv, head_dim = kv_heads_and_dim(info)
     itemsize = torch.empty((), dtype=dtype).element_size()
     per_block = 2 * sessions * batch * n_kv * context_len * head_dim * itemsize

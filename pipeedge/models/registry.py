@@ -85,6 +85,11 @@ class ModelInfo:
         object.__setattr__(self, "num_layers", 4 * self.num_blocks)
 
     @property
+    def max_positions(self) -> int:
+        """Longest sequence the position embeddings cover (decoders: prompt + generated)."""
+        return int(self.config.get("max_position_embeddings", 2048))
+
+    @property
     def hidden_size(self) -> int:
         return int(self.config["hidden_size"])
 
