@@ -16,8 +16,8 @@ Kinds (lower-case names of `Encoding.Kind`; matching ignores case):
   for the NaN/inf and constant-group rules and `pipeedge.quant.clipping` for the optional
   ``"laplace"`` / ``"gelu"`` clipping (its statistics are per group too).
 
-A 0-d tensor counts as one sample and one row. Every malformed argument or payload raises `ValueError` with a
-one-line message naming the field, the value received and what was expected.
+A 0-d tensor counts as one sample and one row. Every malformed argument or payload raises
+`ValueError` with a one-line message naming the field, the value received and what was expected.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from pipeedge.quant.cast import serial_cast
 from pipeedge.quant.clipping import CLIPS, LAPLACE_ALPHA, laplace_alpha
 from pipeedge.quant.packing import MAX_BITS, MIN_BITS
 
-__all__ = ["CLIPS", "GRANULARITIES", "KINDS", "LAPLACE_ALPHA", "MAX_BITS", "MIN_BITS", "decode", "encode",
-           "encoded_nbytes", "laplace_alpha", "pack_codes", "params_nbytes", "unpack_codes"]
+__all__ = ["CLIPS", "GRANULARITIES", "KINDS", "LAPLACE_ALPHA", "MAX_BITS", "MIN_BITS", "decode",
+           "encode", "encoded_nbytes", "laplace_alpha", "pack_codes", "params_nbytes",
+           "unpack_codes"]
 
 logger = logging.getLogger(__name__)
 
