@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 # Emulated edge devices (network namespaces, cgroup CPU quotas): ~10 minutes on 2 cores.
 bench: $(STAMP)
-	$(PY) -m pip install -q -e ".[bench,dev,onnx]"
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e ".[bench,dev,onnx]"
 	$(PY) bench/run_report.py
 
 bench-transport: $(STAMP)
