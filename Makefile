@@ -12,7 +12,7 @@ STAMP      := $(VENV)/.pipeedge-installed
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-py test-cpp lint bench bench-transport bench-sched bench-quant \
-        bench-backends bench-decode bench-accuracy clean
+        bench-backends bench-decode bench-accuracy chaos clean
 
 $(STAMP): pyproject.toml CMakeLists.txt scheduler_cpp/CMakeLists.txt $(wildcard protos/*.proto) $(wildcard scheduler_cpp/*.cpp scheduler_cpp/src/*.[ch]pp scheduler_cpp/include/*/*.hpp)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,20 @@ bench-decode: $(STAMP)
 # Cosine similarity of compressed activations on real MiniLM weights (the README's table).
 bench-accuracy: $(STAMP)
 	$(PY) bench/quant_accuracy.py
+
+# Issue 13's chaos test: CHAOS_CLIENTS concurrent clients, CHAOS_SECONDS of seeded faults of every
+# kind on two served pipelines; exits 1 on any wrong, lost, duplicated or untyped result or a stall
+# over CHAOS_STALL_S. Result JSON and timeline PNG in build/chaos/. ~15 minutes on 2 cores.
+CHAOS_CLIENTS ?= 72
+CHAOS_SECONDS ?= 600
+CHAOS_SEED    ?= 13
+CHAOS_STALL_S ?= 25
+CHAOS_ARGS    ?=
+chaos: $(STAMP)
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e ".[bench,dev,onnx]"
+	$(PY) bench/chaos.py --clients $(CHAOS_CLIENTS) --duration $(CHAOS_SECONDS) \
+	  --seed $(CHAOS_SEED) --stall-bound $(CHAOS_STALL_S) --workdir build/chaos/work \
+	  --json build/chaos/result.json --plot build/chaos/timeline.png $(CHAOS_ARGS)
 
 clean:
 	rm -rf build $(VENV) .pytest_cache
