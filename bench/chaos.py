@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -417,7 +418,8 @@ def start_pipeline(name: str, model: str, microbatch: int, workdir: Path) -> Pip
     from pipeedge.coordinator.local_cluster import LocalCluster
 
     wd = workdir / name
-    wd.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(wd, ignore_errors=True)  # no coordinator state or pipeline file of a past run
+    wd.mkdir(parents=True)
     cluster = LocalCluster(3, threads=1, workdir=wd).__enter__()
     hosts = cluster.hosts_file(model, partition=PARTITION, weights="random:0",
                                microbatch=microbatch)
@@ -442,10 +444,14 @@ class Faults:
 
     def run(self, duration: float, stop: threading.Event) -> None:
         end = time.monotonic() + duration
-        pending = list(FAULT_KINDS)
+        kinds_allowed = self.args.faults
+        if not kinds_allowed:  # a control run: load only
+            stop.wait(duration)
+            return
+        pending = list(kinds_allowed)
         self.rng.shuffle(pending)  # every kind once first, then at random
         while time.monotonic() < end and not stop.is_set():
-            kinds = pending or [self.rng.choice(FAULT_KINDS)]
+            kinds = pending or [self.rng.choice(kinds_allowed)]
             for kind in kinds:
                 started = self._start(kind)
                 if started:
@@ -953,12 +959,25 @@ def parse_args(argv=None):
     ap.add_argument("--fault-gap-max", type=float, default=7.0)
     ap.add_argument("--idle-streams", type=int, default=64)
     ap.add_argument("--watch-flood", type=int, default=32)
+    ap.add_argument("--faults", default="all",
+                    help="comma-separated fault kinds (default all: " + ",".join(FAULT_KINDS)
+                    + "); 'none' for a control run with load only")
     ap.add_argument("--progress-every", type=float, default=5.0)
     ap.add_argument("--workdir", type=Path, default=None,
                     help="keep stage/coordinator logs here (default: a temporary directory)")
     ap.add_argument("--json", type=Path, default=Path("build/chaos/result.json"))
     ap.add_argument("--plot", type=Path, default=None, help="PNG timeline (needs matplotlib)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.faults == "all":
+        args.faults = list(FAULT_KINDS)
+    elif args.faults == "none":
+        args.faults = []
+    else:
+        args.faults = [k.strip() for k in args.faults.split(",") if k.strip()]
+        unknown = set(args.faults) - set(FAULT_KINDS)
+        if unknown:
+            ap.error(f"unknown fault kinds {sorted(unknown)}; choose from {', '.join(FAULT_KINDS)}")
+    return args
 
 
 def _progress(ledger: Ledger, faults: Faults, clients_stop: threading.Event, phase: list,
