@@ -62,9 +62,14 @@ DECODER = "pipeedge/tiny-gpt2"
 PARTITION = "1,4,5,8,9,12"  # 3 stages of 4 sub-layers (both tiny models have 12)
 FAULT_KINDS = ("stage_kill", "stage_fast_restart", "stage_stop", "coord_kill", "redeploy",
                "idle_streams", "watch_flood")
+# Stage faults are the ones that race re-plans against traffic: drawn most often.
+FAULT_WEIGHTS = {"stage_kill": 3, "stage_fast_restart": 2, "stage_stop": 2, "coord_kill": 1,
+                 "redeploy": 1.5, "idle_streams": 1, "watch_flood": 1}
 CLIENT_KINDS = ("infer", "infer_many", "infer_many_slow", "async", "generate")
 CLIENT_SHARES = (0.30, 0.20, 0.15, 0.15, 0.20)
 OUTCOMES = ("correct", "wrong", "lost", "duplicated", "typed", "untyped")
+# A client whose round failed waits this long before the next (no hot loop of instant errors).
+ERROR_BACKOFF_S = 0.2
 # Faults started this long before a failure are listed as what preceded it.
 BLAME_WINDOW_S = 20.0
 
@@ -174,10 +179,8 @@ class Ledger:
         self.outcomes[outcome] += 1
         self.by_kind[req.kind][outcome] += 1
         self.per_second[outcome][int(now)] += 1
-        if outcome == "typed":
-            self.typed[type(exc).__name__] += 1
-        elif outcome == "untyped":
-            self.untyped[type(exc).__name__] += 1
+        if outcome in ("typed", "untyped"):
+            (self.typed if outcome == "typed" else self.untyped)[type(exc).__name__] += 1
             detail = detail or f"{type(exc).__name__}: {exc}"[:300]
         key = f"{outcome}/{req.kind}"
         if outcome != "correct" and len(self.samples[key]) < 40:
@@ -315,7 +318,8 @@ class Pipeline:
     coord_port: int
     coord: subprocess.Popen | None = None
     coord_starts: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)  # stages/coord replacement
+    lock: threading.Lock = field(default_factory=threading.Lock)  # stage processes
+    coord_lock: threading.Lock = field(default_factory=threading.Lock)  # the coordinator
     busy_stage: bool = False   # one stage fault at a time per pipeline
     busy_coord: bool = False   # one coordinator fault at a time
     events: list = field(default_factory=list)
@@ -451,7 +455,8 @@ class Faults:
         pending = list(kinds_allowed)
         self.rng.shuffle(pending)  # every kind once first, then at random
         while time.monotonic() < end and not stop.is_set():
-            kinds = pending or [self.rng.choice(kinds_allowed)]
+            kinds = pending or self.rng.choices(
+                kinds_allowed, weights=[FAULT_WEIGHTS[k] for k in kinds_allowed])
             for kind in kinds:
                 started = self._start(kind)
                 if started:
@@ -542,18 +547,18 @@ class Faults:
             p.signal_stage(i, signal.SIGCONT)
 
     def _coord_kill(self, p: Pipeline, _: int, params: dict, record: dict) -> None:
-        with p.lock:
+        with p.coord_lock:
             p.coord.kill()
             p.coord.wait(timeout=30)
         time.sleep(params["restart_after_s"])
-        with p.lock:
+        with p.coord_lock:
             record["coordinator_start_s"] = round(p.start_coordinator(), 2)
 
     def _redeploy(self, p: Pipeline, _: int, params: dict, record: dict) -> None:
-        with p.lock:
+        with p.coord_lock:
             p.coord.send_signal(signal.SIGHUP)
         time.sleep(1.5)
-        with p.lock:
+        with p.coord_lock:
             if p.coord.poll() is not None:  # no SIGHUP handling: it died; a supervisor restarts
                 record["coordinator_died"] = p.coord.returncode
                 record["coordinator_start_s"] = round(p.start_coordinator(), 2)
@@ -697,6 +702,7 @@ class Clients:
             if not ok:
                 client.close()
                 client = None
+                time.sleep(ERROR_BACKOFF_S)
         if client is not None:
             client.close()
 
@@ -720,16 +726,26 @@ class Clients:
         slow = kind == "infer_many_slow"
         pulled: list[tuple[int, int]] = []  # (request, input index) in the order the SDK pulled
         pool = len(self.enc_ref.inputs)
+        indices = [rng.randrange(pool) for _ in range(count)]
+        gate = threading.Lock()
+        ended = []  # set once the stream's outcome is settled: no pull may open a request then
 
         def feed():
-            for _ in range(count):
+            for index in indices:
                 if self.stop.is_set():
                     return
                 if slow:
                     time.sleep(0.02)
-                index = rng.randrange(pool)
-                pulled.append((self.ledger.begin(name, kind), index))
+                with gate:
+                    if ended:
+                        return
+                    pulled.append((self.ledger.begin(name, kind), index))
                 yield self.enc_ref.inputs[index]
+
+        def settle_rest() -> list[tuple[int, int]]:
+            with gate:
+                ended.append(True)
+                return pulled[delivered:]
 
         delivered = 0
         try:
@@ -742,10 +758,10 @@ class Clients:
                 delivered += 1
         except Exception as exc:  # noqa: BLE001 - the error ends the stream: it is the answer
             outcome = classify_error(exc)    # of every request not delivered before it
-            for rid, _ in pulled[delivered:]:
+            for rid, _ in settle_rest():
                 self.ledger.finish(rid, outcome, f"stream ended by {exc!r}"[:300], exc)
             return False
-        for rid, _ in pulled[delivered:]:
+        for rid, _ in settle_rest():
             self.ledger.finish(rid, "lost", f"the stream ended after {delivered} of "
                                             f"{len(pulled)} results")
         return True
@@ -808,6 +824,7 @@ class Clients:
                                            f"generation ended by {exc!r}"[:300], exc)
                 gen.close()
                 gen = None
+                time.sleep(ERROR_BACKOFF_S)
                 continue
             for k, rid in enumerate(rids):
                 if not settled[k]:
@@ -866,6 +883,7 @@ class Clients:
                         self.ledger.finish(rid, classify_error(exc), exc=exc)
                     await client.close()
                     client = None
+                    await asyncio.sleep(ERROR_BACKOFF_S)
                     continue
                 outs = list(outs)
                 if len(outs) > len(indices):
