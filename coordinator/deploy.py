@@ -49,7 +49,7 @@ def assign_request(dep: Deployment, stage: PlannedStage, next_hop: str,
                            first_layer=stage.layers.first, last_layer=stage.layers.last,
                            backend=BACKENDS[backend], dtype=DTYPES[dep.dtype],
                            device=dep.device, max_microbatch=dep.microbatch, next_hop=next_hop,
-                           weights=weights)
+                           weights=weights, model_config_json=dep.model_config_json)
     encoding = stage.host.encoding or dep.encoding
     if next_hop and encoding:
         spec = parse_encoding(encoding, where=f"host {stage.host.name}")
@@ -233,7 +233,7 @@ def _weight_sources(dep: Deployment, stages: list[PlannedStage], controls: list[
     if not path.exists():
         raise DeployError(f"weights path {path} does not exist on the coordinator; fix "
                           "'weights: push:PATH' in hosts.yml")
-    info = models.model_info(dep.model)
+    info = dep.model_info()
     blobs = []
     for s in stages:
         state = models.load_shard_state(info, s.layers.first, s.layers.last, path)

@@ -73,11 +73,20 @@ class Deployment:
     # 1 sequence, the model's maximum positions (see `generation_load`).
     sessions: int = 0
     context: int = 0
+    # The weights directory's config.json text, sent to every stage (AssignRequest /
+    # ProfileRequest.model_config_json); "" = the shipped config of `model`.
+    model_config_json: str = field(default="", repr=False)
     source: Path = field(default=Path("hosts.yml"), compare=False)
     # `tls:` / `token:` (README "Security"): the coordinator's credentials for control calls, and
     # the client credentials deploy records in the pipeline file for SDK clients.
     security: Security | None = field(default=None, compare=False)
     client_security: Security | None = field(default=None, compare=False)
+
+    def model_info(self):
+        """The model as the stages will build it (the directory's config when there is one)."""
+        from pipeedge import models
+
+        return models.model_info(self.model, self.model_config_json or None)
 
     def generation_load(self, info) -> tuple[int, int]:
         """(sessions, context tokens) for this decoder `info`, defaults filled in."""
@@ -126,7 +135,24 @@ def _positive_int(data: dict, key: str, path: Path, example: str) -> int:
     return value
 
 
-def parse_generation_load(data: dict, path: Path) -> dict[str, int]:
+def resolve_model(model, weights: Weights, path: Path) -> dict[str, str]:
+    """`model:` (a registry name, or omitted) and a weights directory the coordinator can read ->
+    the model name and the directory's config.json text (`pipeedge.models.checkpoint.resolve`).
+    A `local:` path only the devices have keeps the shipped config (the stages check theirs)."""
+    from pipeedge.models.checkpoint import resolve
+    from pipeedge.models.hf_config import ConfigError
+
+    directory = weights.path if weights.kind in ("local", "push") and weights.path else None
+    if directory is not None and not Path(directory).is_dir():
+        directory = None  # a file, or a path that exists only on the devices
+    try:
+        name, text = resolve(str(model) if model else None, directory)
+    except ConfigError as exc:
+        raise HostsFileError(f"{path}: {exc}") from None
+    return {"model": name, "model_config_json": text}
+
+
+def parse_generation_load(data: dict, path: Path, model: dict[str, str]) -> dict[str, int]:
     """`sessions:` and `context:` (decoder models only): positive, context within the model."""
     load = {"sessions": _positive_int(data, "sessions", path, "4"),
             "context": _positive_int(data, "context", path, "512")}
@@ -135,8 +161,8 @@ def parse_generation_load(data: dict, path: Path) -> dict[str, int]:
     from pipeedge import models
 
     try:
-        info = models.model_info(str(data["model"]))
-    except (KeyError, ValueError):
+        info = models.model_info(model["model"], model["model_config_json"] or None)
+    except ValueError:
         return load  # an unknown model is reported where it is used, with the known names
     if not info.is_decoder:
         given = " and ".join(f"'{k}'" for k, v in load.items() if v)
@@ -207,9 +233,8 @@ def load_deployment(path: str | Path, *, with_security: bool = True, **overrides
     if not isinstance(data, dict):
         raise HostsFileError(f"{path} must be a mapping with 'model' and 'hosts'")
     data.update({k: v for k, v in overrides.items() if v is not None})
-    for key in ("model", "hosts"):
-        if not data.get(key):
-            raise HostsFileError(f"{path} has no '{key}'; see coordinator/hosts.example.yml")
+    if not data.get("hosts"):
+        raise HostsFileError(f"{path} has no 'hosts'; see coordinator/hosts.example.yml")
     hosts = []
     for i, h in enumerate(data["hosts"]):
         if not isinstance(h, dict) or "address" not in h:
@@ -225,15 +250,17 @@ def load_deployment(path: str | Path, *, with_security: bool = True, **overrides
     partition = data.get("partition", "")
     if isinstance(partition, list):
         partition = ",".join(str(x) for x in partition)
+    weights = parse_weights(data.get("weights"))
+    model = resolve_model(data.get("model"), weights, path)
     dep = Deployment(
-        model=str(data["model"]), hosts=tuple(hosts), weights=parse_weights(data.get("weights")),
+        **model, hosts=tuple(hosts), weights=weights,
         partition=str(partition or ""), order=tuple(str(x) for x in data.get("order") or ()),
         backend=str(data.get("backend", "torch")), dtype=str(data.get("dtype", "float32")),
         microbatch=int(data.get("microbatch", 8)), device=str(data.get("device", "")),
         encoding=str(data.get("encoding", "raw")),
         pipeline_file=str(data.get("pipeline_file", "pipeline.json")),
         scheduler_dir=str(data.get("scheduler_dir", "")), source=path,
-        **parse_generation_load(data, path),
+        **parse_generation_load(data, path, model),
         **(parse_security(data.get("tls"), data.get("token"), path) if with_security else {}))
     if with_security:
         # This process now acts for this deployment: every control channel it opens without

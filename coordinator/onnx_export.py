@@ -62,7 +62,7 @@ def export_stages(dep: Deployment, stages: list[PlannedStage], out: Path, *, ops
     if dep.dtype != "float32":
         raise ExportOnnxError(f"dtype {dep.dtype}: backend onnx runs float32 only; set dtype: "
                               "float32 in hosts.yml")
-    info = models.model_info(dep.model)
+    info = dep.model_info()
     cache = OnnxCache(out)
     done = []
     for stage in stages:

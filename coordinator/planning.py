@@ -57,7 +57,7 @@ def plan(dep: Deployment, hosts: list[Host] | None = None, *, strict: bool = Tru
     (re-planning after failures) the layers are re-planned over the hosts left.
     """
     hosts = hosts if hosts is not None else dep.ordered_hosts()
-    info = models.model_info(dep.model)
+    info = dep.model_info()
     if dep.partition:
         ranges = parse_partition(dep.partition, info.num_layers)
         if len(ranges) <= len(hosts):
@@ -98,7 +98,7 @@ def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
         log.warning("hosts %s have no profile in %s; they are left out (run "
                     "`pipeedge-coord profile`)", missing, folder)
     model, notes = inputs.model, ()
-    info = models.model_info(dep.model)
+    info = dep.model_info()
     if info.is_decoder:
         model, devices, notes = _for_generation(dep, info, model, devices, folder)
     try:

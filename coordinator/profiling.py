@@ -17,7 +17,6 @@ import grpc
 import yaml
 from tqdm import tqdm
 
-from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.deploy import BACKENDS, DTYPES
 from pipeedge.coordinator.hosts import Deployment, Host
@@ -63,7 +62,7 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
                   progress: bool = True) -> list[LayerProfile]:
     """Profile `hosts` in parallel, one progress bar per host."""
     results: list[LayerProfile | Exception | None] = [None] * len(hosts)
-    info = models.model_info(dep.model)
+    info = dep.model_info()
     decode_context = dep.generation_load(info)[1] if info.is_decoder else 0
 
     def work(i: int, host: Host) -> None:
@@ -73,6 +72,7 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
         try:
             ctl.check_serving()
             req = pb.ProfileRequest(model_name=dep.model, dtype=DTYPES[dtype], batch_size=batch,
+                                    model_config_json=dep.model_config_json,
                                     backend=BACKENDS[host.backend or dep.backend],
                                     decode_context=decode_context)
             events = []

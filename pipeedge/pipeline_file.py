@@ -28,6 +28,19 @@ class Pipeline:
     weights: str = ""             # where the weights came from, for humans
     coordinator: str = ""         # control-plane address when one serves, else empty
     extra: dict = field(default_factory=dict)
+    # The weights directory's config.json text the stages were assigned with; "" = the shipped
+    # config of `model` (or, for files written without it, the weights directory's own).
+    model_config_json: str = ""
+
+    def model_info(self):
+        """The model the stages run: what clients size inputs, labels and tokens by."""
+        from pipeedge import models
+
+        text = self.model_config_json or None
+        kind, _, path = self.weights.partition(":")
+        if text is None and kind in ("local", "push") and (Path(path) / "config.json").is_file():
+            text = (Path(path) / "config.json").read_text(encoding="utf-8")
+        return models.model_info(self.model, text)
 
     @property
     def entry(self) -> str:

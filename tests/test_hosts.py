@@ -21,7 +21,8 @@ def test_overrides_and_order(tmp_path):
 
 
 @pytest.mark.parametrize("text,needle", [
-    ("hosts: []\n", "no 'model'"),
+    ("hosts: []\n", "no 'hosts'"),
+    ("hosts:\n  - {address: 'x:1'}\n", "no model: and weights are not a directory"),
     ("model: m\nhosts:\n  - {name: a}\n", "needs at least 'address'"),
     ("model: m\nhosts:\n  - {name: a, address: 'x:1'}\n  - {name: a, address: 'y:1'}\n",
      "unique"),

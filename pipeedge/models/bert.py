@@ -8,14 +8,43 @@ classifier), ``mean-pooling`` (sentence-transformers: masked mean, then L2 norma
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Flow, Namespace, SelfAttention, activation
+from .family import FamilySpec, register
+from .hf_config import EncoderConfig, check_heads, labels_of, one_of, refuse
+from .layers import ACTIVATIONS, Flow, Namespace, SelfAttention, activation
 from .registry import ModelInfo
 from .shard import ShardModule
 from .spec import TensorSpec
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+def read_config(model: str, c: Mapping[str, Any], *, pad_token_id: int = 0) -> EncoderConfig:
+    """BERT-style config.json (BERT, RoBERTa, XLM-R); defaults are BertConfig's."""
+    hidden, heads = int(c.get("hidden_size", 768)), int(c.get("num_attention_heads", 12))
+    check_heads(model, hidden, heads)
+    one_of(model, c, "position_embedding_type", "absolute", ("absolute",))
+    one_of(model, c, "problem_type", PROBLEM_TYPES[0], PROBLEM_TYPES)
+    for key in ("is_decoder", "add_cross_attention"):
+        if c.get(key):
+            raise refuse(model, key, c[key], "encoders only")
+    pad = c.get("pad_token_id")
+    return EncoderConfig(
+        hidden_size=hidden, num_layers=int(c.get("num_hidden_layers", 12)), num_heads=heads,
+        intermediate_size=int(c.get("intermediate_size", 3072)),
+        layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)),
+        hidden_act=one_of(model, c, "hidden_act", "gelu", ACTIVATIONS),
+        labels=labels_of(c), problem_type=c.get("problem_type"),
+        vocab_size=int(c.get("vocab_size", 30522)),
+        max_positions=int(c.get("max_position_embeddings", 512)),
+        type_vocab_size=int(c.get("type_vocab_size", 2)),
+        pad_token_id=pad_token_id if pad is None else int(pad))
 
 
 class Embeddings(nn.Module):
@@ -23,27 +52,30 @@ class Embeddings(nn.Module):
 
     def __init__(self, info: ModelInfo) -> None:
         super().__init__()
-        c, h = info.config, info.hidden_size
-        if c.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(
-                f"{info.name}: position_embedding_type {c['position_embedding_type']!r} is not "
-                "supported; only 'absolute'"
-            )
-        self.word_embeddings = nn.Embedding(int(c["vocab_size"]), h)
-        self.position_embeddings = nn.Embedding(int(c.get("max_position_embeddings", 512)), h)
-        self.token_type_embeddings = nn.Embedding(int(c.get("type_vocab_size", 2)), h)
+        hp, h = info.hp, info.hidden_size
+        self.word_embeddings = nn.Embedding(hp.vocab_size, h)
+        self.position_embeddings = nn.Embedding(hp.max_positions, h)
+        self.token_type_embeddings = nn.Embedding(hp.type_vocab_size, h)
         self.LayerNorm = nn.LayerNorm(h, eps=info.layer_norm_eps)
+        self.pad_token_id = hp.pad_token_id
+
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(T,) or (B, T) positions; RoBERTa overrides this (padding-aware offsets)."""
+        return torch.arange(input_ids.shape[1], device=input_ids.device)
+
+    def max_tokens(self) -> int:
+        return self.position_embeddings.num_embeddings
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         T = input_ids.shape[1]
-        if T > self.position_embeddings.num_embeddings:
+        if T > self.max_tokens():
             raise ValueError(
                 f"input_ids has {T} tokens but the model has "
-                f"{self.position_embeddings.num_embeddings} positions; truncate the input"
+                f"{self.max_tokens()} positions; truncate the input"
             )
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        positions = torch.arange(T, device=input_ids.device)
+        positions = self.position_ids(input_ids)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         return self.LayerNorm(x + self.position_embeddings(positions))  # (B, T, H)
 
@@ -54,7 +86,7 @@ class Block(nn.Module):
     def __init__(self, info: ModelInfo, sublayers: list[int]) -> None:
         super().__init__()
         h, i, eps = info.hidden_size, info.intermediate_size, info.layer_norm_eps
-        self.act = activation(info.config.get("hidden_act", "gelu"))
+        self.act = activation(info.hp.hidden_act)
         self.attention = Namespace()
         if 1 in sublayers:
             self.attention.self = SelfAttention(info)
@@ -82,17 +114,20 @@ class Block(nn.Module):
 class Backbone(nn.Module):
     """``bert.*``: embeddings on the first shard, blocks, the pooler on the last if used."""
 
+    embeddings_class: type[Embeddings] = Embeddings
+    pooler_heads: tuple[str, ...] = ("base", "sequence-classification")  # heads with a pooler
+
     def __init__(
         self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool
     ) -> None:
         super().__init__()
         if first:
-            self.embeddings = Embeddings(info)
+            self.embeddings = self.embeddings_class(info)
         # Keys are global block indices, so names read encoder.layer.<i>... as in the checkpoint.
         self.encoder = Namespace(
             layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
         )
-        if last and info.head in ("base", "sequence-classification"):
+        if last and info.head in self.pooler_heads:
             h = info.hidden_size
             self.pooler = Namespace(dense=nn.Linear(h, h))
 
@@ -100,14 +135,25 @@ class Backbone(nn.Module):
 class BertShard(ShardModule):
     """A BERT-family shard: ids and mask into the first shard, head outputs out of the last."""
 
+    backbone_class: type[Backbone] = Backbone
+
     def __init__(self, info: ModelInfo, first_layer: int, last_layer: int) -> None:
         super().__init__(info, first_layer, last_layer)
-        self.bert = Backbone(info, self.plan, self.is_first, self.is_last)
+        setattr(self, info.spec.backbone_attr,
+                self.backbone_class(info, self.plan, self.is_first, self.is_last))
         if self.is_last and info.head == "sequence-classification":
-            self.classifier = nn.Linear(info.hidden_size, info.num_labels)
+            self.add_classifier(info)
+
+    def add_classifier(self, info: ModelInfo) -> None:
+        """BertForSequenceClassification: one linear layer on the pooled [CLS] token."""
+        self.classifier = nn.Linear(info.hidden_size, info.num_labels)
+
+    def classify(self, hidden: torch.Tensor) -> torch.Tensor:
+        pooled = torch.tanh(self.backbone.pooler.dense(hidden[:, 0]))  # (B, H), from [CLS]
+        return self.classifier(pooled)
 
     def embed(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.bert.embeddings(tensors["input_ids"], tensors.get("token_type_ids"))
+        return self.backbone.embeddings(tensors["input_ids"], tensors.get("token_type_ids"))
 
     def finish(
         self, hidden: torch.Tensor, tensors: dict[str, torch.Tensor]
@@ -118,9 +164,9 @@ class BertShard(ShardModule):
             summed = (hidden * mask).sum(dim=1)
             mean = summed / mask.sum(dim=1).clamp(min=1e-9)  # (B, H)
             return {"embeddings": F.normalize(mean, p=2, dim=1)}
-        pooled = torch.tanh(self.bert.pooler.dense(hidden[:, 0]))  # (B, H), from the [CLS] token
         if head == "sequence-classification":
-            return {"logits": self.classifier(pooled)}  # (B, num_labels)
+            return {"logits": self.classify(hidden)}  # (B, num_labels)
+        pooled = torch.tanh(self.backbone.pooler.dense(hidden[:, 0]))  # (B, H), from [CLS]
         return {"hidden": hidden, "pooled": pooled}
 
     def first_input_spec(self, batch: int, seq_len: int) -> list[TensorSpec]:
@@ -141,3 +187,13 @@ class BertShard(ShardModule):
             TensorSpec("hidden", self.dtype, (batch, seq_len, h)),
             TensorSpec("pooled", self.dtype, (batch, h)),
         ]
+
+
+register(FamilySpec(
+    name="bert", kind="text-encoder", read_config=read_config, shard_class=BertShard,
+    prefix="bert.",
+    hf_classes={"base": "BertModel", "mean-pooling": "BertModel",
+                "sequence-classification": "BertForSequenceClassification"},
+    architectures={"BertModel": "base",
+                   "BertForSequenceClassification": "sequence-classification"},
+    model_types=("bert",), default_head="base"))

@@ -8,27 +8,16 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .bert import BertShard
 from .registry import ModelInfo
 from .shard import ShardModule, check_layer_range
-from .vit import VisionShard
 
 logger = logging.getLogger(__name__)
-
-
-def _shard_class(info: ModelInfo) -> type[ShardModule]:
-    if info.is_decoder:  # decoder-only LMs (decoder.py): GPT-2, Llama
-        from .gpt2 import GPT2Shard
-        from .llama import LlamaShard
-
-        return GPT2Shard if info.family == "gpt2" else LlamaShard
-    return VisionShard if info.is_vision else BertShard
 
 
 def _meta_shard(info: ModelInfo, first_layer: int, last_layer: int) -> ShardModule:
     """The shard's structure without storage: names and shapes for free."""
     with torch.device("meta"):
-        return _shard_class(info)(info, first_layer, last_layer)
+        return info.spec.shard_class(info, first_layer, last_layer)
 
 
 def shard_tensor_shapes(
@@ -118,11 +107,10 @@ def example_inputs(
 
         return decoder_example_inputs(info, batch_size, seq_len, g)
 
-    max_pos = int(info.config.get("max_position_embeddings", 512))
+    max_pos = info.max_positions
     if not 1 <= seq_len <= max_pos:
         raise ValueError(f"seq_len {seq_len} is out of range for {info.name}: use 1..{max_pos}")
-    vocab = int(info.config["vocab_size"])
-    pad = int(info.config.get("pad_token_id", 0))
+    vocab, pad = info.vocab_size, info.hp.pad_token_id
     ids = torch.randint(1, vocab, (batch_size, seq_len), generator=g)
     lengths = torch.randint(1, seq_len + 1, (batch_size,), generator=g)
     lengths[0] = seq_len

@@ -83,8 +83,7 @@ def decoder_example_inputs(info: ModelInfo, batch_size: int, seq_len: int,
     max_pos = info.max_positions
     if not 1 <= seq_len <= max_pos:
         raise ValueError(f"seq_len {seq_len} is out of range for {info.name}: use 1..{max_pos}")
-    vocab = int(info.config["vocab_size"])
-    return {"input_ids": torch.randint(3, vocab, (batch_size, seq_len), generator=g)}
+    return {"input_ids": torch.randint(3, info.vocab_size, (batch_size, seq_len), generator=g)}
 
 
 class DecoderShard(ShardModule):
@@ -124,7 +123,7 @@ class DecoderShard(ShardModule):
         return [TensorSpec("input_ids", torch.int64, (batch, seq_len))]
 
     def last_output_spec(self, batch: int, seq_len: int) -> list[TensorSpec]:
-        return [TensorSpec("logits", self.dtype, (batch, int(self.info.config["vocab_size"])))]
+        return [TensorSpec("logits", self.dtype, (batch, self.info.vocab_size))]
 
     def forward(self, tensors: dict[str, torch.Tensor],
                 cache: KVCache | None = None) -> dict[str, torch.Tensor]:

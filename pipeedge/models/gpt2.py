@@ -8,11 +8,16 @@ is stored (in, out), so checkpoints load without transposing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from .decoder import DecoderShard, StepContext, attend
-from .layers import Flow, Namespace, activation
+from .family import FamilySpec, register
+from .hf_config import DecoderConfig, check_heads, one_of, refuse
+from .layers import ACTIVATIONS, Flow, Namespace, activation
 from .registry import ModelInfo
 
 
@@ -29,14 +34,32 @@ class Conv1D(nn.Module):
         return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(shape)
 
 
-def _check_config(info: ModelInfo) -> None:
-    c = info.config
+def read_config(model: str, c: Mapping[str, Any]) -> DecoderConfig:
+    """GPT-2 config.json: fields are spelled n_embd/n_layer/n_head/n_inner/n_positions (the
+    common names are accepted too, as GPT2Config.attribute_map does); defaults are GPT2Config's."""
     for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
                 "add_cross_attention"):
         if c.get(key):
-            raise ValueError(f"{info.name}: GPT-2 option {key}=true is not supported")
-    if c.get("scale_attn_weights") is False:
-        raise ValueError(f"{info.name}: scale_attn_weights=false is not supported")
+            raise refuse(model, key, c[key], "GPT-2 without it")
+    one_of(model, c, "scale_attn_weights", True, (True,))
+
+    def get(key: str, alias: str, default: Any) -> Any:
+        value = c.get(key, c.get(alias))
+        return default if value is None else value
+
+    hidden, heads = int(get("n_embd", "hidden_size", 768)), int(get("n_head",
+                                                                   "num_attention_heads", 12))
+    check_heads(model, hidden, heads)
+    return DecoderConfig(
+        vocab_size=int(c.get("vocab_size", 50257)), hidden_size=hidden,
+        num_layers=int(get("n_layer", "num_hidden_layers", 12)), num_heads=heads,
+        num_kv_heads=heads, head_dim=hidden // heads,
+        intermediate_size=int(get("n_inner", "intermediate_size", 4 * hidden)),
+        max_positions=int(get("n_positions", "max_position_embeddings", 1024)),
+        norm_eps=float(c.get("layer_norm_epsilon", 1e-5)),
+        hidden_act=one_of(model, c, "activation_function", "gelu_new", ACTIVATIONS),
+        tie_word_embeddings=bool(c.get("tie_word_embeddings", True)),
+        bos_token_id=c.get("bos_token_id"))
 
 
 class Block(nn.Module):
@@ -45,9 +68,9 @@ class Block(nn.Module):
     def __init__(self, info: ModelInfo, sublayers: list[int]) -> None:
         super().__init__()
         h, i = info.hidden_size, info.intermediate_size
-        eps = float(info.config.get("layer_norm_epsilon", 1e-5))
+        eps = info.hp.norm_eps
         self.num_heads = info.num_heads
-        self.act = activation(info.config.get("activation_function", "gelu_new"))
+        self.act = activation(info.hp.hidden_act)
         self.attn = Namespace()
         self.mlp = Namespace()
         if 1 in sublayers:
@@ -83,22 +106,21 @@ class Backbone(nn.Module):
         super().__init__()
         h = info.hidden_size
         if first:
-            self.wte = nn.Embedding(int(info.config["vocab_size"]), h)
-            self.wpe = nn.Embedding(int(info.config["max_position_embeddings"]), h)
+            self.wte = nn.Embedding(info.vocab_size, h)
+            self.wpe = nn.Embedding(info.max_positions, h)
         self.h = nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
         if last:
-            self.ln_f = nn.LayerNorm(h, eps=float(info.config.get("layer_norm_epsilon", 1e-5)))
+            self.ln_f = nn.LayerNorm(h, eps=info.hp.norm_eps)
 
 
 class GPT2Shard(DecoderShard):
     def __init__(self, info: ModelInfo, first_layer: int, last_layer: int) -> None:
         super().__init__(info, first_layer, last_layer)
-        _check_config(info)
         self.transformer = Backbone(info, self.plan, self.is_first, self.is_last)
-        self.tied = bool(info.config.get("tie_word_embeddings", True))
+        self.tied = info.hp.tie_word_embeddings
         # A shard holding both ends shares wte with the head instead of keeping a second copy.
         if self.is_last and not (self.tied and self.is_first):
-            self.lm_head = nn.Linear(info.hidden_size, int(info.config["vocab_size"]), bias=False)
+            self.lm_head = nn.Linear(info.hidden_size, info.vocab_size, bias=False)
 
     @property
     def blocks(self) -> nn.ModuleDict:
@@ -114,3 +136,10 @@ class GPT2Shard(DecoderShard):
         if hasattr(self, "lm_head"):
             return self.lm_head.weight
         return self.transformer.wte.weight
+
+
+register(FamilySpec(
+    name="gpt2", kind="decoder", read_config=read_config, shard_class=GPT2Shard,
+    prefix="transformer.", hf_classes={"causal-lm": "GPT2LMHeadModel"},
+    architectures={"GPT2LMHeadModel": "causal-lm"}, model_types=("gpt2",),
+    default_head="causal-lm", embedding="wte.weight"))

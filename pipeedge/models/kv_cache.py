@@ -107,10 +107,7 @@ def cache_capacity(tokens: int, max_length: int | None = None, *,
 
 def kv_heads_and_dim(info: ModelInfo) -> tuple[int, int]:
     """(key/value heads, head dim) of a decoder's attention."""
-    c = info.config
-    n_kv = int(c.get("num_key_value_heads") or info.num_heads)
-    head_dim = int(c.get("head_dim") or info.hidden_size // info.num_heads)
-    return n_kv, head_dim
+    return info.hp.num_kv_heads, info.hp.head_dim
 
 
 def kv_cache_bytes_per_layer(info: ModelInfo, *, sessions: int = 1, context_len: int | None = None,

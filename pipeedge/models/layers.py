@@ -26,17 +26,23 @@ from .registry import ModelInfo
 Flow = tuple[torch.Tensor, torch.Tensor | None]
 
 
+_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+# The activation names a config.json may give (hidden_act / activation_function / activation).
+ACTIVATIONS: tuple[str, ...] = tuple(_ACTS)
+
+
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The ``hidden_act`` of a config.json, as transformers' ACT2FN defines it."""
-    acts: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "gelu": F.gelu,
-        "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-        "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-        "relu": F.relu,
-    }
-    if name not in acts:
-        raise ValueError(f"hidden_act {name!r} is not supported; use one of {sorted(acts)}")
-    return acts[name]
+    if name not in _ACTS:
+        raise ValueError(f"hidden_act {name!r} is not supported; use one of {sorted(_ACTS)}")
+    return _ACTS[name]
 
 
 class Namespace(nn.Module):
@@ -54,7 +60,7 @@ class SelfAttention(nn.Module):
     def __init__(self, info: ModelInfo) -> None:
         super().__init__()
         h = info.hidden_size
-        bias = bool(info.config.get("qkv_bias", True))
+        bias = info.hp.qkv_bias
         self.num_heads = info.num_heads
         self.query = nn.Linear(h, h, bias=bias)
         self.key = nn.Linear(h, h, bias=bias)

@@ -22,16 +22,7 @@ Reference = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 def _model_class(info: ModelInfo) -> type:
     import transformers
 
-    names = {
-        ("vit", "image-classification"): "ViTForImageClassification",
-        ("deit", "image-classification"): "DeiTForImageClassificationWithTeacher",
-        ("bert", "base"): "BertModel",
-        ("bert", "mean-pooling"): "BertModel",
-        ("bert", "sequence-classification"): "BertForSequenceClassification",
-        ("gpt2", "causal-lm"): "GPT2LMHeadModel",
-        ("llama", "causal-lm"): "LlamaForCausalLM",
-    }
-    return getattr(transformers, names[(info.family, info.head)])
+    return getattr(transformers, info.spec.hf_classes[info.head])
 
 
 def build_reference(

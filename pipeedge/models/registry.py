@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
-Family = Literal["vit", "deit", "bert", "gpt2", "llama"]
-Head = Literal["image-classification", "sequence-classification", "base", "mean-pooling", "causal-lm"]
+from .family import FamilySpec, Head, family_for_config, family_spec
+from .hf_config import ConfigError, DecoderConfig, EncoderConfig, HParams
 
-# Decoder-only (autoregressive) families: shards keep a per-session KV cache (see ``decoder.py``).
-DECODER_FAMILIES: tuple[str, ...] = ("gpt2", "llama")
-# Checkpoint prefix of the backbone where it is not ``<family>.``.
-_PREFIXES = {"gpt2": "transformer.", "llama": "model."}
+# Family names (``FamilySpec.name``); the specs live in each family's own file.
+Family = str
 
 # name -> (family, head). DeiT here always means the *distilled* variant (cls + distillation token).
 _MODELS: dict[str, tuple[Family, Head]] = {
@@ -47,99 +45,99 @@ _MODELS: dict[str, tuple[Family, Head]] = {
 
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
-# Architectures named in a config.json, for models outside the table that bring their own config.
-_ARCHITECTURES: dict[str, tuple[Family, Head]] = {
-    "ViTForImageClassification": ("vit", "image-classification"),
-    "DeiTForImageClassificationWithTeacher": ("deit", "image-classification"),
-    "BertModel": ("bert", "base"),
-    "BertForSequenceClassification": ("bert", "sequence-classification"),
-    "GPT2LMHeadModel": ("gpt2", "causal-lm"),
-    "LlamaForCausalLM": ("llama", "causal-lm"),
-}
-
-_REQUIRED_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What a shard needs to know about a model: its layout and its config.json contents."""
+    """What a shard needs to know about a model: its family, head, config.json as given
+    (``config``) and as read (``hp``, typed and checked once by the family's reader)."""
 
     name: str
     family: Family
     head: Head
     config: dict[str, Any] = field(hash=False, repr=False)
+    hp: HParams = field(init=False, compare=False, repr=False)
     num_blocks: int = field(init=False)
     # 4 sub-layers per transformer block, numbered 1..num_layers as in the seed's partitions.
     num_layers: int = field(init=False)
 
     def __post_init__(self) -> None:
-        missing = [k for k in _REQUIRED_KEYS if k not in self.config]
-        if missing:
-            raise ValueError(f"config of {self.name} lacks {missing}; pass a complete config.json")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"config of {self.name}: hidden_size {self.hidden_size} is not a multiple of "
-                f"num_attention_heads {self.num_heads}"
-            )
-        object.__setattr__(self, "num_blocks", int(self.config["num_hidden_layers"]))
+        spec = self.spec
+        if self.head not in spec.hf_classes:
+            raise ConfigError(f"{self.name}: the {self.family} family has no {self.head!r} head; "
+                              f"it serves {', '.join(spec.hf_classes)}")
+        object.__setattr__(self, "hp", spec.read_config(self.name, self.config))
+        object.__setattr__(self, "num_blocks", self.hp.num_layers)
         object.__setattr__(self, "num_layers", 4 * self.num_blocks)
 
     @property
+    def spec(self) -> FamilySpec:
+        return family_spec(self.family)
+
+    @property
     def max_positions(self) -> int:
-        """Longest sequence the position embeddings cover (decoders: prompt + generated)."""
-        return int(self.config.get("max_position_embeddings", 2048))
+        """Longest sequence the model covers (decoders: prompt + generated); the family's
+        reader fills in its own default, so this is the only reading of max_position_embeddings."""
+        if isinstance(self.hp, EncoderConfig) and self.is_vision:
+            return self.seq_len or 0
+        return self.hp.max_positions
 
     @property
     def hidden_size(self) -> int:
-        return int(self.config["hidden_size"])
+        return self.hp.hidden_size
 
     @property
     def intermediate_size(self) -> int:
-        return int(self.config["intermediate_size"])
+        return self.hp.intermediate_size
 
     @property
     def num_heads(self) -> int:
-        return int(self.config["num_attention_heads"])
+        return self.hp.num_heads
 
     @property
     def layer_norm_eps(self) -> float:
-        return float(self.config.get("layer_norm_eps", 1e-12))
+        hp = self.hp
+        return hp.norm_eps if isinstance(hp, DecoderConfig) else hp.layer_norm_eps
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class names in logit order (config.json id2label; LABEL_i where unnamed)."""
+        return self.hp.labels
 
     @property
     def num_labels(self) -> int:
         """Classifier width (2, as in transformers, when the config gives no count or labels)."""
-        if "num_labels" in self.config:
-            return int(self.config["num_labels"])
-        if "id2label" in self.config:
-            return len(self.config["id2label"])
-        return 2
+        return self.hp.num_labels
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hp.vocab_size
 
     @property
     def prefix(self) -> str:
         """Checkpoint prefix of the backbone (``vit.``, ``deit.``, ``bert.``, ``transformer.`` for
         GPT-2, ``model.`` for Llama); heads have none."""
-        return _PREFIXES.get(self.family, f"{self.family}.")
+        return self.spec.prefix
 
     @property
     def is_decoder(self) -> bool:
         """Decoder-only language model: sessions, KV cache, logits of the last position."""
-        return self.family in DECODER_FAMILIES
+        return self.spec.kind == "decoder"
 
     @property
     def is_vision(self) -> bool:
-        return self.family in ("vit", "deit")
+        return self.spec.kind == "vision"
 
     @property
     def image_size(self) -> int:
-        return int(self.config.get("image_size", 224))
+        return self.hp.image_size
 
     @property
     def patch_size(self) -> int:
-        return int(self.config.get("patch_size", 16))
+        return self.hp.patch_size
 
     @property
     def num_channels(self) -> int:
-        return int(self.config.get("num_channels", 3))
+        return self.hp.num_channels
 
     @property
     def seq_len(self) -> int | None:
@@ -187,29 +185,13 @@ def model_info(name: str, config_json: str | None = None) -> ModelInfo:
 
     if name in _MODELS:
         family, head = _MODELS[name]
+        if config_json is not None and (config.get("architectures") or config.get("model_type")):
+            spec, _ = family_for_config(name, config)
+            if spec.name != family:
+                raise ConfigError(f"{name} is a {family} model but the config.json given for it "
+                                  f"is a {spec.name} model; omit the model name to deploy the "
+                                  "directory as it is")
     else:
-        archs = [a for a in config.get("architectures") or [] if a in _ARCHITECTURES]
-        if not archs:
-            raise ValueError(
-                f"unknown model {name!r} and its config names no supported architecture "
-                f"({', '.join(_ARCHITECTURES)}); known models: {', '.join(MODEL_NAMES)}"
-            )
-        family, head = _ARCHITECTURES[archs[0]]
-    if family == "gpt2":
-        config = _gpt2_canonical_keys(config)
+        spec, head = family_for_config(name, config)
+        family = spec.name
     return ModelInfo(name=name, family=family, head=head, config=config)
-
-
-def _gpt2_canonical_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """GPT-2 configs name the core fields n_embd/n_layer/n_head/n_inner (transformers maps them
-    through ``GPT2Config.attribute_map``); add the common names beside them, as GPT2Config accepts
-    both, so every shard reads ``hidden_size`` etc. the same way."""
-    out = dict(config)
-    aliases = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer",
-               "num_attention_heads": "n_head", "max_position_embeddings": "n_positions"}
-    for key, alias in aliases.items():
-        if key not in out and alias in out:
-            out[key] = out[alias]
-    if "intermediate_size" not in out and "hidden_size" in out:
-        out["intermediate_size"] = out.get("n_inner") or 4 * int(out["hidden_size"])
-    return out

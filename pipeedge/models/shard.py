@@ -105,7 +105,7 @@ class ShardModule(nn.Module):
 
     @property
     def backbone(self) -> nn.Module:
-        return getattr(self, self.info.family)
+        return getattr(self, self.info.spec.backbone_attr)
 
     @property
     def dtype(self) -> torch.dtype:

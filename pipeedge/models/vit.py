@@ -6,13 +6,34 @@ classifier read the cls token (DeiT: the mean of the cls and distillation heads)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-from .layers import Flow, Namespace, SelfAttention, activation
+from .family import FamilySpec, register
+from .hf_config import EncoderConfig, check_heads, labels_of, one_of
+from .layers import ACTIVATIONS, Flow, Namespace, SelfAttention, activation
 from .registry import ModelInfo
 from .shard import ShardModule
 from .spec import TensorSpec
+
+
+def read_config(model: str, c: Mapping[str, Any]) -> EncoderConfig:
+    """ViT/DeiT config.json; defaults are ViTConfig's/DeiTConfig's."""
+    hidden, heads = int(c.get("hidden_size", 768)), int(c.get("num_attention_heads", 12))
+    check_heads(model, hidden, heads)
+    one_of(model, c, "problem_type", "single_label_classification",
+           ("single_label_classification", "multi_label_classification", "regression"))
+    return EncoderConfig(
+        hidden_size=hidden, num_layers=int(c.get("num_hidden_layers", 12)), num_heads=heads,
+        intermediate_size=int(c.get("intermediate_size", 3072)),
+        layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)),
+        hidden_act=one_of(model, c, "hidden_act", "gelu", ACTIVATIONS),
+        labels=labels_of(c), problem_type=c.get("problem_type"),
+        image_size=int(c.get("image_size", 224)), patch_size=int(c.get("patch_size", 16)),
+        num_channels=int(c.get("num_channels", 3)), qkv_bias=bool(c.get("qkv_bias", True)))
 
 
 class PatchEmbeddings(nn.Module):
@@ -54,7 +75,7 @@ class Block(nn.Module):
         super().__init__()
         h, i = info.hidden_size, info.intermediate_size
         eps = info.layer_norm_eps
-        self.act = activation(info.config.get("hidden_act", "gelu"))
+        self.act = activation(info.hp.hidden_act)
         self.attention = Namespace()
         if 1 in sublayers:
             self.layernorm_before = nn.LayerNorm(h, eps=eps)
@@ -129,3 +150,15 @@ class VisionShard(ShardModule):
 
     def last_output_spec(self, batch: int, seq_len: int) -> list[TensorSpec]:
         return [TensorSpec("logits", self.dtype, (batch, self.info.num_labels))]
+
+
+register(FamilySpec(
+    name="vit", kind="vision", read_config=read_config, shard_class=VisionShard, prefix="vit.",
+    hf_classes={"image-classification": "ViTForImageClassification"},
+    architectures={"ViTForImageClassification": "image-classification"},
+    model_types=("vit",), default_head="image-classification"))
+register(FamilySpec(
+    name="deit", kind="vision", read_config=read_config, shard_class=VisionShard, prefix="deit.",
+    hf_classes={"image-classification": "DeiTForImageClassificationWithTeacher"},
+    architectures={"DeiTForImageClassificationWithTeacher": "image-classification"},
+    model_types=("deit",), default_head="image-classification"))

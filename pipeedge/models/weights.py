@@ -39,8 +39,6 @@ WeightsSource = Union[str, "os.PathLike[str]", int, Mapping[str, torch.Tensor]]
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
-# config.json fields that must agree between a checkpoint directory and the model it is loaded as.
-_CONFIG_CHECKS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
 class WeightsError(Exception):
@@ -70,9 +68,9 @@ def candidate_keys(info: ModelInfo, name: str) -> list[str]:
     cands = [name]
     if name.startswith(info.prefix):
         cands.append(name[len(info.prefix) :])
-    if info.is_decoder and name == "lm_head.weight" and _tied(info):
+    if _tied_head(info, name):
         # Tied LM head: checkpoints usually store only the input embedding.
-        emb = _EMBEDDING[info.family]
+        emb = info.spec.embedding
         cands += [info.prefix + emb, emb]
     legacy = {"LayerNorm.weight": "LayerNorm.gamma", "LayerNorm.bias": "LayerNorm.beta"}
     for c in list(cands):
@@ -82,12 +80,9 @@ def candidate_keys(info: ModelInfo, name: str) -> list[str]:
     return cands
 
 
-# Decoders: the input embedding (without prefix) that a tied LM head shares.
-_EMBEDDING = {"gpt2": "wte.weight", "llama": "embed_tokens.weight"}
-
-
-def _tied(info: ModelInfo) -> bool:
-    return bool(info.config.get("tie_word_embeddings", info.family == "gpt2"))
+def _tied_head(info: ModelInfo, name: str) -> bool:
+    """``name`` is a decoder's LM head that shares the input embedding (tie_word_embeddings)."""
+    return info.is_decoder and name == "lm_head.weight" and info.hp.tie_word_embeddings
 
 
 def _missing(info: ModelInfo, where: str, name: str) -> MissingTensorError:
@@ -147,19 +142,21 @@ def _safetensors_keys(path: Path) -> dict[str, Path]:
 
 
 def _check_config(info: ModelInfo, directory: Path) -> None:
-    cfg_path = directory / "config.json"
-    if not cfg_path.is_file():
+    """A directory's own config.json must describe the model the stage was told to build: a
+    checkpoint with more layers or another rope theta would otherwise load and compute wrong."""
+    from .checkpoint import CONFIG_FILE, differences, directory_info
+
+    if not (directory / CONFIG_FILE).is_file():
         logger.warning(
             "%s has no config.json; cannot check it is a checkpoint of %s", directory, info.name
         )
         return
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    for key in _CONFIG_CHECKS:
-        if key in cfg and key in info.config and cfg[key] != info.config[key]:
-            raise WeightsMismatchError(
-                f"{cfg_path} has {key}={cfg[key]} but {info.name} has {info.config[key]}; "
-                f"is it a checkpoint of {info.name}?"
-            )
+    diff = differences(info, directory_info(directory, info.name))
+    if diff:
+        raise WeightsMismatchError(
+            f"{directory / CONFIG_FILE} disagrees with the config {info.name} was assigned with "
+            f"on {', '.join(diff)}; deploy with the directory's own config (omit model:)"
+        )
 
 
 def _read_hf_directory(
@@ -298,13 +295,13 @@ def _stable_seed(*parts: object) -> int:
 def random_tensor(info: ModelInfo, name: str, shape: torch.Size, seed: int) -> torch.Tensor:
     """Tensor ``name`` of the seeded random model: normal(0, initializer_range) for weights and
     embeddings, zeros for biases, ones for LayerNorm weights (as transformers initialises)."""
-    if info.is_decoder and name == "lm_head.weight" and _tied(info):
-        name = info.prefix + _EMBEDDING[info.family]  # a tied head equals the embedding
+    if _tied_head(info, name):
+        name = info.prefix + info.spec.embedding  # a tied head equals the embedding
     parent, _, leaf = name.rpartition(".")
     if leaf in ("bias", "beta"):
         return torch.zeros(shape)
     norm = parent.rsplit(".", 1)[-1].lower()
-    if "layernorm" in norm or norm in ("ln_1", "ln_2", "ln_f", "norm"):  # GPT-2/Llama norms too
+    if "norm" in norm or norm in ("ln_1", "ln_2", "ln_f"):  # GPT-2/Llama/Qwen3 q_norm too
         return torch.ones(shape)
     std = float(info.config.get("initializer_range", 0.02))
     g = torch.Generator().manual_seed(_stable_seed(info.name, name, seed))
@@ -400,17 +397,6 @@ def load_safetensors_bytes(blob: bytes) -> dict[str, torch.Tensor]:
     return {k: tensors[k] for k in sorted(tensors)}
 
 
-_ARCHITECTURE = {
-    ("vit", "image-classification"): "ViTForImageClassification",
-    ("deit", "image-classification"): "DeiTForImageClassificationWithTeacher",
-    ("bert", "base"): "BertModel",
-    ("bert", "mean-pooling"): "BertModel",
-    ("bert", "sequence-classification"): "BertForSequenceClassification",
-    ("gpt2", "causal-lm"): "GPT2LMHeadModel",
-    ("llama", "causal-lm"): "LlamaForCausalLM",
-}
-
-
 def write_hf_directory(
     info: ModelInfo, source: WeightsSource, out_dir: str | os.PathLike[str]
 ) -> Path:
@@ -422,7 +408,7 @@ def write_hf_directory(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = dict(info.config)
-    config["architectures"] = [_ARCHITECTURE[(info.family, info.head)]]
+    config["architectures"] = [info.spec.hf_classes[info.head]]
     (out / "config.json").write_text(
         json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

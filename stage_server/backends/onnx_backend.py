@@ -117,8 +117,7 @@ class OnnxShardBackend(ShardBackend):
         self.parameter_bytes = models.parameter_bytes(shard)
         self._spec = shard.input_spec()
         self._order = tuple(s.name for s in shard.output_spec())
-        self._max_tokens = (int(info.config.get("max_position_embeddings", 512))
-                            if shard.is_first and not info.is_vision else 0)
+        self._max_tokens = info.max_positions if shard.is_first and not info.is_vision else 0
         self.key = shard_key(assignment, info, weights_id(assignment, state), self.settings.opset)
         self.cache = OnnxCache(cache_dir / "onnx" if cache_dir else None)
         self.cache_hit = True

@@ -1,0 +1,122 @@
+"""Bring your own checkpoint: a directory saved by transformers is deployed with its own
+config.json (no registry name), on real stage processes, and answers like transformers on the
+same directory; a registry name whose shipped config disagrees is refused, naming the fields."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from pipeedge.client import TextGenerator
+from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator.hosts import HostsFileError, load_deployment
+from pipeedge.partition import parse_partition
+from pipeedge.pipeline_file import Pipeline
+
+NEW_TOKENS = 32
+# Same shapes as pipeedge/tiny-llama; only hyper-parameters differ from its shipped config.
+TINY_LLAMA = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 160,
+              "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2,
+              "pad_token_id": 0, "tie_word_embeddings": False, "initializer_range": 0.2}
+
+
+def save_llama(path, **overrides):
+    """A random LlamaForCausalLM built and saved by transformers itself (safetensors)."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(**{**TINY_LLAMA, **overrides})
+    transformers.LlamaForCausalLM(config).save_pretrained(str(path))
+    return path
+
+
+def deploy(cluster, partition, **hosts):
+    dep = load_deployment(cluster.hosts_file(partition=partition, **hosts))
+    ranges = parse_partition(partition, dep.model_info().num_layers)
+    stages = [deploy_mod.PlannedStage(h, r) for h, r in zip(dep.ordered_hosts(), ranges)]
+    pipeline = deploy_mod.deploy(dep, stages, progress=False)
+    return dep, pipeline.save(cluster.workdir / "pipeline.json")
+
+
+def hf_greedy(hf_dir, prompt, new_tokens):
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(hf_dir), attn_implementation="eager").eval()
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
+                         pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+    return out.sequences[0, len(prompt):].tolist(), [row[0] for row in out.logits]
+
+
+def generate(dep, pipeline_file, prompt_text="The pipeline says: "):
+    with TextGenerator(pipeline_file=pipeline_file, model=dep.model,
+                       model_config_json=dep.model_config_json or None) as gen:
+        prompt = gen.encode_prompt(prompt_text)
+        events = list(gen.generate(prompt, max_new_tokens=NEW_TOKENS, stop_token_ids=(),
+                                   return_logits=True))
+    return prompt, events
+
+
+def assert_same_as_transformers(hf_dir, prompt, events):
+    want_tokens, want_logits = hf_greedy(hf_dir, prompt, NEW_TOKENS)
+    assert [e.token_id for e in events] == want_tokens
+    diff = max(float((e.logits - w).abs().max()) for e, w in zip(events, want_logits))
+    assert diff <= 1e-4, diff
+    assert len(set(want_tokens)) > 3  # not a degenerate repeat of one token
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_llama(tmp_path_factory.mktemp("llama-rope"), rope_theta=500000.0,
+                      rms_norm_eps=1e-6)
+
+
+@pytest.mark.parametrize(("partition", "weights"), [
+    ("1,3,4,9,10,12", "local"),   # 3 stages, cuts after MLP-in and after attention
+    ("1,6,7,12", "push"),         # 2 stages, cut inside block 1 (after attention output)
+])
+def test_directory_without_model_name_matches_transformers(cluster_factory, llama_dir,
+                                                            partition, weights):
+    cluster = cluster_factory(3)
+    dep, pipeline_file = deploy(cluster, partition, model=None, weights=f"{weights}:{llama_dir}")
+    text = (llama_dir / "config.json").read_text()
+    assert dep.model == llama_dir.name and dep.model_config_json == text
+    info = Pipeline.load(pipeline_file).model_info()  # the client reads the same config
+    assert (info.hp.rope.theta, info.hp.norm_eps) == (500000.0, 1e-6)
+    prompt, events = generate(dep, pipeline_file)
+    assert_same_as_transformers(llama_dir, prompt, events)
+
+
+def test_registry_name_with_a_disagreeing_directory_is_refused(tmp_path, llama_dir):
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text(f"model: pipeedge/tiny-llama\nweights: local:{llama_dir}\n"
+                     "hosts:\n  - {address: '127.0.0.1:1'}\n")
+    with pytest.raises(HostsFileError) as e:
+        load_deployment(hosts)
+    msg = str(e.value)
+    assert "\n" not in msg and "disagrees with pipeedge/tiny-llama" in msg
+    assert "rope.theta (10000.0 vs 500000.0)" in msg and "norm_eps (1e-05 vs 1e-06)" in msg
+    assert "omit model:" in msg
+
+
+def test_unsupported_config_is_refused_at_load(tmp_path):
+    import transformers
+
+    config = transformers.LlamaConfig(**TINY_LLAMA, rope_parameters={"rope_type": "yarn",
+                                                                     "rope_theta": 1e4,
+                                                                     "factor": 4.0})
+    config.save_pretrained(str(tmp_path / "yarn"))
+    hosts = tmp_path / "hosts.yml"
+    hosts.write_text(f"weights: push:{tmp_path / 'yarn'}\nhosts:\n  - {{address: 'x:1'}}\n")
+    with pytest.raises(HostsFileError, match=r"rope_parameters.rope_type='yarn' is not "
+                                             r"supported \(supported: default, linear, llama3\)"):
+        load_deployment(hosts)
+    cfg = json.loads((tmp_path / "yarn" / "config.json").read_text())
+    assert cfg["rope_parameters"]["rope_type"] == "yarn"  # transformers itself wrote it
