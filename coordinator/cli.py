@@ -92,6 +92,7 @@ def deploy(hosts_file, partition, model, microbatch, no_progress, pipeline_path,
     run the scheduler, and deploy its plan.
     """
     from pipeedge.coordinator import deploy as deploy_mod
+    from pipeedge.coordinator.epochs import EpochStore, state_path_for
     from pipeedge.coordinator.report import plan_table
     from pipeedge.coordinator.tables import render
 
@@ -100,10 +101,15 @@ def deploy(hosts_file, partition, model, microbatch, no_progress, pipeline_path,
         if plan.schedule is not None:
             click.echo(plan_table(plan) + "\n")
         stages = deploy_mod.apply_quant(plan.stages, quant)  # -q: activation compression
-        pipeline = deploy_mod.deploy(dep, stages, progress=not no_progress)
+        out = Path(pipeline_path or dep.pipeline_file)
+        # A new epoch above the last one this pipeline file's deployments used, and above what
+        # the stages hold (README "Failure model").
+        epoch = EpochStore(state_path_for(out)).next_epoch(
+            deploy_mod.highest_epoch(dep.hosts, dep.security))
+        pipeline = deploy_mod.deploy(dep, stages, epoch=epoch, progress=not no_progress)
     except _user_errors() as exc:
         _fail(str(exc))
-    out = pipeline.save(pipeline_path or Path(dep.pipeline_file))
+    pipeline.save(out)
     rows = [[i + 1, s.name, s.address, f"{s.first_layer}-{s.last_layer}", s.backend,
              f"{b / 1e6:.1f}"] for i, (s, b) in
             enumerate(zip(pipeline.stages, pipeline.extra["parameter_bytes"]))]
@@ -194,8 +200,15 @@ def measure_links_cmd(hosts_file, out_path, payload_mb, no_progress):
 @click.option("--metrics-port", type=int, default=None,
               help="Serve Prometheus metrics of the control plane and its stages at "
                    "http://HOST:PORT/metrics (off by default).")
-def serve(hosts_file, host, port, check_interval, metrics_port):
-    """Deploy, then keep the pipeline alive: re-plan around failed stages (SDK: coordinator=)."""
+@click.option("--state-file", type=click.Path(path_type=Path), default=None,
+              help="Where the last epoch and plan are kept across restarts [default: beside "
+                   "the pipeline file, PIPELINE.state].")
+def serve(hosts_file, host, port, check_interval, metrics_port, state_file):
+    """Deploy, then keep the pipeline alive: re-plan around failed stages (SDK: coordinator=).
+
+    A restart adopts the deployment the state file records when every stage still holds it.
+    SIGHUP redeploys under a new epoch.
+    """
     import signal
     import threading
 
@@ -207,8 +220,8 @@ def serve(hosts_file, host, port, check_interval, metrics_port):
     try:
         dep = load_deployment(hosts_file)
         plane = ControlPlane(dep, pipeline_path=Path(dep.pipeline_file),
-                             check_interval_s=check_interval)
-        pipeline = plane.deploy()
+                             check_interval_s=check_interval, state_path=state_file)
+        pipeline = plane.start()
         server, bound = start_server(plane, f"{host}:{port}")
         metrics = None
         if metrics_port is not None:  # monitoring: coordinator/metrics.py
@@ -219,11 +232,13 @@ def serve(hosts_file, host, port, check_interval, metrics_port):
             RuntimeError) as exc:
         _fail(str(exc))
     plane.start_watching()
-    click.echo(f"serving pipeline v{plane.version} ({pipeline.model}, entry {pipeline.entry}) on "
-               f"{host}:{bound}; pipeline file {dep.pipeline_file}")
+    click.echo(f"serving pipeline epoch {plane.version} ({pipeline.model}, entry "
+               f"{pipeline.entry}) on {host}:{bound}; pipeline file {dep.pipeline_file}",
+               nl=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: plane.request_redeploy("SIGHUP"))
     stop.wait()
     plane.stop()
     server.stop(2).wait()

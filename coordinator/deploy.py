@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from pipeedge import codec, models, security
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.coordinator import epochs
 from pipeedge.coordinator.hosts import Deployment, Host
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.partition import LayerRange
@@ -184,18 +185,25 @@ def apply_quant(stages: list[PlannedStage], quant: str | None) -> list[PlannedSt
                          s.layers) for s, e in zip(stages, encodings)]
 
 
-def deploy(dep: Deployment, stages: list[PlannedStage], *, progress: bool = True) -> Pipeline:
+def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
+           progress: bool = True) -> Pipeline:
+    """Assign `stages` (last first), every one with `epoch`, which must be new: one that no
+    earlier deployment used (README "Failure model"). 0 = above what the stages hold and the
+    clock (`coordinator.epochs`); `serve` and `deploy` pass one from their state file."""
     controls = [StageControl(s.host.name, s.host.address, security=dep.security)
                 for s in stages]
     try:
         for c in controls:
             c.check_serving()
+        if not epoch:
+            epoch = epochs.fresh_epoch(highest_epoch([s.host for s in stages], dep.security))
         sources = _weight_sources(dep, stages, controls, progress)
         replies: list[pb.AssignReply | None] = [None] * len(stages)
         bar = tqdm(total=len(stages), desc="assign", unit="stage", disable=not progress)
         for i in reversed(range(len(stages))):
             next_hop = stages[i + 1].host.next_hop_address if i + 1 < len(stages) else ""
             req = assign_request(dep, stages[i], next_hop, sources[i])
+            req.epoch = epoch
             try:
                 replies[i] = controls[i].assign(req)
             except grpc.RpcError as exc:
@@ -217,7 +225,8 @@ def deploy(dep: Deployment, stages: list[PlannedStage], *, progress: bool = True
                                first_layer=s.layers.first, last_layer=s.layers.last,
                                backend=s.host.backend or dep.backend,
                                device_type=s.host.device_type) for s in stages),
-        extra={"parameter_bytes": [r.parameter_bytes for r in replies],
+        extra={"version": epoch,  # the deployment's epoch: clients stamp it on every frame
+               "parameter_bytes": [r.parameter_bytes for r in replies],
                # Credential files (not their contents) for status/release and SDK clients.
                **({"security": {"coordinator": dep.security.paths(),
                                 "client": dep.client_security.paths()}}
@@ -249,6 +258,21 @@ def _weight_sources(dep: Deployment, stages: list[PlannedStage], controls: list[
         sources.append(dep.weights.to_proto(pushed_sha256=sha))
     bar.close()
     return sources
+
+
+def highest_epoch(hosts, security, timeout_s: float = 2.0) -> int:
+    """The largest epoch any reachable host holds (a floor for the next one); 0 if none."""
+    best = 0
+    for h in hosts:
+        c = StageControl(h.name, h.address, security=security)
+        try:
+            st = c.status(timeout_s=timeout_s)
+            best = max(best, st.assignment.epoch if st.assigned else 0)
+        except grpc.RpcError:
+            pass
+        finally:
+            c.close()
+    return best
 
 
 def release(pipeline: Pipeline) -> list[tuple[str, bool]]:

@@ -32,7 +32,7 @@ class ControlPlaneCollector:
 
         plane = self.plane
         yield GaugeMetricFamily("pipeedge_coord_pipeline_version",
-                                "Version of the published pipeline (up by one per re-plan).",
+                                "Epoch of the published pipeline (grows with every re-plan).",
                                 value=plane.version)
         yield GaugeMetricFamily("pipeedge_coord_hosts", "Hosts in hosts.yml.",
                                 value=len(plane.probes))

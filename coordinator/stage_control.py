@@ -51,8 +51,11 @@ class StageControl:
     def assign(self, request: pb.AssignRequest) -> pb.AssignReply:
         return self.stub.Assign(request, timeout=channels.ASSIGN_DEADLINE_S)
 
-    def release(self) -> pb.ReleaseReply:
-        return self.stub.Release(pb.ReleaseRequest(), timeout=channels.CONTROL_DEADLINE_S)
+    def release(self, below_epoch: int = 0) -> pb.ReleaseReply:
+        """Drop the assignment; with `below_epoch`, only one older than that epoch (fencing a
+        stage left out of a re-plan without racing a newer deployment)."""
+        return self.stub.Release(pb.ReleaseRequest(below_epoch=below_epoch),
+                                 timeout=channels.CONTROL_DEADLINE_S)
 
     def status(self, timeout_s: float = channels.CONTROL_DEADLINE_S) -> pb.StageStatus:
         return self.stub.Status(pb.StatusRequest(), timeout=timeout_s)

@@ -32,6 +32,11 @@ _COMMON = [
 CHANNEL_OPTIONS = _COMMON + [
     # Large activations: bigger HTTP/2 windows keep a fast link full.
     ("grpc.http2.lookahead_bytes", 16 * 1024 * 1024),
+    # A restarted host is used within a second or two: gRPC's default reconnect backoff grows
+    # to 120 s after a long outage, and a channel waits that long before it tries again.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 SERVER_OPTIONS = _COMMON + [

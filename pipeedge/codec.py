@@ -21,6 +21,9 @@ warnings.filterwarnings("ignore", message="The given buffer is not writable")
 MAX_ELEMENTS = 1 << 31
 # Most dimensions a wire tensor may have (transformer activations use up to 4).
 MAX_RANK = 16
+# Most bytes one frame's tensors may decode to. Encodings shrink data up to 16x (2-bit codes of
+# float32), so a frame under the message limit could otherwise ask for gigabytes.
+MAX_DECODED_BYTES = 1 << 30
 
 _TO_WIRE: dict[torch.dtype, int] = {
     torch.float32: pb.FLOAT32,
@@ -102,8 +105,31 @@ def encode_tensor(name: str, tensor: torch.Tensor, encoding: pb.Encoding | None 
     return msg
 
 
-def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
-    """Wire message -> tensor, validating dtype, shape and byte length before touching data."""
+def describe_tensor(msg: pb.Tensor) -> torch.Tensor:
+    """What a wire tensor will decode to, as a meta tensor (dtype and shape, no memory), after
+    checking dtype, rank, size and the byte counts its encoding implies. A receiver checks this
+    against what it expects before `decode_tensor` allocates anything."""
+    dtype, shape, _ = _checked_header(msg)
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def describe_tensors(msgs) -> dict[str, torch.Tensor]:
+    """`describe_tensor` of every tensor of a frame, by name (names must be unique)."""
+    out: dict[str, torch.Tensor] = {}
+    total = 0
+    for m in msgs:
+        if m.name in out:
+            raise FrameFormatError(f"tensor name '{m.name}' appears twice in one frame")
+        out[m.name] = t = describe_tensor(m)
+        total += t.numel() * t.element_size()
+    if total > MAX_DECODED_BYTES:
+        raise FrameFormatError(f"the frame's tensors decode to {total} bytes, over the limit of "
+                               f"{MAX_DECODED_BYTES}; send smaller microbatches")
+    return out
+
+
+def _checked_header(msg: pb.Tensor) -> tuple[torch.dtype, tuple[int, ...], int]:
+    """(dtype, shape, encoding kind) of a wire tensor whose header and byte counts agree."""
     dtype = dtype_from_wire(msg.dtype)
     shape = tuple(msg.shape)
     if len(shape) > MAX_RANK:
@@ -126,11 +152,34 @@ def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
             raise FrameFormatError(
                 f"tensor '{msg.name}' carries {len(msg.data)} bytes but shape {shape} of "
                 f"{dtype} needs {numel * itemsize}")
-        if numel == 0:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(msg.data, dtype=dtype).view(shape)
+        return dtype, shape, kind
     if not dtype.is_floating_point:
         raise FrameFormatError(f"tensor '{msg.name}' of {dtype} cannot use a float encoding")
+    from pipeedge import quant
+
+    name = _kind_name(kind)
+    granularity = _granularity_name(msg.encoding.granularity)
+    try:
+        expected = quant.encoded_nbytes(shape, kind=name, bits=msg.encoding.bits)
+        expected_params = quant.params_nbytes(shape, name, granularity)
+    except ValueError as exc:
+        raise FrameFormatError(f"tensor '{msg.name}': {exc}") from None
+    if len(msg.data) != expected or len(msg.encoding.params) != expected_params:
+        raise FrameFormatError(
+            f"tensor '{msg.name}' carries {len(msg.data)} data and {len(msg.encoding.params)} "
+            f"params bytes but shape {list(shape)} encoded as {name}"
+            f"{f' {msg.encoding.bits}-bit' if name == 'uniform' else ''} needs {expected} and "
+            f"{expected_params}")
+    return dtype, shape, kind
+
+
+def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
+    """Wire message -> tensor, validating dtype, shape and byte length before touching data."""
+    dtype, shape, kind = _checked_header(msg)
+    if kind == pb.Encoding.RAW:
+        if math.prod(shape) == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(msg.data, dtype=dtype).view(shape)
     from pipeedge import quant
 
     try:

@@ -38,11 +38,22 @@ class DeadlineExceededError(PipelineError):
     """The request did not complete before its deadline."""
 
 
+class OverloadedError(PipelineError):
+    """A stage is full (RESOURCE_EXHAUSTED: too many requests or streams); send fewer at once."""
+
+
+class PipelineMovedError(PipelineError):
+    """The request reached a stage of another deployment (ABORTED: the epochs differ) and no
+    newer pipeline came in time; fetch the current pipeline and resend."""
+
+
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidInputError,
     grpc.StatusCode.UNAVAILABLE: StageUnavailableError,
     grpc.StatusCode.FAILED_PRECONDITION: NotDeployedError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: OverloadedError,
+    grpc.StatusCode.ABORTED: PipelineMovedError,
 }
 
 

@@ -9,8 +9,9 @@ turns it into channel credentials plus a token interceptor; a stage server binds
     listed below: default deny)  -> the peer's client certificate names the coordinator
                                     (CN or SAN == coordinator_name; mutual TLS only). Without
                                     mutual TLS but with a token, the token instead.
-    Forward, Infer               -> `authorization: Bearer <token>` when the server has a token
-    Status, Ping                 -> any peer that passed the TLS handshake
+    Forward, Infer, Status       -> `authorization: Bearer <token>` when the server has a token
+                                    (Status shows the topology: not public)
+    Ping                         -> any peer that passed the TLS handshake (replies bounded)
     health, reflection           -> any peer that passed the TLS handshake
 
 Mutual TLS itself (a certificate signed by the deployment CA) is enforced by the handshake: a
@@ -37,10 +38,10 @@ DEFAULT_COORDINATOR_NAME = "coordinator"
 DEFAULT_CLIENT_NAME = "client"
 STAGE_SERVICE = "pipeedge.v1.Stage"
 # Methods anyone holding the token may call (the data path).
-DATA_METHODS = frozenset({"Forward", "Infer"})
-# Methods any authenticated peer may call: read-only status, and the echo other stages use to
-# measure links.
-OPEN_METHODS = frozenset({"Status", "Ping"})
+# Status too: it names the next hop and the assignment, which only the deployment may read.
+DATA_METHODS = frozenset({"Forward", "Infer", "Status"})
+# Methods any authenticated peer may call: the echo other stages use to measure links.
+OPEN_METHODS = frozenset({"Ping"})
 # Documentation only: everything else of the Stage service is coordinator-only (default deny).
 CONTROL_METHODS = frozenset({"Assign", "Release", "PushWeights", "HasWeights", "Profile",
                              "MeasureLink"})

@@ -26,6 +26,9 @@ from pipeedge.logs import setup_logging
 @click.option("--max-in-flight", default=64, show_default=True,
               help="Requests accepted but unanswered, over all clients; more get "
                    "RESOURCE_EXHAUSTED.")
+@click.option("--max-streams", default=128, show_default=True,
+              help="Open Forward streams and Infer calls at once; more get RESOURCE_EXHAUSTED "
+                   "(16 more server threads stay free for health checks and control).")
 @click.option("--grace", default=10.0, show_default=True, help="Seconds to drain on SIGTERM.")
 @click.option("--metrics-port", type=int, default=None,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (off by default; 0 = "
@@ -49,7 +52,8 @@ from pipeedge.logs import setup_logging
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
-def main(host, port, name, threads, device, cache_dir, ready_file, max_in_flight, grace,
+def main(host, port, name, threads, device, cache_dir, ready_file, max_in_flight, max_streams,
+         grace,
          metrics_port, max_push_bytes, max_cache_bytes, tls_cert, tls_key, tls_ca, token_file,
          coordinator_cn, log_level, log_format):
     """Serve one pipeline stage. It starts empty: `pipeedge-coord deploy` assigns its layers."""
@@ -67,7 +71,8 @@ def main(host, port, name, threads, device, cache_dir, ready_file, max_in_flight
 
     serve(host=host, port=port, name=name or f"{socket.gethostname()}:{port}",
           cache_dir=cache_dir / "weights", threads=threads, device=device, grace_s=grace,
-          ready_file=ready_file, max_in_flight=max_in_flight, metrics_port=metrics_port,
+          ready_file=ready_file, max_in_flight=max_in_flight, max_streams=max_streams,
+          metrics_port=metrics_port,
           security=security if security.enabled else None,
           cache_limits={"max_blob_bytes": max_push_bytes, "max_total_bytes": max_cache_bytes})
 

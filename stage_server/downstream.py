@@ -70,9 +70,17 @@ class DownstreamLink:
         self._stop.set()
         self._channel.close()
         self._thread.join(timeout=5)
+        self._fail_all()  # the sender thread does the same when it ends later
+
+    def _fail_all(self) -> None:
+        """Answer everything sent or carried (pops are atomic: each item is answered once)."""
         self._fail_pending("the stage was reassigned or stopped; retry the request")
-        while self._carry:
-            self._fail(self._carry.popleft(), "the stage was reassigned or stopped")
+        while True:
+            with self._lock:
+                item = self._carry.popleft() if self._carry else None
+            if item is None:
+                return
+            self._fail(item, "the stage was reassigned or stopped; retry the request")
 
     def _run(self) -> None:
         backoff = 0.05
@@ -100,6 +108,7 @@ class DownstreamLink:
             if not self._stop.is_set():
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+        self._fail_all()
 
     def _wait_for_work(self) -> bool:
         """Open a stream only when there is something to send (no idle reconnect loops)."""
@@ -113,10 +122,12 @@ class DownstreamLink:
         return True
 
     def _requests(self, alive: threading.Event):
+        # Runs in gRPC's request-consumer thread, which may outlive `_run`: an item taken after
+        # close() is answered here, never parked where nobody looks again.
         while not self._stop.is_set():
-            if self._carry:
+            try:
                 item = self._carry.popleft()
-            else:
+            except IndexError:
                 try:
                     item = self._outbox.get(timeout=0.2)
                 except queue.Empty:
@@ -124,11 +135,16 @@ class DownstreamLink:
                         return
                     continue
             with self._lock:
-                if not alive.is_set():  # the stream died while we waited: keep it for the next
-                    self._carry.appendleft(item)
+                stopped = self._stop.is_set()
+                if not stopped and not alive.is_set():  # the stream died while we waited:
+                    self._carry.appendleft(item)        # keep it for the next one
                     return
-                tag = next(self._tags)
-                self._pending[tag] = item
+                if not stopped:
+                    tag = next(self._tags)
+                    self._pending[tag] = item
+            if stopped:
+                self._fail(item, "the stage was reassigned or stopped; retry the request")
+                return
             item.frame.hop_tag = tag
             self._on_sent(item.frame)
             handed_at = time.perf_counter()

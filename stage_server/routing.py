@@ -18,7 +18,7 @@ _END = object()
 
 
 class InFlight:
-    """Requests a stage has accepted and not yet answered, across all of its streams."""
+    """A counter shared by threads: requests accepted and not yet answered, open data calls."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -27,6 +27,14 @@ class InFlight:
     def add(self, n: int) -> None:
         with self._lock:
             self.value += n
+
+    def add_below(self, limit: int) -> bool:
+        """Count one more if that stays within `limit`; False (and no change) otherwise."""
+        with self._lock:
+            if self.value >= limit:
+                return False
+            self.value += 1
+            return True
 
 
 class Route:
@@ -94,4 +102,4 @@ def error_frame(request: pb.Frame, code: grpc.StatusCode, message: str, stage: s
         message = message[:1000] + "..."  # under gRPC's 8 KB status limit on the Infer path
     return pb.Frame(request_id=request.request_id, hop_tag=request.hop_tag,
                     session_id=request.session_id, step=request.step, trace_id=request.trace_id,
-                    error=pb.FrameError(code=code.value[0], message=message, stage=stage))
+                    epoch=request.epoch, error=pb.FrameError(code=code.value[0], message=message, stage=stage))

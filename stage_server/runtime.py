@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import grpc
@@ -71,7 +72,10 @@ class StageRuntime:
         self.started_at = time.monotonic()
         self.energy_at_start = self.metrics.energy_joules()
         self._error_log = Throttle(30.0)  # a failing shard logs now and then, not per request
-        self._inbox: queue.Queue[Work | None] = queue.Queue(assignment.queue_in or DEFAULT_QUEUE)
+        # Bounded input queue under one lock with the stop flag (see submit/stop).
+        self._intake = threading.Condition()
+        self._inbox: deque[Work] = deque()
+        self._inbox_limit = assignment.queue_in or DEFAULT_QUEUE
         self._outbox: queue.Queue[Outgoing] = queue.Queue(assignment.queue_out or DEFAULT_QUEUE)
         # Activation compression (adaptive.py): fixed or adaptive output encoding, link meter.
         self.compression = OutputCompression(assignment) if assignment.next_hop else None
@@ -86,35 +90,63 @@ class StageRuntime:
 
     # -- intake (upstream reader threads) -------------------------------------------------------
     def submit(self, frame: pb.Frame, route: Route) -> None:
-        """Decode, validate and queue one request; blocks while the input queue is full."""
+        """Fence, check, decode and queue one request; blocks while the input queue is full.
+
+        Every request counted here is answered exactly once: computed, or failed with a code the
+        client can act on (ABORTED / UNAVAILABLE make it fetch the current pipeline and resend).
+        """
         route.expect()
         try:
+            self._fence(frame)
             work = Work(frame, self._decode(frame), route)
         except RequestError as exc:
-            self.counters.errors += 1
-            self.metrics.error(exc.code)
-            route.deliver(error_frame(frame, exc.code, str(exc), self.name))
+            self._reject(frame, route, exc.code, str(exc))
             return
         except Exception as exc:  # noqa: BLE001
             # Every counted request must be answered, or its stream never ends (Infer without a
             # deadline waits forever). Decoding rejects bad frames with ValueError; anything
             # else is a decoder bug, reported instead of hanging (found by tests/test_fuzz.py).
             log.exception("decoding request %s failed", frame.request_id)
-            self.counters.errors += 1
-            self.metrics.error(grpc.StatusCode.INTERNAL)
-            route.deliver(error_frame(frame, grpc.StatusCode.INTERNAL,
-                                      f"stage {self.name} cannot decode request "
-                                      f"{frame.request_id}: {type(exc).__name__}", self.name))
+            self._reject(frame, route, grpc.StatusCode.INTERNAL,
+                         f"stage {self.name} cannot decode request {frame.request_id}: "
+                         f"{type(exc).__name__}")
             return
-        while not self._stopped.is_set():
-            try:
-                self._inbox.put(work, timeout=0.5)
+        with self._intake:
+            self._intake.wait_for(lambda: len(self._inbox) < self._inbox_limit
+                                  or self._stopped.is_set())
+            if not self._stopped.is_set():
+                self._inbox.append(work)
+                self._intake.notify_all()
                 return
-            except queue.Full:
-                continue
-        route.deliver(error_frame(frame, grpc.StatusCode.UNAVAILABLE,
-                                  f"stage {self.name} was reassigned; retry the request",
-                                  self.name))
+        self._fail(work, grpc.StatusCode.UNAVAILABLE,
+                   f"stage {self.name} was reassigned; retry the request")
+
+    def _reject(self, frame: pb.Frame, route: Route, code: grpc.StatusCode, message: str) -> None:
+        self.counters.errors += 1
+        self.metrics.error(code)
+        route.deliver(error_frame(frame, code, message, self.name))
+
+    def _fence(self, frame: pb.Frame) -> None:
+        """Compute a frame only within its own deployment (README "Failure model").
+
+        A frame carries the epoch of the pipeline its sender used; every stage of one deployment
+        holds the same epoch, and every deployment a new one. Accepting only equal epochs means
+        a request meets the layer ranges of exactly one plan, whatever re-plans happen around
+        it. Epoch 0 (a client that does not know) is the model's input, so only a stage that
+        starts at layer 1 takes it, and stamps its own epoch for the stages after it.
+        """
+        epoch = self.assignment.epoch
+        if frame.epoch == epoch:
+            return
+        if frame.epoch == 0 and self.assignment.first_layer == 1:
+            frame.epoch = epoch
+            return
+        a = self.assignment
+        raise RequestError(
+            grpc.StatusCode.ABORTED,
+            f"request {frame.request_id[:64]} was sent to pipeline epoch {frame.epoch}, but "
+            f"stage {self.name} now holds layers {a.first_layer}-{a.last_layer} of epoch "
+            f"{epoch}; fetch the current pipeline (coordinator= or the pipeline file) and resend")
 
     def _decode(self, frame: pb.Frame) -> dict[str, torch.Tensor]:
         start = time.perf_counter()  # metrics: decode time
@@ -124,12 +156,23 @@ class StageRuntime:
         if frame.session_id and not frame.tensors:
             return {}  # end-of-session frame (sessions.py): nothing to validate
         try:
+            # Names, dtypes, shapes and byte counts are checked on the headers first (meta
+            # tensors, nothing allocated), so a frame that does not fit this shard costs no
+            # decode: a 64 MiB 2-bit frame would otherwise grow to 1 GB of float32 first.
+            headers = codec.describe_tensors(frame.tensors)
+            self.backend.validate(headers)
+            self._check_batch(headers)
             tensors = codec.decode_tensors(frame.tensors)
-            self.backend.validate(tensors)
         except ValueError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"layers {self.assignment.first_layer}-"
                                f"{self.assignment.last_layer}: {exc}") from None
+        nbytes = codec.payload_bytes(frame.tensors)
+        self.counters.bytes_in += nbytes
+        self.metrics.decoded(nbytes, time.perf_counter() - start)
+        return tensors
+
+    def _check_batch(self, tensors: dict[str, torch.Tensor]) -> None:
         batch = _batch_size(tensors)
         if tensors and batch == 0:  # found by tests/test_fuzz.py: went through every stage
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -139,19 +182,18 @@ class StageRuntime:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"microbatch of {batch} exceeds stage {self.name}'s limit of "
                                f"{limit}; split the batch or redeploy with a larger microbatch")
-        nbytes = codec.payload_bytes(frame.tensors)
-        self.counters.bytes_in += nbytes
-        self.metrics.decoded(nbytes, time.perf_counter() - start)
-        return tensors
 
     # -- compute ----------------------------------------------------------------------------------
     def _compute_loop(self) -> None:
         if self.assignment.threads:
             torch.set_num_threads(self.assignment.threads)
         while True:
-            work = self._inbox.get()
-            if work is None:
-                return
+            with self._intake:
+                self._intake.wait_for(lambda: self._inbox or self._stopped.is_set())
+                if self._stopped.is_set():
+                    return  # stop() answers what is still queued
+                work = self._inbox.popleft()
+                self._intake.notify_all()
             frame = work.frame
             if frame.deadline_unix_ms and time.time() * 1000 > frame.deadline_unix_ms:
                 self._fail(work, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -184,7 +226,8 @@ class StageRuntime:
             encode_start = time.perf_counter()  # metrics: encode time
             result = pb.Frame(request_id=frame.request_id, hop_tag=frame.hop_tag,
                               session_id=frame.session_id, step=frame.step,
-                              deadline_unix_ms=frame.deadline_unix_ms, trace_id=frame.trace_id)
+                              deadline_unix_ms=frame.deadline_unix_ms, trace_id=frame.trace_id,
+                              epoch=frame.epoch)
             try:
                 codec.encode_tensors(result, outputs,
                                      self.compression.encoding() if self.compression else None)
@@ -196,8 +239,26 @@ class StageRuntime:
             if self.link is None:
                 work.route.deliver(result)
             else:
-                upstream_tag = result.hop_tag
-                self._outbox.put(Outgoing(result, work.route, upstream_tag))
+                self._send(Outgoing(result, work.route, result.hop_tag))
+
+    def _send(self, item: Outgoing) -> None:
+        """Queue a result for the next hop; fail it instead if the stage stops meanwhile (a
+        dead next hop must not hold the compute thread, and with it stop(), forever)."""
+        while not self._stopped.is_set():
+            try:
+                self._outbox.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        self._fail_outgoing(item)
+
+    def _fail_outgoing(self, item: Outgoing) -> None:
+        item.frame.hop_tag = item.upstream_tag
+        self.counters.errors += 1
+        self.metrics.error(grpc.StatusCode.UNAVAILABLE)
+        item.route.deliver(error_frame(item.frame, grpc.StatusCode.UNAVAILABLE,
+                                       f"stage {self.name} was reassigned; retry the request",
+                                       self.name))
 
     def _fail(self, work: Work, code: grpc.StatusCode, message: str) -> None:
         self.counters.errors += 1
@@ -211,34 +272,33 @@ class StageRuntime:
 
     # -- lifecycle and status ------------------------------------------------------------------
     def queue_depths(self) -> tuple[int, int]:
-        return self._inbox.qsize(), self._outbox.qsize()
+        return len(self._inbox), self._outbox.qsize()
 
     def stop(self) -> None:
-        """Stop accepting work and answer everything still queued with UNAVAILABLE."""
-        self._stopped.set()
-        while True:
-            try:
-                work = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if work is not None:
-                self._fail(work, grpc.StatusCode.UNAVAILABLE,
-                           f"stage {self.name} was reassigned; retry the request")
-        try:
-            self._inbox.put(None, timeout=5)
-        except queue.Full:
-            log.warning("compute thread of stage %s did not drain; abandoning it", self.name)
-        self._compute.join(timeout=30)
+        """Stop accepting work and answer everything not yet computed with UNAVAILABLE.
+
+        The flag is set under the intake lock, so no request can be queued after the drain
+        below: every request counted by `submit` is answered (in-flight counts never leak).
+        """
+        with self._intake:
+            self._stopped.set()
+            queued = list(self._inbox)
+            self._inbox.clear()
+            self._intake.notify_all()
+        for work in queued:
+            self._fail(work, grpc.StatusCode.UNAVAILABLE,
+                       f"stage {self.name} was reassigned; retry the request")
+        self._compute.join(timeout=30)  # finishes the microbatch it is computing, if any
+        if self._compute.is_alive():
+            log.warning("compute thread of stage %s did not finish within 30 s", self.name)
         if self.link:
-            self.link.close()
+            self.link.close()  # answers what it sent or still carries
         while True:
             try:
                 item = self._outbox.get_nowait()
             except queue.Empty:
                 break
-            item.frame.hop_tag = item.upstream_tag
-            item.route.deliver(error_frame(item.frame, grpc.StatusCode.UNAVAILABLE,
-                                           f"stage {self.name} was reassigned", self.name))
+            self._fail_outgoing(item)
         self.backend.close()
 
 

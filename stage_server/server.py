@@ -20,19 +20,21 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.security import Security
 from pipeedge.stage_server.metrics import make_hooks, serve_metrics
-from pipeedge.stage_server.servicer import StageServicer
+from pipeedge.stage_server.servicer import CONTROL_THREADS, MAX_STREAMS, StageServicer
 from pipeedge.stage_server.weight_cache import WeightCache
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Stage"].full_name
-# Each Forward stream holds a worker thread for its lifetime (plus one reader thread of ours).
-MAX_WORKERS = 64
 
 
 def build_server(address: str, servicer: StageServicer, *, security: Security | None = None
                  ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS,
+    # Each Forward stream (and Infer call) holds a worker thread while it lasts; the servicer
+    # admits at most `max_streams` of them, so CONTROL_THREADS always remain for health checks
+    # and control calls (70 open client streams starved health checks before).
+    workers = servicer.max_streams + CONTROL_THREADS
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers,
                                                     thread_name_prefix="grpc"),
                          options=channels.SERVER_OPTIONS,
                          interceptors=channels.server_interceptors(security))
@@ -45,12 +47,14 @@ def build_server(address: str, servicer: StageServicer, *, security: Security | 
 
 def serve(*, host: str, port: int, name: str, cache_dir: Path, threads: int, device: str,
           grace_s: float = 10.0, ready_file: Path | None = None, max_in_flight: int = 64,
+          max_streams: int = MAX_STREAMS,
           metrics_port: int | None = None, security: Security | None = None,
           cache_limits: dict | None = None) -> None:
     # Monitoring (metrics.py): energy meter always, Prometheus /metrics only with a port.
     hooks = make_hooks(prometheus_endpoint=metrics_port is not None)
     servicer = StageServicer(name, WeightCache(cache_dir, **(cache_limits or {})),
                              threads=threads, device=device, max_in_flight=max_in_flight,
+                             max_streams=max_streams,
                              metrics=hooks, security=security)
     metrics_endpoint = serve_metrics(hooks, servicer, host=host, port=metrics_port)
     server, bound, health_servicer = build_server(f"{host}:{port}", servicer, security=security)

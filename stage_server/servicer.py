@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import uuid
 
 import grpc
 
-from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.errors import status_from_int
@@ -27,10 +27,17 @@ from pipeedge.stage_server.weight_cache import WeightCache, WeightPushError
 
 log = logging.getLogger(__name__)
 
+# Data calls (Forward streams + Infer calls) a stage serves at once; see StageServicer.
+MAX_STREAMS = 128
+# Server threads kept for everything else: health checks, Status, Assign, Release, Ping.
+CONTROL_THREADS = 16
+# Largest Ping reply and link probe (link measurement sends 4 MB by default).
+MAX_PING_BYTES = 16 * 1024 * 1024
+
 
 class StageServicer(pb_grpc.StageServicer):
     def __init__(self, name: str, cache: WeightCache, *, threads: int = 0,
-                 device: str = "cpu", max_in_flight: int = 64,
+                 device: str = "cpu", max_in_flight: int = 64, max_streams: int = MAX_STREAMS,
                  metrics: StageHooks | None = None, security: Security | None = None) -> None:
         self.name = name
         # This stage's credentials for its own outgoing links (next hop, link probes).
@@ -40,6 +47,11 @@ class StageServicer(pb_grpc.StageServicer):
         # with RESOURCE_EXHAUSTED instead of queueing without bound.
         self.in_flight = InFlight()
         self.max_in_flight = max_in_flight
+        # Open Forward streams and Infer calls (each holds a server thread while it lasts). The
+        # server has `max_streams` + CONTROL_THREADS threads, so health checks, Status and
+        # Assign are answered however many clients stream; stream max_streams + 1 is refused.
+        self.data_calls = InFlight()
+        self.max_streams = max_streams
         self.cache = cache
         self.threads = threads
         self.device = device
@@ -53,6 +65,12 @@ class StageServicer(pb_grpc.StageServicer):
         request.device = request.device or self.device
         request.threads = request.threads or self.threads
         with self._assign_lock:
+            held = self.runtime.assignment.epoch if self.runtime else 0
+            if request.epoch and request.epoch <= held:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"stage {self.name} already holds epoch {held}; an Assign of "
+                              f"epoch {request.epoch} comes from an older deployment (is a "
+                              "second coordinator running?); redeploy from the current one")
             start = time.perf_counter()
             try:
                 check_assignment(request)  # output encoding (adaptive.py)
@@ -104,6 +122,9 @@ class StageServicer(pb_grpc.StageServicer):
 
     def Release(self, request: pb.ReleaseRequest, context) -> pb.ReleaseReply:
         with self._assign_lock:
+            held = self.runtime.assignment.epoch if self.runtime else 0
+            if request.below_epoch and held >= request.below_epoch:
+                return pb.ReleaseReply(released=False)  # a newer deployment owns this stage
             old, self.runtime = self.runtime, None
         if old:
             old.stop()
@@ -128,25 +149,46 @@ class StageServicer(pb_grpc.StageServicer):
 
     # -- data path --------------------------------------------------------------------------------
     def Forward(self, request_iterator, context):
-        route = Route(self.in_flight)
-        context.add_callback(route.cancel)
-        reader = threading.Thread(target=self._read_stream, args=(request_iterator, route),
-                                  name="upstream-reader", daemon=True)
-        reader.start()
-        yield from route.results()
+        self._open_data_call(context)
+        try:
+            route = Route(self.in_flight)
+            context.add_callback(route.cancel)
+            reader = threading.Thread(target=self._read_stream, args=(request_iterator, route),
+                                      name="upstream-reader", daemon=True)
+            reader.start()
+            yield from route.results()
+        finally:
+            self.data_calls.add(-1)
 
     def Infer(self, request: pb.Frame, context) -> pb.Frame:
-        route = Route(self.in_flight)
-        self._submit(request, route)
-        route.input_done()
-        remaining = context.time_remaining()
-        result = route.next_result(timeout=remaining)
+        self._open_data_call(context)
+        try:
+            route = Route(self.in_flight)
+            self._submit(request, route)
+            route.input_done()
+            remaining = context.time_remaining()
+            try:
+                result = route.next_result(timeout=remaining)
+            except queue.Empty:
+                result = None
+        finally:
+            self.data_calls.add(-1)
         if result is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"stage {self.name} stopped")
         if result.error.code:
             context.abort(status_from_int(result.error.code),
                           f"[{result.error.stage}] {result.error.message}")
         return result
+
+    def _open_data_call(self, context) -> None:
+        """Count one data call, or refuse it while `max_streams` are open (never starve the
+        control threads)."""
+        if not self.data_calls.add_below(self.max_streams):
+            self.metrics.error(grpc.StatusCode.RESOURCE_EXHAUSTED)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"stage {self.name} has {self.max_streams} streams open (its limit); "
+                          "share one client per process (infer_many multiplexes) or raise "
+                          "--max-streams")
 
     def _read_stream(self, request_iterator, route: Route) -> None:
         try:
@@ -210,13 +252,19 @@ class StageServicer(pb_grpc.StageServicer):
                           f"cannot profile {request.model_name[:100]}: {_one_line(exc)}")
 
     def Ping(self, request: pb.PingRequest, context) -> pb.PingReply:
-        if request.reply_bytes > channels.MAX_MESSAGE_BYTES // 2:
+        # Any peer that passed the handshake may ping: the reply is bounded so that pings cannot
+        # be used to make this device allocate (8 x 128 MiB cost +750 MB before).
+        if request.reply_bytes > MAX_PING_BYTES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"reply_bytes {request.reply_bytes} is over the limit of "
-                          f"{channels.MAX_MESSAGE_BYTES // 2}")
+                          f"{MAX_PING_BYTES}; probe with smaller payloads")
         return pb.PingReply(payload=bytes(request.reply_bytes))
 
     def MeasureLink(self, request: pb.MeasureLinkRequest, context) -> pb.LinkMeasurement:
+        if request.payload_bytes > MAX_PING_BYTES:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"payload_bytes {request.payload_bytes} is over the limit of "
+                          f"{MAX_PING_BYTES}")
         try:
             return measure_link(request.peer, payload_bytes=request.payload_bytes or 4_000_000,
                                 repeats=request.repeats or 3, security=self.security)

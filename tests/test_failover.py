@@ -67,7 +67,9 @@ def test_kill_middle_stage_during_500_requests(cluster_factory, capsys):
     assert len(results) == 500  # every request answered once, in order
     for got, want in zip(results, expected):
         assert (got["logits"] - want).abs().max().item() <= 1e-5
-    assert plane.version == 2 and "stage1" in plane.down
+    # (A health check that times out under load re-plans too: count what the kill caused.)
+    assert "stage1" in plane.down and "stage1 failed" in plane.replans[-1]["reason"]
+    assert [s.name for s in plane.pipeline.stages] == ["stage0", "stage2"]
     assert [s.name for s in plane.pipeline.stages] == ["stage0", "stage2"]
     assert recoveries, "the client never saw the failure"
     with capsys.disabled():
@@ -76,7 +78,7 @@ def test_kill_middle_stage_during_500_requests(cluster_factory, capsys):
               f"{plane.replans[-1]['seconds']:.2f}s")
 
 
-def test_host_that_comes_back_joins_the_next_replan(cluster_factory):
+def test_host_that_comes_back_rejoins(cluster_factory):
     cluster = cluster_factory(3)
     dep = load_deployment(cluster.hosts_file(MODEL, partition="1,4,5,8,9,12"))
     plane = ControlPlane(dep, pipeline_path=cluster.workdir / "pipeline.json",
@@ -86,13 +88,11 @@ def test_host_that_comes_back_joins_the_next_replan(cluster_factory):
     try:
         port = cluster.stages[2].port
         cluster.kill(2)
-        _wait(lambda: plane.version == 2)
-        assert len(plane.pipeline.stages) == 2
+        _wait(lambda: [s.name for s in plane.pipeline.stages] == ["stage0", "stage1"])
         cluster.stages[2] = cluster.start_stage("stage2", port=port)  # same address comes back
-        _wait(lambda: "stage2" not in plane.down)
+        _wait(lambda: len(plane.pipeline.stages) == 3)  # the plan uses it again at once
         cluster.kill(0)  # the next failure re-plans over stage1 and the returned stage2
-        _wait(lambda: plane.version == 3)
-        assert [s.name for s in plane.pipeline.stages] == ["stage1", "stage2"]
+        _wait(lambda: [s.name for s in plane.pipeline.stages] == ["stage1", "stage2"])
         x = models.example_inputs(models.model_info(MODEL), 1)
         with PipelineClient(pipeline_file=cluster.workdir / "pipeline.json") as client:
             assert client.infer(x)["logits"].shape == (1, 10)
@@ -155,7 +155,7 @@ def test_hung_stage_is_routed_around(cluster_factory, capsys, hung):
         os.kill(pid, signal.SIGSTOP)  # alive sockets, no answers: neither Check nor Forward
         times["stopped"] = time.monotonic()
         deadline = time.monotonic() + 30
-        while plane.version < 2 and time.monotonic() < deadline:
+        while name in {s.name for s in plane.pipeline.stages} and time.monotonic() < deadline:
             time.sleep(0.02)
         times["replanned"] = time.monotonic()
 
@@ -166,6 +166,7 @@ def test_hung_stage_is_routed_around(cluster_factory, capsys, hung):
             yield x
 
     results = []
+    first_epoch = plane.version
     try:
         # The request deadline (20 s) is far above the expected recovery: a client or upstream
         # stage that waits on the hung hop instead of failing over shows up as an error here.
@@ -173,11 +174,11 @@ def test_hung_stage_is_routed_around(cluster_factory, capsys, hung):
             start = time.monotonic()
             for out in client.infer_many(feed(), window=6):
                 results.append(out)
-                if client.version >= 2 and "recovered" not in times:
+                if client.version > first_epoch and "recovered" not in times:
                     times["recovered"] = time.monotonic()  # first result on the new pipeline
             elapsed = time.monotonic() - start
             recoveries = list(client.recoveries)
-        assert name in plane.down and plane.version == 2
+        assert name in plane.down and f"{name} failed" in plane.replans[-1]["reason"]
         assert [s.name for s in plane.pipeline.stages] == [
             f"stage{i}" for i in range(3) if i != hung]
         # The hung host is back once it answers again (it joins at the next re-plan).
@@ -226,10 +227,10 @@ def test_generation_continues_on_the_new_pipeline_after_a_stage_dies(cluster_fac
                 if len(got[0]) + len(got[1]) == 20:
                     cluster.kill(1)
             assert [got[0], got[1]] == expected
-            assert plane.version == 2 and gen.version == 2 and gen.recoveries
+            assert "stage1" in plane.down and gen.version == plane.version and gen.recoveries
             with capsys.disabled():
                 print(f"\n[failover/generate] stage killed after 20 of 96 tokens; resumed on "
-                      f"v{gen.version} in {gen.recoveries[0]:.2f}s; all 96 tokens as undisturbed")
+                      f"epoch {gen.version} in {gen.recoveries[0]:.2f}s; all 96 tokens as undisturbed")
     finally:
         plane.stop()
         server.stop(0)

@@ -1,11 +1,21 @@
 """Client SDK: send inference requests to a deployed pipeline (its first stage)."""
 
 from pipeedge.client.aio import AsyncPipelineClient
-from pipeedge.client.generate import (Completion, SamplingParams, TextGenerator, TokenEvent,
-                                      sample_token)
+from pipeedge.client.generate import (
+                                      Completion,
+                                      SamplingParams,
+                                      TextGenerator,
+                                      TokenEvent,
+                                      sample_token,
+)
 from pipeedge.client.sdk import PipelineClient
-from pipeedge.errors import (DeadlineExceededError, InvalidInputError, NotDeployedError,
-                             PipelineError, StageUnavailableError)
+from pipeedge.errors import (
+                                      DeadlineExceededError,
+                                      InvalidInputError,
+                                      NotDeployedError,
+                                      PipelineError,
+                                      StageUnavailableError,
+)
 
 __all__ = ["PipelineClient", "AsyncPipelineClient", "PipelineError", "InvalidInputError",
            "StageUnavailableError", "NotDeployedError", "DeadlineExceededError",

@@ -15,6 +15,7 @@ import grpc
 from pipeedge import channels
 from pipeedge._proto import coordinator_pb2 as cpb
 from pipeedge._proto import coordinator_pb2_grpc as cpb_grpc
+from pipeedge.errors import NotDeployedError, error_for
 from pipeedge.pipeline_file import DEFAULT_PATH, Pipeline
 
 
@@ -63,19 +64,35 @@ class CoordinatorSource(PipelineSource):
         self._stub = cpb_grpc.CoordinatorStub(self._channel)
 
     def entry(self) -> tuple[str, int]:
-        info = self._stub.GetPipeline(cpb.GetPipelineRequest(),
-                                      timeout=channels.CONTROL_DEADLINE_S)
+        try:
+            info = self._stub.GetPipeline(cpb.GetPipelineRequest(),
+                                          timeout=channels.CONTROL_DEADLINE_S)
+        except grpc.RpcError as exc:
+            raise error_for(exc.code(), f"coordinator {self.address} did not answer "
+                            f"({exc.code().name}: {exc.details()}); check that `pipeedge-coord "
+                            "serve` runs there and the address") from None
         if not info.version:
-            raise RuntimeError(f"coordinator {self.address} has no pipeline deployed yet")
+            raise NotDeployedError(f"coordinator {self.address} has no pipeline deployed yet"
+                                   + (f": {info.problem}" if info.problem else ""),
+                                   code=grpc.StatusCode.FAILED_PRECONDITION)
         return info.entry, info.version
 
     def wait_newer(self, version: int, timeout_s: float) -> tuple[str, int] | None:
-        try:
-            info = self._stub.GetPipeline(cpb.GetPipelineRequest(newer_than=version),
-                                          timeout=timeout_s)
-        except grpc.RpcError:
-            return None
-        return (info.entry, info.version) if info.version > version else None
+        # The coordinator holds a bounded number of long-polls and answers the rest at once:
+        # poll again (briefly apart) until the deadline.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                info = self._stub.GetPipeline(cpb.GetPipelineRequest(newer_than=version),
+                                              timeout=left)
+            except grpc.RpcError:
+                info = None  # the coordinator restarts or is gone: ask again shortly
+            if info is not None and info.version > version:
+                return info.entry, info.version
+            time.sleep(min(0.2, max(deadline - time.monotonic(), 0)))
 
     def close(self) -> None:
         self._channel.close()

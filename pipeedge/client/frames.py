@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
-import grpc
 import torch
 
 from pipeedge import codec
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.errors import PipelineError, error_for, status_from_int
-from pipeedge.pipeline_file import Pipeline
-
-
-# Failures that a new pipeline can cure: a dead or reassigned stage, or one not yet redeployed.
-RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
-                   grpc.StatusCode.CANCELLED)
-# A hung entry stage (alive connection, no answers) never breaks a call: after this long without
-# a result a client asks whether the coordinator has re-planned, and if so moves.
-STALL_CHECK_S = 1.0
-
-
-def resolve_address(address: str | None, pipeline_file: str | Path | None) -> str:
-    if address:
-        return address
-    return Pipeline.load(Path(pipeline_file) if pipeline_file else Path("pipeline.json")).entry
 
 
 def request_frame(request_id: str, inputs: Mapping[str, torch.Tensor],

@@ -45,7 +45,8 @@ from pipeedge import channels, codec, models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.client.discovery import make_source
-from pipeedge.client.frames import RETRYABLE_CODES, STALL_CHECK_S, result_tensors, rpc_error
+from pipeedge.client.frames import result_tensors, rpc_error
+from pipeedge.client.retry import BUSY_CODES, PipelineView, RetryPolicy, stamp
 from pipeedge.errors import DeadlineExceededError, PipelineError, StageUnavailableError
 from pipeedge.security import Security, client_security
 from pipeedge.tokenizer import TextStream, Tokenizer, load_tokenizer
@@ -301,7 +302,8 @@ class TextGenerator:
                  tokenizer: Tokenizer | str | Path | None = None,
                  timeout_s: float = 60.0, security: Security | None = None,
                  token: str | None = None, coordinator: str | None = None,
-                 recovery_timeout_s: float = 30.0) -> None:
+                 recovery_timeout_s: float | None = None,
+                 retry: RetryPolicy | None = None) -> None:
         security = client_security(security, token=token, address=address or coordinator,
                                    pipeline_file=pipeline_file)
         weights_dir = None
@@ -317,11 +319,18 @@ class TextGenerator:
             raise ValueError(f"{model} is not a decoder (text-generation) model; use "
                              "PipelineClient.infer for it")
         self.model = model
+        self.retry = retry or RetryPolicy()
+        if recovery_timeout_s is not None:
+            self.retry = replace(self.retry, recovery_timeout_s=recovery_timeout_s)
         self._source = make_source(address, pipeline_file, coordinator, security)
-        self.address, self.version = self._source.entry()
+        try:
+            self.view = PipelineView(self._source, self.retry)
+        except BaseException:
+            self._source.close()
+            raise
+        self.address, self.version = self.view.current()
         self._security = security
         self.timeout_s = timeout_s
-        self.recovery_timeout_s = recovery_timeout_s
         self.recoveries: list[float] = []  # seconds from a failure to the resent steps
         if isinstance(tokenizer, Tokenizer):
             self.tokenizer = tokenizer
@@ -419,15 +428,14 @@ class TextGenerator:
 
     def _send(self, run: _Run) -> Future:
         frame = pb.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
-                         session_id=run.session_id, step=run.wire_step,
-                         deadline_unix_ms=int((time.time() + self.timeout_s) * 1000))
+                         session_id=run.session_id, step=run.wire_step)
         codec.encode_tensors(frame, run.inputs())
-        return self._mux.send(frame)
+        return self._mux.send(stamp(frame, self.version, self.timeout_s))
 
     def _end(self, run: _Run) -> None:
         """Free the session on every stage (fire and forget)."""
         frame = pb.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
-                         session_id=run.session_id, step=run.wire_step)
+                         session_id=run.session_id, step=run.wire_step, epoch=self.version)
         try:
             self._mux.send(frame)
         except Exception:  # noqa: BLE001 (the stream is gone: the stages' idle timeout frees it)
@@ -435,25 +443,21 @@ class TextGenerator:
 
     def _move(self, seen: int, error: BaseException | None) -> bool:
         """Go to a pipeline newer than version `seen`: at once if another generation already
-        moved, else wait for one (`error`: what failed; None = a quiet step, no waiting).
-        False if none came."""
+        moved, else ask the view (`error`: what failed, then wait for one; None = a quiet
+        step, no waiting). False if none came."""
         with self._move_lock:
             if self.version <= seen:
-                if error is None:
-                    try:
-                        newer = self._source.entry()
-                    except Exception:  # noqa: BLE001 - no coordinator or file now: keep waiting
-                        return False
-                    newer = newer if newer[1] > seen else None
-                else:
-                    newer = self._source.wait_newer(seen, self.recovery_timeout_s)
-                if newer is None:
+                if error is not None and getattr(error, "code", None) in BUSY_CODES:
+                    time.sleep(self.retry.busy_wait(1))  # a full stage: same pipeline, later
+                    return True
+                if not self.view.move_past(seen, wait=error is not None):
                     return False
-                old, self._mux = self._mux, _Mux(newer[0], self._security)
-                self.address, self.version = newer
+                address, version = self.view.current()
+                old, self._mux = self._mux, _Mux(address, self._security)
+                self.address, self.version = address, version
                 old.close()
-                log.warning("pipeline moved to v%d (entry %s); resuming the open generations",
-                            self.version, self.address,
+                log.warning("pipeline moved to epoch %d (entry %s); resuming the open "
+                            "generations", self.version, self.address,
                             extra={"event": "failover", "version": self.version})
             return True
 
@@ -486,7 +490,8 @@ class TextGenerator:
                 start_next()
             quiet_since = time.monotonic()
             while active:
-                done, _ = wait(list(active), timeout=STALL_CHECK_S, return_when=FIRST_COMPLETED)
+                done, _ = wait(list(active), timeout=self.retry.stall_check_s,
+                               return_when=FIRST_COMPLETED)
                 if not done:  # a hung stage breaks nothing: has the coordinator re-planned?
                     if resume(None):
                         quiet_since = time.monotonic()
@@ -505,7 +510,7 @@ class TextGenerator:
                     except PipelineError as exc:
                         # A dead or reassigned stage: wait for the re-plan. NOT_FOUND (a stage
                         # lost the session): move only if a newer pipeline is already out.
-                        if exc.code in RETRYABLE_CODES and resume(exc) or \
+                        if self.retry.retryable(exc.code) and resume(exc) or \
                                 exc.code == grpc.StatusCode.NOT_FOUND and resume(None):
                             break
                         raise
