@@ -672,25 +672,34 @@ class Clients:
             self.crashed.append(f"{name}: {traceback.format_exc()}")
             log.error("client %s crashed (harness bug): %s", name, traceback.format_exc())
 
+    def _reopen(self, name: str, kind: str, rng: random.Random, current, factory):
+        """A new SDK object now and then before a round (always after an error), as short-lived
+        processes would open one; its set-up counts as a request only if it fails. None if it
+        failed."""
+        if current is not None and rng.random() >= self.args.reconnect:
+            return current
+        if current is not None:
+            current.close()
+        rid = self.ledger.begin(name, kind, counted=False)
+        try:
+            opened = factory()
+        except Exception as exc:  # noqa: BLE001
+            self.ledger.finish(rid, classify_error(exc), f"client set-up: {exc!r}", exc)
+            time.sleep(1.0)
+            return None
+        self.ledger.finish(rid, "correct")
+        return opened
+
     # sync encoder clients
     def _sync(self, name: str, kind: str, rng: random.Random) -> None:
         from pipeedge.client import PipelineClient
 
         client = None
         while not self.stop.is_set():
-            if client is None or rng.random() < self.args.reconnect:
-                if client is not None:
-                    client.close()
-                client = None
-                rid = self.ledger.begin(name, kind, counted=False)
-                try:
-                    client = PipelineClient(coordinator=self.enc.coordinator,
-                                            timeout_s=self.args.request_timeout)
-                except Exception as exc:  # noqa: BLE001
-                    self.ledger.finish(rid, classify_error(exc), f"client set-up: {exc!r}", exc)
-                    time.sleep(1.0)
-                    continue
-                self.ledger.finish(rid, "correct")
+            client = self._reopen(name, kind, rng, client, lambda: PipelineClient(
+                coordinator=self.enc.coordinator, timeout_s=self.args.request_timeout))
+            if client is None:
+                continue
             try:
                 if kind == "infer":
                     ok = self._one(client, name, kind, rng)
@@ -773,19 +782,11 @@ class Clients:
         gen = None
         ref = self.dec_ref
         while not self.stop.is_set():
-            if gen is None or rng.random() < self.args.reconnect:
-                if gen is not None:
-                    gen.close()
-                gen = None
-                rid = self.ledger.begin(name, kind, counted=False)
-                try:
-                    gen = TextGenerator(coordinator=self.dec.coordinator, model=self.dec.model,
-                                        timeout_s=self.args.request_timeout)
-                except Exception as exc:  # noqa: BLE001
-                    self.ledger.finish(rid, classify_error(exc), f"client set-up: {exc!r}", exc)
-                    time.sleep(1.0)
-                    continue
-                self.ledger.finish(rid, "correct")
+            gen = self._reopen(name, kind, rng, gen, lambda: TextGenerator(
+                coordinator=self.dec.coordinator, model=self.dec.model,
+                timeout_s=self.args.request_timeout))
+            if gen is None:
+                continue
             picks = [rng.randrange(len(ref.prompts)) for _ in range(2)]
             rids = [self.ledger.begin(name, kind) for _ in picks]
             got: list[list[int]] = [[] for _ in picks]

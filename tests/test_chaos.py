@@ -7,9 +7,11 @@ under the bound. About 2.5 minutes; `make chaos` is the long run."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,37 @@ def test_chaos_bounded_run(tmp_path, capsys):
     assert o["untyped"] == 0, why
     assert res["longest_stall_s"] < STALL_BOUND_S, why
     assert proc.returncode == 0 and res["passed"], why
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("chaos_harness", ROOT / "bench" / "chaos.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("chaos_harness", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ledger_settles_each_request_once_and_measures_stalls():
+    """The harness' own bookkeeping: one outcome per request, late answers after the end are
+    not counted twice, what is open at the end is lost, and a client's stall runs from its
+    last progress (not from when its oldest request began)."""
+    from pipeedge.errors import StageUnavailableError
+
+    chaos = _harness()
+    ledger = chaos.Ledger(time.monotonic())
+    a = ledger.begin("c1", "infer")
+    b = ledger.begin("c1", "infer")
+    ledger.finish(a, "correct")
+    ledger.finish(a, "wrong")  # a second settle of one request is ignored
+    ledger.finish(b, "typed", exc=StageUnavailableError("down"))
+    setup = ledger.begin("c2", "generate", counted=False)
+    ledger.finish(setup, "correct")  # a client set-up that worked is no request
+    ledger.extra("c2", "generate", "duplicated", "token after the end")
+    time.sleep(0.3)
+    ledger.begin("c3", "infer_many")
+    time.sleep(0.2)
+    ledger.close()
+    ledger.finish(max(ledger.open, default=99), "correct")  # too late: already lost
+    assert dict(ledger.outcomes) == {"correct": 1, "typed": 1, "duplicated": 1, "lost": 1}
+    assert ledger.typed == {"StageUnavailableError": 1}
+    assert 0.15 < ledger.stall[0] < 0.5 and ledger.stall[1] == "c3"
