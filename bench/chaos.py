@@ -71,7 +71,7 @@ OUTCOMES = ("correct", "wrong", "lost", "duplicated", "typed", "untyped")
 # A client whose round failed waits this long before the next (no hot loop of instant errors).
 ERROR_BACKOFF_S = 0.2
 # Faults started this long before a failure are listed as what preceded it.
-BLAME_WINDOW_S = 20.0
+BLAME_WINDOW_S = 8.0
 
 log = logging.getLogger("chaos")
 
@@ -605,11 +605,15 @@ class Faults:
             for c in calls:
                 c.cancel()
 
-    def recent(self, now: float, window: float = BLAME_WINDOW_S) -> list[str]:
-        """Faults active at `now` or started within `window` before it."""
+    def recent(self, now: float, window: float = BLAME_WINDOW_S,
+               pipeline: str | None = None) -> list[str]:
+        """Faults (of `pipeline`, default any) active at `now` or ended within `window`
+        before it."""
         with self._lock:
             out = []
             for f in self.log:
+                if pipeline and f["pipeline"] != pipeline:
+                    continue
                 if f["t_start"] <= now and (f["t_end"] is None or f["t_end"] >= now - window):
                     out.append(f"{f['kind']}({f['pipeline']}"
                                f"{'/stage' + str(f['stage']) if f['stage'] >= 0 else ''})")
@@ -901,6 +905,10 @@ class Clients:
                 await client.close()
 
 
+def _pipeline_of(client_kind: str) -> str:
+    return "dec" if client_kind == "generate" else "enc"
+
+
 def client_counts(total: int) -> dict[str, int]:
     counts = {k: max(1, int(total * s)) for k, s in zip(CLIENT_KINDS, CLIENT_SHARES)}
     counts["infer"] += total - sum(counts.values())
@@ -1103,12 +1111,14 @@ def run(args) -> dict:
     for key, samples in sorted(ledger.samples.items()):
         if key.split("/")[0] in ("wrong", "lost", "duplicated", "untyped"):
             for s in samples:
+                where = _pipeline_of(s["kind"])
                 failures.append({**s, "preceded_by": sorted(set(
-                    faults.recent(s["t"] - s["age_s"]) + faults.recent(s["t"])))})
+                    faults.recent(s["t"] - s["age_s"], pipeline=where)
+                    + faults.recent(s["t"], pipeline=where)))})
     for s in ledger.stalls:
         if s["seconds"] >= args.stall_bound:
-            failures.append({"outcome": "stall", "t": s["to_s"], **s,
-                             "preceded_by": faults.recent(s["from_s"])})
+            failures.append({"outcome": "stall", "t": s["to_s"], **s, "preceded_by": faults.recent(
+                s["from_s"], pipeline=_pipeline_of(s["client"].rsplit("-", 1)[0]))})
     blame: Counter = Counter()
     for f in failures:
         for kind in {x.split("(")[0] for x in f["preceded_by"]} or {"(no fault)"}:
@@ -1124,7 +1134,9 @@ def run(args) -> dict:
         "by_client_kind": {k: dict(v) for k, v in ledger.by_kind.items()},
         "longest_stall_s": round(stall_s, 2),
         "longest_stall": {"client": stall_client, "ended_at_s": round(stall_at, 2),
-                          "preceded_by": faults.recent(stall_at - stall_s)},
+                          "preceded_by": faults.recent(
+                              stall_at - stall_s,
+                              pipeline=_pipeline_of(stall_client.rsplit("-", 1)[0]))},
         "stall_bound_s": args.stall_bound, "passed": passed,
         "fault_seconds": round(fault_seconds, 1), "wall_s": round(wall, 1),
         "fault_kinds_run": dict(Counter(f["kind"] for f in faults.log)),
