@@ -12,9 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from pipeedge.client import TextGenerator
+from pipeedge import models
+from pipeedge.client import PipelineClient, TextGenerator
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator.hosts import HostsFileError, load_deployment
+from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.partition import parse_partition
 from pipeedge.pipeline_file import Pipeline
 
@@ -47,8 +49,9 @@ def deploy(cluster, partition, **hosts):
 def hf_greedy(hf_dir, prompt, new_tokens):
     import transformers
 
+    # float32 as the stages compute (transformers 5 would otherwise keep a bf16 file in bf16).
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(hf_dir), attn_implementation="eager").eval()
+        str(hf_dir), attn_implementation="eager", dtype=torch.float32).eval()
     out = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens,
                          min_new_tokens=new_tokens, do_sample=False, eos_token_id=None,
                          pad_token_id=0, output_logits=True, return_dict_in_generate=True)
@@ -73,6 +76,12 @@ def assert_same_as_transformers(hf_dir, prompt, events):
 
 
 @pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalCluster(3, threads=1, workdir=tmp_path_factory.mktemp("byo")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
     return save_llama(tmp_path_factory.mktemp("llama-rope"), rope_theta=500000.0,
                       rms_norm_eps=1e-6)
@@ -82,9 +91,8 @@ def llama_dir(tmp_path_factory):
     ("1,3,4,9,10,12", "local"),   # 3 stages, cuts after MLP-in and after attention
     ("1,6,7,12", "push"),         # 2 stages, cut inside block 1 (after attention output)
 ])
-def test_directory_without_model_name_matches_transformers(cluster_factory, llama_dir,
-                                                            partition, weights):
-    cluster = cluster_factory(3)
+def test_directory_without_model_name_matches_transformers(cluster, llama_dir, partition,
+                                                            weights):
     dep, pipeline_file = deploy(cluster, partition, model=None, weights=f"{weights}:{llama_dir}")
     text = (llama_dir / "config.json").read_text()
     assert dep.model == llama_dir.name and dep.model_config_json == text
@@ -120,3 +128,42 @@ def test_unsupported_config_is_refused_at_load(tmp_path):
         load_deployment(hosts)
     cfg = json.loads((tmp_path / "yarn" / "config.json").read_text())
     assert cfg["rope_parameters"]["rope_type"] == "yarn"  # transformers itself wrote it
+
+
+def save_hf(path, cls_name, cfg_name, dtype=torch.float32, **config):
+    import transformers
+
+    torch.manual_seed(0)
+    model = getattr(transformers, cls_name)(getattr(transformers, cfg_name)(**config))
+    model.to(dtype).save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize(("cls", "cfg", "extra", "weights", "partition"), [
+    ("Qwen2ForCausalLM", "Qwen2Config", {"tie_word_embeddings": True}, "push", "1,5,6,12"),
+    ("Qwen3ForCausalLM", "Qwen3Config", {"head_dim": 24}, "local", "1,1,2,7,8,12"),
+])
+def test_new_decoder_families_from_bf16_directories(cluster, tmp_path, cls, cfg, extra, weights,
+                                                    partition):
+    config = TINY_LLAMA | extra
+    directory = save_hf(tmp_path / cls, cls, cfg, torch.bfloat16, **config)
+    dep, pipeline_file = deploy(cluster, partition, model=None,
+                                weights=f"{weights}:{directory}")
+    assert dep.model_info().spec.hf_classes["causal-lm"] == cls
+    prompt, events = generate(dep, pipeline_file)
+    assert_same_as_transformers(directory, prompt, events)
+
+
+def test_roberta_classifier_with_three_labels(cluster, tmp_path):
+    directory = save_hf(tmp_path / "roberta", "RobertaForSequenceClassification", "RobertaConfig",
+                        vocab_size=300, hidden_size=64, intermediate_size=128,
+                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=80,
+                        id2label={0: "negative", 1: "neutral", 2: "positive"})
+    _, pipeline_file = deploy(cluster, "1,2,3,6,7,8", model=None, weights=f"push:{directory}")
+    info = Pipeline.load(pipeline_file).model_info()
+    assert info.labels == ("negative", "neutral", "positive")
+    inputs = models.example_inputs(info, 4, seq_len=24, seed=2)
+    with PipelineClient(pipeline_file=pipeline_file) as client:
+        got = client.infer(inputs)["logits"]
+    want = models.build_reference(info, directory)(inputs)["logits"]
+    assert got.shape == (4, 3) and (got - want).abs().max() <= 1e-5

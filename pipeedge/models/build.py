@@ -119,6 +119,8 @@ def example_inputs(
     positions = torch.arange(seq_len)
     mask = (positions[None, :] < lengths[:, None]).long()  # (B, T), 1 = real token
     token_types = ((positions[None, :] >= (lengths[:, None] // 2)) & mask.bool()).long()
+    if info.hp.type_vocab_size < 2:  # RoBERTa: one segment only
+        token_types = torch.zeros_like(token_types)
     return {
         "input_ids": ids.masked_fill(mask == 0, pad),
         "attention_mask": mask,
