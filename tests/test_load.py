@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeedge import models
-from pipeedge.client import PipelineClient, PipelineError
+from pipeedge.client import OverloadedError, PipelineClient, PipelineError
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator import planning
 from pipeedge.coordinator.hosts import load_deployment
@@ -102,7 +102,8 @@ def test_overload_is_refused_with_resource_exhausted(cluster_factory):
     cluster = cluster_factory(1, extra_args=("--max-in-flight", "2"))
     pipeline = _deploy(cluster, "1,12")
     x = models.example_inputs(models.model_info(MODEL), 2)
-    with PipelineClient(pipeline.entry) as c:
+    # Without retries the refusal surfaces, typed, naming the limit.
+    with PipelineClient(pipeline.entry, max_retries=0) as c:
         outcomes = []
         stream = c.infer_many([x] * 40, window=16)
         while True:
@@ -111,13 +112,16 @@ def test_overload_is_refused_with_resource_exhausted(cluster_factory):
                 outcomes.append("ok")
             except StopIteration:
                 break
-            except PipelineError as exc:
+            except OverloadedError as exc:
                 assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert "limit 2" in str(exc)
                 outcomes.append("refused")
                 break
         assert "refused" in outcomes
-        stream.close()  # the abandoned stream's requests may still hold the 2 slots a moment
+        stream.close()
+    # The default policy backs off and resends what a full stage refused: all 40 arrive.
+    with PipelineClient(pipeline.entry) as c:
+        assert len(list(c.infer_many([x] * 40, window=16))) == 40
         deadline = time.monotonic() + 30
         while True:  # and it keeps serving once they are answered
             try:

@@ -389,9 +389,10 @@ class _Stream:
                             continue  # answered meanwhile
                         stamp(frame, self.epoch, self.timeout)
                         break
-                    if self.exhausted:
-                        return
-                    if len(self.pending) < self.window and not self.pulling:
+                    if self.exhausted and not self.pending:
+                        return  # half-close only once every answer is in (resends may come)
+                    if not self.exhausted and len(self.pending) < self.window \
+                            and not self.pulling:
                         self.pulling = True
                         frame = None
                         break
@@ -412,7 +413,7 @@ class _Stream:
                     self.cond.notify_all()
                     if inputs is None:
                         self.exhausted = True
-                        return
+                        continue  # the stream stays open for resends until all is answered
                     rid = self.client._next_id()
                     frame = request_frame(rid, inputs, None)
                     self.order.append(rid)
