@@ -307,18 +307,19 @@ def infer(pipeline_path, texts, images, random_batch, tokenizer, timeout):
     try:
         pipeline = Pipeline.load(pipeline_path)
         _use_credentials(pipeline)  # tls:/token: recorded by deploy
+        info, directory = pipeline.model_info(), inputs_mod.weights_directory(pipeline)
         if texts:
             tok = tokenizer or Path(pipeline.weights.partition(":")[2])
-            batch = inputs_mod.text_inputs(list(texts), tok)
+            batch = inputs_mod.text_inputs(list(texts), tok, info)
         elif images:
-            batch = inputs_mod.image_inputs(list(images), pipeline.model)
+            batch = inputs_mod.image_inputs(list(images), info, directory)
         else:
-            batch = inputs_mod.random_inputs(pipeline.model, random_batch or pipeline.microbatch)
+            batch = inputs_mod.random_inputs(info, random_batch or pipeline.microbatch)
         with PipelineClient(pipeline.entry, timeout_s=timeout) as client:
             outputs = client.infer(batch)
     except (FileNotFoundError, RuntimeError, ValueError, PipelineError) as exc:
         _fail(str(exc))
-    click.echo(describe_outputs(outputs, texts=list(texts)))
+    click.echo(describe_outputs(outputs, texts=list(texts), labels=info.labels))
 
 
 @main.command()
@@ -341,7 +342,7 @@ def bench(pipeline_path, microbatches, batch, window, no_progress):
     try:
         pipeline = Pipeline.load(pipeline_path)
         _use_credentials(pipeline)  # tls:/token: recorded by deploy
-        inputs = random_inputs(pipeline.model, batch or pipeline.microbatch)
+        inputs = random_inputs(pipeline.model_info(), batch or pipeline.microbatch)
         probe = EnergyProbe(pipeline)  # stage energy counters around the timed run
         with PipelineClient(pipeline.entry) as client:
             r = run_bench(client, inputs, microbatches=microbatches, window=window,
@@ -431,9 +432,9 @@ def eval_cmd(dataset, pipeline_path, task, batch, window, limit, seed, classes_f
              timeout, no_progress):
     """Accuracy of the deployed pipeline over DATASET: an ImageNet-style folder (top-1) or a
     GLUE CoLA .tsv file (Matthews correlation)."""
-    from pipeedge import models
     from pipeedge.client import PipelineClient, PipelineError
     from pipeedge.coordinator import eval as eval_mod
+    from pipeedge.coordinator import inputs as inputs_mod
     from pipeedge.coordinator.datasets import ImageFolder, load_cola
     from pipeedge.pipeline_file import Pipeline
 
@@ -449,8 +450,8 @@ def eval_cmd(dataset, pipeline_path, task, batch, window, limit, seed, classes_f
                 folder = ImageFolder.open(root, classes_file=classes_file).subset(limit,
                                                                                   seed=seed)
                 result = eval_mod.evaluate_images(
-                    client, folder, pipeline.model, batch=batch, window=window,
-                    num_labels=models.model_info(pipeline.model).num_labels,
+                    client, folder, pipeline.model_info(), batch=batch, window=window,
+                    directory=inputs_mod.weights_directory(pipeline),
                     progress=not no_progress)
             else:
                 examples = load_cola(dataset)
@@ -458,7 +459,8 @@ def eval_cmd(dataset, pipeline_path, task, batch, window, limit, seed, classes_f
                     examples = examples[:limit]
                 tok = tokenizer or Path(pipeline.weights.partition(":")[2])
                 result = eval_mod.evaluate_cola(client, examples, tok, batch=batch,
-                                                window=window, progress=not no_progress)
+                                                window=window, progress=not no_progress,
+                                                model=pipeline.model_info())
     except (FileNotFoundError, RuntimeError, ValueError, OSError, PipelineError) as exc:
         _fail(str(exc))
     click.echo(f"{pipeline.model} on {len(pipeline.stages)} stage(s), {dataset}: "

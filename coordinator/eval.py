@@ -20,6 +20,7 @@ from tqdm import tqdm
 from pipeedge.client import PipelineClient
 from pipeedge.coordinator.datasets.glue import ColaExample, cola_batches
 from pipeedge.coordinator.datasets.imagenet import ImageFolder
+from pipeedge.models import ModelInfo, model_info
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,21 @@ class EvalResult:
     predictions: tuple[int, ...]   # argmax of the logits, in dataset order
     labels: tuple[int, ...]
     seconds: float
+    label_names: tuple[str, ...] = ()  # the model's id2label, for per-label results
+
+    def per_label(self, limit: int = 20) -> str:
+        """'name: accuracy (correct/items)' for each label present, up to `limit` labels."""
+        present = sorted(set(self.labels))
+        named = any(n != f"LABEL_{i}" for i, n in enumerate(self.label_names))
+        if not named or len(present) > limit:  # no id2label names: nothing to add
+            return ""
+        parts = []
+        for y in present:
+            items = [p for p, t in zip(self.predictions, self.labels) if t == y]
+            name = self.label_names[y] if y < len(self.label_names) else str(y)
+            right = sum(p == y for p in items)
+            parts.append(f"{name} {right / len(items):.1%} ({right}/{len(items)})")
+        return "per label: " + ", ".join(parts)
 
     @property
     def items(self) -> int:
@@ -54,7 +70,9 @@ class EvalResult:
         if self.matthews is not None:
             text = f"Matthews correlation {self.matthews:.4f}; accuracy {self.accuracy:.2%} " \
                    f"({self.correct}/{self.items})"
-        return f"{text} in {self.seconds:.1f}s ({rate:.1f} items/s)"
+        per_label = self.per_label()
+        return f"{text} in {self.seconds:.1f}s ({rate:.1f} items/s)" + \
+            (f"\n{per_label}" if per_label else "")
 
 
 def matthews_corrcoef(labels: Sequence[int], predictions: Sequence[int]) -> float:
@@ -101,23 +119,29 @@ def predict(client: PipelineClient, batches: Iterable[tuple[dict[str, torch.Tens
     return preds, labels, time.perf_counter() - start
 
 
-def evaluate_images(client: PipelineClient, folder: ImageFolder, model: str, *, batch: int,
-                    num_labels: int, window: int = 4, progress: bool = True) -> EvalResult:
-    """Top-1 accuracy over an ImageNet-style folder."""
+def evaluate_images(client: PipelineClient, folder: ImageFolder, model: str | ModelInfo, *,
+                    batch: int, window: int = 4, progress: bool = True,
+                    directory: Path | None = None) -> EvalResult:
+    """Top-1 accuracy over an ImageNet-style folder, preprocessed as the model directory says."""
+    info = model if isinstance(model, ModelInfo) else model_info(model)
     top = max(label for _, label in folder.samples)
-    if top >= num_labels:
+    if top >= info.num_labels:
         raise ValueError(f"{folder.root} has class index {top} ({folder.classes[top]}) but "
-                         f"{model} has {num_labels} labels; pass --classes or another model")
-    preds, labels, seconds = predict(client, folder.batches(model, batch), total=len(folder),
-                                     window=window, progress=progress, desc="eval images")
-    return EvalResult("imagenet", tuple(preds), tuple(labels), seconds)
+                         f"{info.name} has {info.num_labels} labels; pass --classes or another "
+                         "model")
+    preds, labels, seconds = predict(client, folder.batches(info, batch, directory),
+                                     total=len(folder), window=window, progress=progress,
+                                     desc="eval images")
+    return EvalResult("imagenet", tuple(preds), tuple(labels), seconds, info.labels)
 
 
 def evaluate_cola(client: PipelineClient, examples: Sequence[ColaExample],
                   tokenizer_dir: str | Path, *, batch: int, window: int = 4,
-                  progress: bool = True) -> EvalResult:
-    """Matthews correlation and accuracy over CoLA sentences."""
-    preds, labels, seconds = predict(client, cola_batches(examples, tokenizer_dir, batch),
+                  progress: bool = True, model: ModelInfo | None = None) -> EvalResult:
+    """Matthews correlation and accuracy over CoLA sentences (`model`: truncation length and
+    label names)."""
+    preds, labels, seconds = predict(client, cola_batches(examples, tokenizer_dir, batch, model),
                                      total=len(examples), window=window, progress=progress,
                                      desc="eval CoLA")
-    return EvalResult("cola", tuple(preds), tuple(labels), seconds)
+    return EvalResult("cola", tuple(preds), tuple(labels), seconds,
+                      model.labels if model is not None else ())

@@ -1,4 +1,9 @@
-"""Build first-stage inputs for `infer`: image files, text, or random tensors."""
+"""Build first-stage inputs for `infer`: image files, text, or random tensors.
+
+`model` is a registry name or the `ModelInfo` the pipeline runs (`Pipeline.model_info()`);
+`directory` is the model's local directory, whose preprocessing files are used when present
+(`pipeedge.models.preprocessing`).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +13,38 @@ from pathlib import Path
 import torch
 
 from pipeedge import models
+from pipeedge.models import preprocessing
 
 
-def random_inputs(model: str, batch: int, *, seed: int = 0) -> dict[str, torch.Tensor]:
-    return models.example_inputs(models.model_info(model), batch, seed=seed)
+def _info(model: str | models.ModelInfo) -> models.ModelInfo:
+    return model if isinstance(model, models.ModelInfo) else models.model_info(model)
 
 
-def text_inputs(texts: list[str], tokenizer_dir: str | Path) -> dict[str, torch.Tensor]:
-    """Tokenize with the tokenizer stored in a local model directory (never a hub)."""
+def weights_directory(pipeline) -> Path | None:
+    """The pipeline's local/push weights directory, when this machine has it."""
+    kind, _, path = pipeline.weights.partition(":")
+    return Path(path) if kind in ("local", "push") and Path(path).is_dir() else None
+
+
+def random_inputs(model: str | models.ModelInfo, batch: int, *,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    return models.example_inputs(_info(model), batch, seed=seed)
+
+
+def text_inputs(texts: list[str], tokenizer_dir: str | Path,
+                model: str | models.ModelInfo | None = None) -> dict[str, torch.Tensor]:
+    """Tokenize with the tokenizer stored in a local model directory (never a hub), truncated
+    where the model's own files say (sentence_bert_config.json, model_max_length)."""
     path = Path(tokenizer_dir)
     if not (path / "tokenizer_config.json").exists() and not (path / "vocab.txt").exists():
         raise FileNotFoundError(f"no tokenizer files in {path}; pass --tokenizer DIR pointing "
                                 "at a local Hugging Face model directory")
     tok = _tokenizer(str(path.resolve()))
-    enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    kwargs = {}
+    if model is not None:
+        kwargs["max_length"] = preprocessing.text_max_length(_info(model), path,
+                                                             tok.model_max_length)
+    enc = tok(texts, padding=True, truncation=True, return_tensors="pt", **kwargs)
     out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
     if "token_type_ids" in enc:
         out["token_type_ids"] = enc["token_type_ids"]
@@ -36,18 +59,17 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
-def image_inputs(paths: list[str | Path], model: str) -> dict[str, torch.Tensor]:
-    """Resize to the model's input size and normalise as ViT/DeiT expect (mean 0.5, std 0.5)."""
+def image_inputs(paths: list[str | Path], model: str | models.ModelInfo,
+                 directory: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """Resize, crop and normalise as the model's preprocessor_config.json says (the family's
+    hub defaults without one: ViT mean/std 0.5; DeiT 256 bicubic, crop 224, ImageNet)."""
     try:
         from PIL import Image
     except ImportError:
         raise RuntimeError("reading images needs Pillow: pip install pillow") from None
-    info = models.model_info(model)
-    size = int(info.config.get("image_size", 224))
-    pixels = []
+    prep = preprocessing.image_preprocessing(_info(model), directory)
+    images = []
     for p in paths:
-        img = Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)
-        t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-        t = t.view(size, size, 3).permute(2, 0, 1).float() / 255.0
-        pixels.append((t - 0.5) / 0.5)
-    return {"pixel_values": torch.stack(pixels)}
+        with Image.open(p) as img:
+            images.append(img.convert("RGB"))
+    return {"pixel_values": preprocessing.batch_images(images, prep)}

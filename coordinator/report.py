@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
-def describe_outputs(outputs: dict[str, torch.Tensor], *, texts: list[str] | None = None) -> str:
+def describe_outputs(outputs: dict[str, torch.Tensor], *, texts: list[str] | None = None,
+                     labels: Sequence[str] = ()) -> str:
+    """Shapes, top classes (named by the model's id2label when `labels` is given) and, for
+    sentence embeddings of several texts, their cosine similarities."""
     lines = []
     for name, t in outputs.items():
         lines.append(f"{name}: shape {tuple(t.shape)} {str(t.dtype).replace('torch.', '')}")
         if name == "logits":
             top = t.float().softmax(-1).topk(min(5, t.shape[-1]), dim=-1)
             for i in range(t.shape[0]):
-                classes = ", ".join(f"{c}:{p:.3f}" for c, p in
+                classes = ", ".join(f"{_label(c, labels)}:{p:.3f}" for c, p in
                                     zip(top.indices[i].tolist(), top.values[i].tolist()))
                 lines.append(f"  item {i}: top classes {classes}")
     if "embeddings" in outputs and texts and len(texts) > 1:
         lines.append("cosine similarity:")
         lines.append(similarity_table(outputs["embeddings"], texts))
     return "\n".join(lines)
+
+
+def _label(index: int, labels: Sequence[str]) -> str:
+    return f"{labels[index]} ({index})" if index < len(labels) else str(index)
 
 
 def similarity_table(embeddings: torch.Tensor, texts: list[str]) -> str:

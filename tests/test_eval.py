@@ -60,7 +60,8 @@ def assign_chain(cluster, model, ranges, *, config_json="", seed=0, microbatch=8
         next_hop = s.address
     pipeline = Pipeline(model=model, microbatch=microbatch, weights=f"random:{seed}",
                         stages=tuple(StageInfo(s.name, s.address, a, b)
-                                     for s, (a, b) in zip(stages, ranges)))
+                                     for s, (a, b) in zip(stages, ranges)),
+                        model_config_json=config_json)
     pipeline.save(cluster.workdir / "pipeline.json")
     return pipeline
 
@@ -181,7 +182,7 @@ def test_imagenet_prepare_then_eval_top1(cluster, tmp_path):
         dest.write_bytes(p.read_bytes())
     folder = ImageFolder.open(by_index)
     with PipelineClient(pipeline.entry) as client:
-        result = eval_mod.evaluate_images(client, folder, TINY_VIT, batch=3, num_labels=10,
+        result = eval_mod.evaluate_images(client, folder, TINY_VIT, batch=3,
                                           progress=False)
     assert result.correct == right and result.items == n
     assert len(folder.subset(7, seed=1)) == 7 and folder.subset(7, seed=1) == \

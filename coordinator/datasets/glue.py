@@ -50,11 +50,13 @@ def load_cola(path: str | Path) -> list[ColaExample]:
     return out
 
 
-def cola_batches(examples: Sequence[ColaExample], tokenizer_dir: str | Path, batch: int
-                 ) -> Iterator[tuple[dict[str, torch.Tensor], list[int]]]:
-    """(tokenized inputs, labels) per microbatch, padded to the longest sentence in it."""
+def cola_batches(examples: Sequence[ColaExample], tokenizer_dir: str | Path, batch: int,
+                 model=None) -> Iterator[tuple[dict[str, torch.Tensor], list[int]]]:
+    """(tokenized inputs, labels) per microbatch, padded to the longest sentence in it and
+    truncated where `model` (name or ModelInfo) and its tokenizer files say."""
     from pipeedge.coordinator.inputs import text_inputs
 
     for i in range(0, len(examples), batch):
         chunk = examples[i:i + batch]
-        yield text_inputs([e.sentence for e in chunk], tokenizer_dir), [e.label for e in chunk]
+        yield (text_inputs([e.sentence for e in chunk], tokenizer_dir, model),
+               [e.label for e in chunk])

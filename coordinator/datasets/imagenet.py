@@ -90,14 +90,16 @@ class ImageFolder:
         return ImageFolder(self.root, self.classes,
                            tuple(self.samples[i] for i in sorted(picked)))
 
-    def batches(self, model: str, batch: int
+    def batches(self, model, batch: int, directory: Path | None = None
                 ) -> Iterator[tuple[dict[str, torch.Tensor], list[int]]]:
-        """(preprocessed pixels, labels) per microbatch, with the `infer --image` preprocessing."""
+        """(preprocessed pixels, labels) per microbatch, with the `infer --image` preprocessing
+        (`model`: a registry name or ModelInfo; `directory`: its preprocessor_config.json's)."""
         from pipeedge.coordinator.inputs import image_inputs
 
         for i in range(0, len(self.samples), batch):
             chunk = self.samples[i:i + batch]
-            yield image_inputs([p for p, _ in chunk], model), [label for _, label in chunk]
+            yield (image_inputs([p for p, _ in chunk], model, directory),
+                   [label for _, label in chunk])
 
 
 # -- ILSVRC2012 preparation -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from .hf_config import ConfigError, HParams
@@ -38,7 +38,9 @@ class FamilySpec:
     model_types: tuple[str, ...]                # config.json ``model_type`` values
     default_head: str                           # head for a config naming only a model_type
     embedding: str = ""                         # decoders: input embedding a tied head shares
-    aliases: Mapping[str, str] = field(default_factory=dict)  # common name -> config.json name
+    # Image models: the preprocessor_config.json a directory without one is read with
+    # (``preprocessing.image_preprocessing``), as a function of the model (its input size).
+    preprocessor: Callable[[Any], Mapping[str, Any]] | None = None
 
     @property
     def backbone_attr(self) -> str:

@@ -15,6 +15,7 @@ from torch import nn
 from .family import FamilySpec, register
 from .hf_config import EncoderConfig, check_heads, labels_of, one_of
 from .layers import ACTIVATIONS, Flow, Namespace, SelfAttention, activation
+from .preprocessing import deit_defaults, vit_defaults
 from .registry import ModelInfo
 from .shard import ShardModule
 from .spec import TensorSpec
@@ -156,9 +157,9 @@ register(FamilySpec(
     name="vit", kind="vision", read_config=read_config, shard_class=VisionShard, prefix="vit.",
     hf_classes={"image-classification": "ViTForImageClassification"},
     architectures={"ViTForImageClassification": "image-classification"},
-    model_types=("vit",), default_head="image-classification"))
+    model_types=("vit",), default_head="image-classification", preprocessor=vit_defaults))
 register(FamilySpec(
     name="deit", kind="vision", read_config=read_config, shard_class=VisionShard, prefix="deit.",
     hf_classes={"image-classification": "DeiTForImageClassificationWithTeacher"},
     architectures={"DeiTForImageClassificationWithTeacher": "image-classification"},
-    model_types=("deit",), default_head="image-classification"))
+    model_types=("deit",), default_head="image-classification", preprocessor=deit_defaults))
