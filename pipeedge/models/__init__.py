@@ -26,9 +26,9 @@ from .weights import (
 )
 
 __all__ = [
+    "MODEL_NAMES",
     "DecoderShard",
     "KVCache",
-    "MODEL_NAMES",
     "MissingTensorError",
     "ModelInfo",
     "ShardModule",

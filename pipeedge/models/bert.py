@@ -16,31 +16,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from .family import FamilySpec, register
-from .hf_config import EncoderConfig, check_heads, labels_of, one_of, refuse
+from .hf_config import EncoderConfig, encoder_fields, one_of, refuse
 from .layers import ACTIVATIONS, Flow, Namespace, SelfAttention, activation
 from .registry import ModelInfo
 from .shard import ShardModule
 from .spec import TensorSpec
 
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
-
 
 def read_config(model: str, c: Mapping[str, Any], *, pad_token_id: int = 0) -> EncoderConfig:
     """BERT-style config.json (BERT, RoBERTa, XLM-R); defaults are BertConfig's."""
-    hidden, heads = int(c.get("hidden_size", 768)), int(c.get("num_attention_heads", 12))
-    check_heads(model, hidden, heads)
     one_of(model, c, "position_embedding_type", "absolute", ("absolute",))
-    one_of(model, c, "problem_type", PROBLEM_TYPES[0], PROBLEM_TYPES)
     for key in ("is_decoder", "add_cross_attention"):
         if c.get(key):
             raise refuse(model, key, c[key], "encoders only")
     pad = c.get("pad_token_id")
     return EncoderConfig(
-        hidden_size=hidden, num_layers=int(c.get("num_hidden_layers", 12)), num_heads=heads,
-        intermediate_size=int(c.get("intermediate_size", 3072)),
-        layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)),
-        hidden_act=one_of(model, c, "hidden_act", "gelu", ACTIVATIONS),
-        labels=labels_of(c), problem_type=c.get("problem_type"),
+        **encoder_fields(model, c, ACTIVATIONS),
         vocab_size=int(c.get("vocab_size", 30522)),
         max_positions=int(c.get("max_position_embeddings", 512)),
         type_vocab_size=int(c.get("type_vocab_size", 2)),

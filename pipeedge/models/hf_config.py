@@ -130,6 +130,22 @@ def labels_of(config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(id2label.get(i, f"LABEL_{i}") for i in range(count))
 
 
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+def encoder_fields(model: str, c: Mapping[str, Any], activations: Iterable[str]) -> dict:
+    """The EncoderConfig fields every encoder family reads alike (BertConfig/ViTConfig names and
+    defaults): shapes, norm epsilon, activation and the classifier's labels."""
+    hidden, heads = int(c.get("hidden_size", 768)), int(c.get("num_attention_heads", 12))
+    check_heads(model, hidden, heads)
+    one_of(model, c, "problem_type", PROBLEM_TYPES[0], PROBLEM_TYPES)
+    return {"hidden_size": hidden, "num_layers": int(c.get("num_hidden_layers", 12)),
+            "num_heads": heads, "intermediate_size": int(c.get("intermediate_size", 3072)),
+            "layer_norm_eps": float(c.get("layer_norm_eps", 1e-12)),
+            "hidden_act": one_of(model, c, "hidden_act", "gelu", activations),
+            "labels": labels_of(c), "problem_type": c.get("problem_type")}
+
+
 def check_heads(model: str, hidden: int, heads: int) -> None:
     if heads < 1 or hidden % heads:
         raise ConfigError(f"{model}: config.json hidden size {hidden} is not a multiple of "

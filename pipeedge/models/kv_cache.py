@@ -7,7 +7,6 @@ one token per step costs amortised O(1) copies instead of a ``torch.cat`` of the
 
 from __future__ import annotations
 
-
 import torch
 
 from .registry import ModelInfo

@@ -10,7 +10,7 @@ Rotary types: ``default``, ``linear`` and ``llama3`` (as transformers' modeling_
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -248,8 +248,14 @@ class LlamaShard(DecoderShard):
         return self.model.embed_tokens.weight
 
 
-register(FamilySpec(
-    name="llama", kind="decoder", read_config=read_config, shard_class=LlamaShard,
-    prefix="model.", hf_classes={"causal-lm": "LlamaForCausalLM"},
-    architectures={"LlamaForCausalLM": "causal-lm"}, model_types=("llama",),
-    default_head="causal-lm", embedding="embed_tokens.weight"))
+def register_llama_style(name: str, architecture: str,
+                         reader: Callable[[str, Mapping[str, Any]], DecoderConfig]) -> FamilySpec:
+    """Register a family with the Llama layout (``model.layers.<i>...``, LlamaShard) whose
+    differences are all in its config reader."""
+    return register(FamilySpec(
+        name=name, kind="decoder", read_config=reader, shard_class=LlamaShard, prefix="model.",
+        hf_classes={"causal-lm": architecture}, architectures={architecture: "causal-lm"},
+        model_types=(name,), default_head="causal-lm", embedding="embed_tokens.weight"))
+
+
+register_llama_style("llama", "LlamaForCausalLM", read_config)

@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .family import FamilySpec, register
 from .hf_config import DecoderConfig
-from .llama import LlamaShard
 from .llama import read_config as read_llama
+from .llama import register_llama_style
 
 
 def read_config(model: str, c: Mapping[str, Any]) -> DecoderConfig:
@@ -19,8 +18,4 @@ def read_config(model: str, c: Mapping[str, Any]) -> DecoderConfig:
                       window_default=4096)
 
 
-register(FamilySpec(
-    name="mistral", kind="decoder", read_config=read_config, shard_class=LlamaShard,
-    prefix="model.", hf_classes={"causal-lm": "MistralForCausalLM"},
-    architectures={"MistralForCausalLM": "causal-lm"}, model_types=("mistral",),
-    default_head="causal-lm", embedding="embed_tokens.weight"))
+register_llama_style("mistral", "MistralForCausalLM", read_config)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .family import FamilySpec, register
 from .hf_config import DecoderConfig
-from .llama import LlamaShard
 from .llama import read_config as read_llama
+from .llama import register_llama_style
 
 
 def read_config(model: str, c: Mapping[str, Any]) -> DecoderConfig:
@@ -20,8 +19,4 @@ def read_config(model: str, c: Mapping[str, Any]) -> DecoderConfig:
     return read_llama(model, c, max_positions=32768, qkv_bias=True)
 
 
-register(FamilySpec(
-    name="qwen2", kind="decoder", read_config=read_config, shard_class=LlamaShard,
-    prefix="model.", hf_classes={"causal-lm": "Qwen2ForCausalLM"},
-    architectures={"Qwen2ForCausalLM": "causal-lm"}, model_types=("qwen2",),
-    default_head="causal-lm", embedding="embed_tokens.weight"))
+register_llama_style("qwen2", "Qwen2ForCausalLM", read_config)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .family import FamilySpec, register
-from .hf_config import EncoderConfig, check_heads, labels_of, one_of
+from .hf_config import EncoderConfig, encoder_fields
 from .layers import ACTIVATIONS, Flow, Namespace, SelfAttention, activation
 from .preprocessing import deit_defaults, vit_defaults
 from .registry import ModelInfo
@@ -23,16 +23,8 @@ from .spec import TensorSpec
 
 def read_config(model: str, c: Mapping[str, Any]) -> EncoderConfig:
     """ViT/DeiT config.json; defaults are ViTConfig's/DeiTConfig's."""
-    hidden, heads = int(c.get("hidden_size", 768)), int(c.get("num_attention_heads", 12))
-    check_heads(model, hidden, heads)
-    one_of(model, c, "problem_type", "single_label_classification",
-           ("single_label_classification", "multi_label_classification", "regression"))
     return EncoderConfig(
-        hidden_size=hidden, num_layers=int(c.get("num_hidden_layers", 12)), num_heads=heads,
-        intermediate_size=int(c.get("intermediate_size", 3072)),
-        layer_norm_eps=float(c.get("layer_norm_eps", 1e-12)),
-        hidden_act=one_of(model, c, "hidden_act", "gelu", ACTIVATIONS),
-        labels=labels_of(c), problem_type=c.get("problem_type"),
+        **encoder_fields(model, c, ACTIVATIONS),
         image_size=int(c.get("image_size", 224)), patch_size=int(c.get("patch_size", 16)),
         num_channels=int(c.get("num_channels", 3)), qkv_bias=bool(c.get("qkv_bias", True)))
 
