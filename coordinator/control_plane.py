@@ -139,6 +139,9 @@ class ControlPlane:
                 if not hosts:
                     raise deploy_mod.DeployError("no host is up; start stage servers and retry")
                 stages = planning.plan(self.dep, hosts, strict=False).stages
+                for h in hosts:  # never polled yet (deploy before watching): ask now
+                    if self.probes[h.name].last is None:
+                        self.probes[h.name].status(self.check_timeout_s)
                 held = [p.last.assignment.epoch for p in self.probes.values()
                         if p.last is not None and p.last.assigned]
                 epoch = self.store.next_epoch(max([self.version, *held]))

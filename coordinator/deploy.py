@@ -220,6 +220,7 @@ def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
             c.close()
     pipeline = Pipeline(
         model=dep.model, microbatch=dep.microbatch, dtype=dep.dtype,
+        model_config_json=dep.model_config_json,
         weights=dep.weights.describe(),
         stages=tuple(StageInfo(name=s.host.name, address=s.host.address,
                                first_layer=s.layers.first, last_layer=s.layers.last,

@@ -157,19 +157,12 @@ def _checked_header(msg: pb.Tensor) -> tuple[torch.dtype, tuple[int, ...], int]:
         raise FrameFormatError(f"tensor '{msg.name}' of {dtype} cannot use a float encoding")
     from pipeedge import quant
 
-    name = _kind_name(kind)
-    granularity = _granularity_name(msg.encoding.granularity)
     try:
-        expected = quant.encoded_nbytes(shape, kind=name, bits=msg.encoding.bits)
-        expected_params = quant.params_nbytes(shape, name, granularity)
+        quant.check_lengths(len(msg.data), len(msg.encoding.params), kind=_kind_name(kind),
+                            bits=msg.encoding.bits, shape=shape,
+                            granularity=_granularity_name(msg.encoding.granularity))
     except ValueError as exc:
         raise FrameFormatError(f"tensor '{msg.name}': {exc}") from None
-    if len(msg.data) != expected or len(msg.encoding.params) != expected_params:
-        raise FrameFormatError(
-            f"tensor '{msg.name}' carries {len(msg.data)} data and {len(msg.encoding.params)} "
-            f"params bytes but shape {list(shape)} encoded as {name}"
-            f"{f' {msg.encoding.bits}-bit' if name == 'uniform' else ''} needs {expected} and "
-            f"{expected_params}")
     return dtype, shape, kind
 
 

@@ -111,11 +111,11 @@ def test_concurrent_sessions_interleave_and_match_single_runs(cluster, hf_dirs):
     assert alone[2] == hf_greedy(hf_dirs(model), first_prompt, 12)[0]
 
 
-def _direct_step(address, session_id, tensors, step=1):
+def _direct_step(address, session_id, tensors, step=1, epoch=0):
     ctl = StageControl("probe", address)
     try:
         frame = codec.encode_tensors(pb.Frame(request_id="probe", session_id=session_id,
-                                              step=step), tensors)
+                                              step=step, epoch=epoch), tensors)
         return ctl.stub.Infer(frame, timeout=20)
     finally:
         ctl.close()
@@ -141,7 +141,7 @@ def test_sessions_are_freed_on_every_stage(cluster, monkeypatch):
         for stage, tensors in zip(pipeline.stages, [{"input_ids": torch.ones(1, 1).long()},
                                                     hidden, hidden]):
             with pytest.raises(grpc.RpcError) as err:
-                _direct_step(stage.address, sid, tensors)
+                _direct_step(stage.address, sid, tensors, epoch=pipeline.extra["version"])
             assert err.value.code() == grpc.StatusCode.NOT_FOUND, stage.name
             assert "unknown to stage" in err.value.details()
     # A decode step of a session the stage never saw is refused with a one-line reason.

@@ -306,13 +306,13 @@ def test_token_only_stage_guards_data_and_control(cluster_factory):
     cluster = cluster_factory(1, token="shared-secret-token")
     address = cluster.stages[0].address
     plain = stub(address, None)
-    for call, arg in ((plain.Infer, pb.Frame()),
+    for call, arg in ((plain.Infer, pb.Frame()), (plain.Status, pb.StatusRequest()),
                       (plain.Assign, pb.AssignRequest(model_name=MODEL, first_layer=1,
                                                       last_layer=12))):
-        err = refused(call, arg)
+        err = refused(call, arg)  # Status too: it shows the topology (next hop, layers)
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert not plain.Status(pb.StatusRequest(), timeout=10).assigned
     with_token = stub(address, Security(token="shared-secret-token"))
+    assert not with_token.Status(pb.StatusRequest(), timeout=10).assigned
     with_token.Assign(pb.AssignRequest(model_name=MODEL, first_layer=1, last_layer=12),
                       timeout=60)
     with PipelineClient(address, token="shared-secret-token") as client:

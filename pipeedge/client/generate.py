@@ -307,14 +307,17 @@ class TextGenerator:
         security = client_security(security, token=token, address=address or coordinator,
                                    pipeline_file=pipeline_file)
         weights_dir = None
+        info = None
         if model is None or (address is None and coordinator is None):
             from pipeedge.pipeline_file import Pipeline
 
             pipeline = Pipeline.load(Path(pipeline_file) if pipeline_file else Path("pipeline.json"))
+            if model in (None, pipeline.model) and model_config_json is None:
+                info = pipeline.model_info()  # a directory's own config, as deployed
             model = model or pipeline.model
             kind, _, path = pipeline.weights.partition(":")
             weights_dir = path if kind in ("local", "push") else None
-        self.info = models.model_info(model, model_config_json)
+        self.info = info or models.model_info(model, model_config_json)
         if not self.info.is_decoder:
             raise ValueError(f"{model} is not a decoder (text-generation) model; use "
                              "PipelineClient.infer for it")

@@ -84,22 +84,35 @@ def decode(data: bytes | memoryview, params: bytes | memoryview, *, kind: str, b
         bits = _check_bits(bits)
     data_view = _bytes_view(data, "data")
     params_view = _bytes_view(params, "params")
-    expected = encoded_nbytes(shape, kind=kind, bits=bits)
-    if data_view.nbytes != expected:
-        detail = f"{bits}-bit codes" if kind == "uniform" else "2 bytes per element"
-        raise ValueError(f"data has {data_view.nbytes} bytes; expected {expected} for shape "
-                         f"{list(shape)} with encoding '{kind}' ({detail})")
-    expected_params = params_nbytes(shape, kind, granularity)
-    if params_view.nbytes != expected_params:
-        per = ("8 per sample along dim 0" if granularity == "sample"
-               else "8 per row of the last dimension")
-        raise ValueError(f"params has {params_view.nbytes} bytes; expected {expected_params} "
-                         f"for encoding '{kind}' and shape {list(shape)}"
-                         + (f" ({per})" if kind == "uniform" else ""))
+    check_lengths(data_view.nbytes, params_view.nbytes, kind=kind, bits=bits, shape=shape,
+                  granularity=granularity)
     if kind == "uniform":
         return uniform.dequantize(data_view, params_view, bits=bits, shape=shape,
                                   samples=_groups(shape, granularity), dtype=dtype)
     return _decode_half(data_view, kind=kind, shape=shape, dtype=dtype)
+
+
+def check_lengths(data_nbytes: int, params_nbytes_: int, *, kind: str, bits: int,
+                  shape: Sequence[int], granularity: str = "sample") -> None:
+    """Raise ValueError unless `data` and `params` lengths are exactly what `shape` encoded
+    this way needs: checked on a frame's header before anything is decoded or allocated."""
+    kind = _check_kind(kind)
+    granularity = _check_granularity(granularity, kind)
+    shape = _check_shape(shape)
+    if kind == "uniform":
+        bits = _check_bits(bits)
+    expected = encoded_nbytes(shape, kind=kind, bits=bits)
+    if data_nbytes != expected:
+        detail = f"{bits}-bit codes" if kind == "uniform" else "2 bytes per element"
+        raise ValueError(f"data has {data_nbytes} bytes; expected {expected} for shape "
+                         f"{list(shape)} with encoding '{kind}' ({detail})")
+    expected_params = params_nbytes(shape, kind, granularity)
+    if params_nbytes_ != expected_params:
+        per = ("8 per sample along dim 0" if granularity == "sample"
+               else "8 per row of the last dimension")
+        raise ValueError(f"params has {params_nbytes_} bytes; expected {expected_params} "
+                         f"for encoding '{kind}' and shape {list(shape)}"
+                         + (f" ({per})" if kind == "uniform" else ""))
 
 
 def encoded_nbytes(shape: Sequence[int], *, kind: str, bits: int = 8) -> int:
