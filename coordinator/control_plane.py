@@ -146,7 +146,10 @@ class ControlPlane:
                         if p.last is not None and p.last.assigned]
                 epoch = self.store.next_epoch(max([self.version, *held]))
                 try:
-                    pipeline = deploy_mod.deploy(self.dep, stages, epoch=epoch, progress=False)
+                    # Hosts were just seen up: one that does not answer within a check's
+                    # deadline has failed since, and the next attempt plans without it.
+                    pipeline = deploy_mod.deploy(self.dep, stages, epoch=epoch, progress=False,
+                                                 reach_timeout_s=2 * self.check_timeout_s)
                     break
                 except Exception as exc:  # a host failed mid-deploy: mark what is down, retry
                     log.warning("deploy of epoch %d failed (%s); re-checking hosts", epoch, exc,

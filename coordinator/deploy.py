@@ -186,15 +186,16 @@ def apply_quant(stages: list[PlannedStage], quant: str | None) -> list[PlannedSt
 
 
 def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
-           progress: bool = True) -> Pipeline:
+           progress: bool = True, reach_timeout_s: float = 5.0) -> Pipeline:
     """Assign `stages` (last first), every one with `epoch`, which must be new: one that no
     earlier deployment used (README "Failure model"). 0 = above what the stages hold and the
-    clock (`coordinator.epochs`); `serve` and `deploy` pass one from their state file."""
+    clock (`coordinator.epochs`); `serve` and `deploy` pass one from their state file.
+    `reach_timeout_s`: how long to wait for each stage to answer (a re-plan waits less)."""
     controls = [StageControl(s.host.name, s.host.address, security=dep.security)
                 for s in stages]
     try:
         for c in controls:
-            c.check_serving()
+            c.check_serving(reach_timeout_s)
         if not epoch:
             epoch = epochs.fresh_epoch(highest_epoch([s.host for s in stages], dep.security))
         sources = _weight_sources(dep, stages, controls, progress)
