@@ -154,12 +154,20 @@ def test_new_decoder_families_from_bf16_directories(cluster, tmp_path, cls, cfg,
     assert_same_as_transformers(directory, prompt, events)
 
 
-def test_roberta_classifier_with_three_labels(cluster, tmp_path):
-    directory = save_hf(tmp_path / "roberta", "RobertaForSequenceClassification", "RobertaConfig",
-                        vocab_size=300, hidden_size=64, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=80,
+@pytest.mark.parametrize(("cls", "cfg", "shapes", "dtype", "weights", "partition"), [
+    ("RobertaForSequenceClassification", "RobertaConfig",
+     {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+      "num_attention_heads": 4}, torch.float32, "push", "1,2,3,6,7,8"),
+    ("DistilBertForSequenceClassification", "DistilBertConfig",  # 2 stages, cut after MLP-in
+     {"dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4}, torch.bfloat16, "local",
+     "1,3,4,8"),
+])
+def test_text_classifier_with_three_labels(cluster, tmp_path, cls, cfg, shapes, dtype, weights,
+                                           partition):
+    directory = save_hf(tmp_path / cls, cls, cfg, dtype, vocab_size=300,
+                        max_position_embeddings=80, **shapes,
                         id2label={0: "negative", 1: "neutral", 2: "positive"})
-    _, pipeline_file = deploy(cluster, "1,2,3,6,7,8", model=None, weights=f"push:{directory}")
+    _, pipeline_file = deploy(cluster, partition, model=None, weights=f"{weights}:{directory}")
     info = Pipeline.load(pipeline_file).model_info()
     assert info.labels == ("negative", "neutral", "positive")
     inputs = models.example_inputs(info, 4, seq_len=24, seed=2)

@@ -219,3 +219,41 @@ def test_vision_heads_with_their_own_labels(tmp_path, cls, cfg, labels):
     directory = save(tmp_path, cls, cfg, **VISION, num_labels=labels)
     info = assert_encoder_parity(directory, [[2], [1, 7]])
     assert info.num_labels == labels and info.labels[0] == "LABEL_0"
+
+
+# DistilBertConfig spells the shapes dim / n_layers / n_heads / hidden_dim.
+DISTILBERT = {"vocab_size": 300, "dim": 64, "hidden_dim": 128, "n_layers": 2, "n_heads": 4,
+              "max_position_embeddings": 80, "initializer_range": 0.2}
+
+
+@pytest.mark.parametrize(("cls", "dtype", "config", "head", "outputs"), [
+    ("DistilBertModel", torch.float32, {"activation": "relu"}, "base", ["hidden"]),
+    ("DistilBertForSequenceClassification", torch.bfloat16,
+     {"id2label": {0: "negative", 1: "neutral", 2: "positive"}}, "sequence-classification",
+     ["logits"]),
+])
+def test_distilbert_matches_transformers(tmp_path, cls, dtype, config, head, outputs):
+    directory = save(tmp_path, cls, "DistilBertConfig", dtype, **DISTILBERT, **config)
+    # Cuts after every sub-layer kind: attention output (2), MLP-in (7) on 3 shards; attention
+    # (1), MLP-in (3), a whole block (4) on 4 shards.
+    info = assert_encoder_parity(directory, [[2, 7], [1, 3, 4]])
+    assert (info.family, info.head, info.num_blocks, info.layer_norm_eps) == \
+        ("distilbert", head, 2, 1e-12)
+    assert [s.name for s in models.build_shard(info, 8, 8, None).output_spec()] == outputs
+    if head == "sequence-classification":
+        assert info.labels == ("negative", "neutral", "positive")
+    else:
+        assert info.hp.hidden_act == "relu"
+    first = models.build_shard(info, 1, 1, None)
+    assert [s.name for s in first.input_spec()] == ["input_ids", "attention_mask"]  # no types
+
+
+def test_distilbert_sinusoidal_positions_are_refused(tmp_path):
+    import transformers
+
+    transformers.DistilBertConfig(**DISTILBERT, sinusoidal_pos_embds=True) \
+        .save_pretrained(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"sinusoidal_pos_embds=True is not supported "
+                                          r"\(learned position embeddings only\)") as e:
+        directory_info(tmp_path)
+    assert "\n" not in str(e.value)

@@ -39,14 +39,16 @@ def read_config(model: str, c: Mapping[str, Any], *, pad_token_id: int = 0) -> E
 
 
 class Embeddings(nn.Module):
-    """Word + absolute position + token type embeddings, then LayerNorm."""
+    """Word + absolute position + token type embeddings (none when type_vocab_size is 0, as in
+    DistilBERT), then LayerNorm."""
 
     def __init__(self, info: ModelInfo) -> None:
         super().__init__()
         hp, h = info.hp, info.hidden_size
         self.word_embeddings = nn.Embedding(hp.vocab_size, h)
         self.position_embeddings = nn.Embedding(hp.max_positions, h)
-        self.token_type_embeddings = nn.Embedding(hp.type_vocab_size, h)
+        if hp.type_vocab_size:
+            self.token_type_embeddings = nn.Embedding(hp.type_vocab_size, h)
         self.LayerNorm = nn.LayerNorm(h, eps=info.layer_norm_eps)
         self.pad_token_id = hp.pad_token_id
 
@@ -64,10 +66,12 @@ class Embeddings(nn.Module):
                 f"input_ids has {T} tokens but the model has "
                 f"{self.max_tokens()} positions; truncate the input"
             )
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+        x = self.word_embeddings(input_ids)
+        if hasattr(self, "token_type_embeddings"):
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_type_embeddings(token_type_ids)
         positions = self.position_ids(input_ids)
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         return self.LayerNorm(x + self.position_embeddings(positions))  # (B, T, H)
 
 
@@ -157,16 +161,25 @@ class BertShard(ShardModule):
             return {"embeddings": F.normalize(mean, p=2, dim=1)}
         if head == "sequence-classification":
             return {"logits": self.classify(hidden)}  # (B, num_labels)
+        if not self.has_pooler:
+            return {"hidden": hidden}
         pooled = torch.tanh(self.backbone.pooler.dense(hidden[:, 0]))  # (B, H), from [CLS]
         return {"hidden": hidden, "pooled": pooled}
 
+    @property
+    def has_pooler(self) -> bool:
+        """The base head also returns the pooler's output (BertModel, RobertaModel)."""
+        return self.info.head in self.backbone_class.pooler_heads
+
     def first_input_spec(self, batch: int, seq_len: int) -> list[TensorSpec]:
         ids = (batch, seq_len)
-        return [
+        specs = [
             TensorSpec("input_ids", torch.int64, ids),
             TensorSpec("attention_mask", torch.int64, ids),
-            TensorSpec("token_type_ids", torch.int64, ids, optional=True),
         ]
+        if self.info.hp.type_vocab_size:  # DistilBERT takes no token types
+            specs.append(TensorSpec("token_type_ids", torch.int64, ids, optional=True))
+        return specs
 
     def last_output_spec(self, batch: int, seq_len: int) -> list[TensorSpec]:
         h = self.info.hidden_size
@@ -174,10 +187,9 @@ class BertShard(ShardModule):
             return [TensorSpec("embeddings", self.dtype, (batch, h))]
         if self.info.head == "sequence-classification":
             return [TensorSpec("logits", self.dtype, (batch, self.info.num_labels))]
-        return [
-            TensorSpec("hidden", self.dtype, (batch, seq_len, h)),
-            TensorSpec("pooled", self.dtype, (batch, h)),
-        ]
+        hidden = TensorSpec("hidden", self.dtype, (batch, seq_len, h))
+        return [hidden, TensorSpec("pooled", self.dtype, (batch, h))] if self.has_pooler \
+            else [hidden]
 
 
 register(FamilySpec(

@@ -95,7 +95,8 @@ def example_inputs(
     info: ModelInfo, batch_size: int, *, seq_len: int = 128, seed: int = 0
 ) -> dict[str, torch.Tensor]:
     """Random first-shard inputs: pixels for vision models; for text, token ids whose later rows are
-    padded (row 0 is full length), with the matching attention mask and two token-type segments."""
+    padded (row 0 is full length), with the matching attention mask and two token-type segments
+    (no token types for DistilBERT)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     g = torch.Generator().manual_seed(seed)
@@ -121,8 +122,7 @@ def example_inputs(
     token_types = ((positions[None, :] >= (lengths[:, None] // 2)) & mask.bool()).long()
     if info.hp.type_vocab_size < 2:  # RoBERTa: one segment only
         token_types = torch.zeros_like(token_types)
-    return {
-        "input_ids": ids.masked_fill(mask == 0, pad),
-        "attention_mask": mask,
-        "token_type_ids": token_types,
-    }
+    out = {"input_ids": ids.masked_fill(mask == 0, pad), "attention_mask": mask}
+    if info.hp.type_vocab_size:  # DistilBERT takes no token types
+        out["token_type_ids"] = token_types
+    return out

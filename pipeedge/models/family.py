@@ -21,7 +21,8 @@ Head = Literal["image-classification", "sequence-classification", "base", "mean-
 Kind = Literal["vision", "text-encoder", "decoder"]
 
 # Modules that register a family when imported (lazily: they import torch and the shard code).
-_FAMILY_MODULES = ("vit", "bert", "roberta", "gpt2", "llama", "qwen2", "qwen3", "mistral")
+_FAMILY_MODULES = ("vit", "bert", "roberta", "distilbert", "gpt2", "llama", "qwen2", "qwen3",
+                   "mistral")
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,17 @@ def register(spec: FamilySpec) -> FamilySpec:
     return spec
 
 
+_loaded = False
+
+
 def _load_all() -> dict[str, FamilySpec]:
-    if len(_SPECS) < len(_FAMILY_MODULES):
+    # A flag, not a count of specs: some files register several families (vit/deit, roberta/
+    # xlm-roberta), so a count could be reached before every file was imported.
+    global _loaded
+    if not _loaded:
         for mod in _FAMILY_MODULES:
             importlib.import_module(f"{__package__}.{mod}")
+        _loaded = True
     return _SPECS
 
 

@@ -57,21 +57,22 @@ class Namespace(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head attention up to the context (the output projection is sub-layer 2)."""
 
-    def __init__(self, info: ModelInfo) -> None:
+    def __init__(self, info: ModelInfo,
+                 names: tuple[str, str, str] = ("query", "key", "value")) -> None:
         super().__init__()
         h = info.hidden_size
         bias = info.hp.qkv_bias
         self.num_heads = info.num_heads
-        self.query = nn.Linear(h, h, bias=bias)
-        self.key = nn.Linear(h, h, bias=bias)
-        self.value = nn.Linear(h, h, bias=bias)
+        self.names = names  # the checkpoint's q/k/v names (DistilBERT: q_lin, k_lin, v_lin)
+        for name in names:
+            self.add_module(name, nn.Linear(h, h, bias=bias))
 
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         B, S, H = x.shape
         # (B, S, H) -> (B, nh, S, hd)
         q, k, v = (
-            proj(x).view(B, S, self.num_heads, H // self.num_heads).transpose(1, 2)
-            for proj in (self.query, self.key, self.value)
+            getattr(self, name)(x).view(B, S, self.num_heads, H // self.num_heads).transpose(1, 2)
+            for name in self.names
         )
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)  # (B, nh, S, hd)
         return y.transpose(1, 2).reshape(B, S, H)

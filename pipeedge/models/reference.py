@@ -63,8 +63,10 @@ def build_reference(
         out = model(**kwargs)
         if info.head == "sequence-classification":
             return {"logits": out.logits}
-        if info.head == "base":
-            return {"hidden": out.last_hidden_state, "pooled": out.pooler_output}
+        if info.head == "base":  # DistilBertModel has no pooler
+            pooled = getattr(out, "pooler_output", None)
+            hidden = {"hidden": out.last_hidden_state}
+            return hidden if pooled is None else {**hidden, "pooled": pooled}
         # sentence-transformers: mean over real tokens, then L2 normalisation.
         mask = tensors["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
         mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

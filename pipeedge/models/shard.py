@@ -108,6 +108,11 @@ class ShardModule(nn.Module):
         return getattr(self, self.info.spec.backbone_attr)
 
     @property
+    def blocks(self) -> nn.ModuleDict:
+        """Global block index (as a string) -> block; ``encoder.layer`` in ViT/BERT checkpoints."""
+        return self.backbone.encoder.layer
+
+    @property
     def dtype(self) -> torch.dtype:
         """Compute dtype: that of the parameters."""
         return next(self.parameters()).dtype
@@ -147,7 +152,7 @@ class ShardModule(nn.Module):
             flow = (self.embed(tensors), None)
         else:
             flow = (tensors["hidden"], tensors.get("residual"))
-        layers = self.backbone.encoder.layer
+        layers = self.blocks
         for block, subs in self.plan.items():
             for k in subs:
                 flow = layers[str(block)].sublayer(k, flow, attn_bias)
