@@ -240,7 +240,7 @@ class ControlPlane:
         while not self._stop.wait(self.check_interval_s):
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
+            except Exception:
                 log.exception("health check round failed", extra={"event": "watch_error"})
 
     def check(self) -> None:

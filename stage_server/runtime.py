@@ -102,7 +102,7 @@ class StageRuntime:
         except RequestError as exc:
             self._reject(frame, route, exc.code, str(exc))
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             # Every counted request must be answered, or its stream never ends (Infer without a
             # deadline waits forever). Decoding rejects bad frames with ValueError; anything
             # else is a decoder bug, reported instead of hanging (found by tests/test_fuzz.py).

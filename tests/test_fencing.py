@@ -332,7 +332,6 @@ def test_an_oversized_compressed_frame_is_refused_before_decoding(cluster_factor
     assert "pixel_values" in out.error.message
     assert _rss_mb(pid) - before < 200, "the frame was decoded before its shape was checked"
     # Ping replies are bounded too.
-    with grpc.insecure_channel(pipeline.entry) as ch:
-        with pytest.raises(grpc.RpcError) as big:
-            pb_grpc.StageStub(ch).Ping(pb.PingRequest(reply_bytes=128 << 20), timeout=10)
+    with grpc.insecure_channel(pipeline.entry) as ch, pytest.raises(grpc.RpcError) as big:
+        pb_grpc.StageStub(ch).Ping(pb.PingRequest(reply_bytes=128 << 20), timeout=10)
     assert big.value.code() == grpc.StatusCode.INVALID_ARGUMENT

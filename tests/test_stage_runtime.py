@@ -16,6 +16,8 @@ from pipeedge.stage_server.backends.echo_backend import EchoBackend
 from pipeedge.stage_server.routing import InFlight, Route
 from pipeedge.stage_server.runtime import StageRuntime
 
+PER_ROUTE = 200
+
 
 class SlowEcho(EchoBackend):
     """Echo that takes a moment, so queues fill and stop() meets work in every place."""
@@ -96,14 +98,13 @@ def test_stop_while_requests_arrive_answers_every_one_once():
     for _ in range(5):
         rt = _runtime(backend=SlowEcho())
         routes = [Route(in_flight) for _ in range(4)]
-        per_route = 200
 
-        def feed(route: Route, k: int) -> None:
-            for i in range(per_route):
+        def feed(rt: StageRuntime, route: Route, k: int) -> None:
+            for i in range(PER_ROUTE):
                 rt.submit(_frame(f"{k}-{i}", 7, float(i)), route)
             route.input_done()
 
-        threads = [threading.Thread(target=feed, args=(r, k)) for k, r in enumerate(routes)]
+        threads = [threading.Thread(target=feed, args=(rt, r, k)) for k, r in enumerate(routes)]
         for t in threads:
             t.start()
         time.sleep(0.05)
@@ -114,7 +115,7 @@ def test_stop_while_requests_arrive_answers_every_one_once():
         for k, route in enumerate(routes):
             answers = list(route.results())  # ends only when every request is answered
             ids = [f.request_id for f in answers]
-            assert sorted(ids) == sorted(f"{k}-{i}" for i in range(per_route))
+            assert sorted(ids) == sorted(f"{k}-{i}" for i in range(PER_ROUTE))
             for f in answers:
                 if f.error.code:
                     assert f.error.code == grpc.StatusCode.UNAVAILABLE.value[0]

@@ -33,6 +33,7 @@ from pipeedge.errors import (
     DeadlineExceededError,
     NotDeployedError,
     PipelineError,
+    StageUnavailableError,
     error_for,
     status_from_int,
 )
@@ -104,7 +105,7 @@ class PipelineClient:
         """Epoch of the pipeline this client sends to now."""
         return self.view.current()[1]
 
-    def __enter__(self) -> "PipelineClient":
+    def __enter__(self) -> PipelineClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -435,4 +436,4 @@ def _receive(call, inbox: queue.Queue) -> None:
     inbox.put(_DONE)
 
 
-__all__ = ["PipelineClient", "NotDeployedError"]
+__all__ = ["NotDeployedError", "PipelineClient"]
