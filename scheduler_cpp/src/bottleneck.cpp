@@ -21,7 +21,9 @@ constexpr double kClose = 1.0 / 32;  // bracket width (relative) at which the DP
 
 // Every finite stage-cost value >= floor: compute sums of fitting stages, hand-over transfers
 // and client legs.
-std::vector<double> candidates(const ClassInstance& in, double floor) {
+}  // namespace
+
+std::vector<double> stage_cost_values(const ClassInstance& in, double floor) {
   const std::size_t L = in.layers, K = in.classes;
   std::vector<double> out;
   auto add = [&](double x) {
@@ -46,6 +48,8 @@ std::vector<double> candidates(const ClassInstance& in, double floor) {
   return out;
 }
 
+namespace {
+
 // Whether all devices together, each holding its largest allowed stage, cover the model.
 bool enough_capacity(const ClassInstance& in, double threshold) {
   const ThresholdTables t = make_tables(in, threshold);
@@ -59,7 +63,8 @@ bool enough_capacity(const ClassInstance& in, double threshold) {
   return span >= in.layers && work >= in.work_suffix[0] && weight >= in.weight_suffix[0];
 }
 
-// Index of the first value passing enough_capacity (values.size() if none).
+}  // namespace
+
 std::size_t first_with_capacity(const ClassInstance& in, const std::vector<double>& values) {
   std::size_t lo = 0, hi = values.size();
   while (lo < hi) {
@@ -73,12 +78,10 @@ std::size_t first_with_capacity(const ClassInstance& in, const std::vector<doubl
   return lo;
 }
 
-}  // namespace
-
 double bottleneck_lower_bound(const ClassInstance& in) {
   const double relaxed = relaxed_bottleneck(in);
   if (!std::isfinite(relaxed)) return relaxed;
-  const std::vector<double> values = candidates(in, relaxed);
+  const std::vector<double> values = stage_cost_values(in, relaxed);
   const std::size_t first = first_with_capacity(in, values);
   return first < values.size() ? values[first] : std::numeric_limits<double>::infinity();
 }
@@ -87,7 +90,7 @@ BottleneckResult min_bottleneck(const ClassInstance& in, const CountSpace& space
   BottleneckResult res;
   const double relaxed = relaxed_bottleneck(in);
   if (!std::isfinite(relaxed)) return res;
-  std::vector<double> values = candidates(in, relaxed);
+  std::vector<double> values = stage_cost_values(in, relaxed);
   const std::size_t first = first_with_capacity(in, values);
   if (first == values.size()) return res;  // even pooled capacity falls short
   values.erase(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(first));

@@ -41,7 +41,19 @@
 // being the typical number of reachable cut positions per state; ~0.1-0.5 s for 16 distinct
 // devices and 128 layers on one core.
 //
-// Heuristic (when prod(count_k + 1) * K exceeds Options::max_search_states): classes are
+// Certified search (throughput, when prod(count_k + 1) * K exceeds Options::max_search_states):
+// a bisection on the bottleneck over the stage-cost values; each threshold is refuted by a
+// Lagrangian certificate (penalties on device use that every relaxed schedule overspends) or
+// decided by a depth-first search over (position, last class, classes used) pruned by the
+// same penalties, by pooled capacity and by a table of exhausted states. Under
+// Options::time_limit_s it returns the best schedule found and the largest refuted value's
+// successor as a proven lower bound; when they meet, the bottleneck is exact (the latency
+// tie-break is then not searched). See certified.hpp.
+//
+// Floor (every result): the plan is never worse than the even, memory-proportional and greedy
+// compute-proportional splits over the same devices (baselines.hpp); they also seed the search.
+//
+// Heuristic (latency objective beyond the exhaustive limit): classes are
 // merged pessimistically (per-layer max time, min memory, min bandwidth, max latency) until a
 // smaller search fits, twice (balanced, and memory first), and each merged instance is solved
 // exactly. Any schedule of the merged instance is valid on the real devices at no higher cost;
@@ -66,6 +78,9 @@ struct Options {
   // DP limit: valued (count vector, class, layer) states, about 40 bytes each. Above it the
   // throughput search bisects further and the latency search filters harder.
   std::uint64_t max_refine_states = std::uint64_t{1} << 21;
+  // Beyond the exhaustive limit (throughput): seconds the certified search may take before it
+  // returns its best schedule with the proven bound. It returns earlier when the two meet.
+  double time_limit_s = 5.0;
 };
 
 // Throws std::invalid_argument for malformed input. An infeasible instance is not an error:
