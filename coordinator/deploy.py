@@ -51,6 +51,10 @@ def assign_request(dep: Deployment, stage: PlannedStage, next_hop: str,
                            backend=BACKENDS[backend], dtype=DTYPES[dep.dtype],
                            device=dep.device, max_microbatch=dep.microbatch, next_hop=next_hop,
                            weights=weights, model_config_json=dep.model_config_json)
+    if not next_hop and dep.pooling is not None:  # the last stage pools (sentence-transformers)
+        from pipeedge.models.sentence_transformers import to_proto
+
+        req.pooling.CopyFrom(to_proto(dep.pooling))
     encoding = stage.host.encoding or dep.encoding
     if next_hop and encoding:
         spec = parse_encoding(encoding, where=f"host {stage.host.name}")

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.security import Security, SecurityError
 from pipeedge.security import set_default as set_default_security
+
+if TYPE_CHECKING:
+    from pipeedge.models.sentence_transformers import Pooling
 
 
 class HostsFileError(ValueError):
@@ -76,6 +80,9 @@ class Deployment:
     # The weights directory's config.json text, sent to every stage (AssignRequest /
     # ProfileRequest.model_config_json); "" = the shipped config of `model`.
     model_config_json: str = field(default="", repr=False)
+    # The weights directory's sentence-transformers pooling (modules.json), applied by the last
+    # stage (AssignRequest.pooling); None = the model's own head.
+    pooling: Pooling | None = None
     source: Path = field(default=Path("hosts.yml"), compare=False)
     # `tls:` / `token:` (README "Security"): the coordinator's credentials for control calls, and
     # the client credentials deploy records in the pipeline file for SDK clients.
@@ -86,7 +93,8 @@ class Deployment:
         """The model as the stages will build it (the directory's config when there is one)."""
         from pipeedge import models
 
-        return models.model_info(self.model, self.model_config_json or None)
+        return models.model_info(self.model, self.model_config_json or None,
+                                 pooling=self.pooling)
 
     def generation_load(self, info) -> tuple[int, int]:
         """(sessions, context tokens) for this decoder `info`, defaults filled in."""
@@ -135,11 +143,12 @@ def _positive_int(data: dict, key: str, path: Path, example: str) -> int:
     return value
 
 
-def resolve_model(model, weights: Weights, path: Path) -> dict[str, str]:
+def resolve_model(model, weights: Weights, path: Path) -> dict:
     """`model:` (a registry name, or omitted) and a weights directory the coordinator can read ->
-    the model name and the directory's config.json text (`pipeedge.models.checkpoint.resolve`).
-    A `local:` path only the devices have keeps the shipped config (the stages check theirs)."""
-    from pipeedge.models.checkpoint import resolve
+    the model name, the directory's config.json text (`pipeedge.models.checkpoint.resolve`) and
+    its sentence-transformers pooling (`resolve_pooling`). A `local:` path only the devices have
+    keeps the shipped config (the stages check theirs)."""
+    from pipeedge.models.checkpoint import resolve, resolve_pooling
     from pipeedge.models.hf_config import ConfigError
 
     directory = weights.path if weights.kind in ("local", "push") and weights.path else None
@@ -147,12 +156,13 @@ def resolve_model(model, weights: Weights, path: Path) -> dict[str, str]:
         directory = None  # a file, or a path that exists only on the devices
     try:
         name, text = resolve(str(model) if model else None, directory)
+        pooling = resolve_pooling(name, text, directory)
     except ConfigError as exc:
         raise HostsFileError(f"{path}: {exc}") from None
-    return {"model": name, "model_config_json": text}
+    return {"model": name, "model_config_json": text, "pooling": pooling}
 
 
-def parse_generation_load(data: dict, path: Path, model: dict[str, str]) -> dict[str, int]:
+def parse_generation_load(data: dict, path: Path, model: dict) -> dict[str, int]:
     """`sessions:` and `context:` (decoder models only): positive, context within the model."""
     load = {"sessions": _positive_int(data, "sessions", path, "4"),
             "context": _positive_int(data, "context", path, "512")}

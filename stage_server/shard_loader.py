@@ -15,10 +15,20 @@ class WeightsNotFound(Exception):
     """The assignment points at weights this device does not have."""
 
 
+def assignment_info(assignment: pb.AssignRequest) -> models.ModelInfo:
+    """The model an assignment describes: its name, config.json text and, on the last stage,
+    the sentence-transformers pooling the head applies (ignored on other stages)."""
+    from pipeedge.models.sentence_transformers import from_proto
+
+    last = not assignment.next_hop and assignment.HasField("pooling")
+    return models.model_info(assignment.model_name, assignment.model_config_json or None,
+                             pooling=from_proto(assignment.pooling) if last else None)
+
+
 def load_shard_state(assignment: pb.AssignRequest, cache: WeightCache) -> dict[str, torch.Tensor]:
     if assignment.backend == pb.ECHO:
         return {}  # echo stages hold no model
-    info = models.model_info(assignment.model_name, assignment.model_config_json or None)
+    info = assignment_info(assignment)
     source = assignment.weights.WhichOneof("source")
     first, last = assignment.first_layer, assignment.last_layer
     if source == "pushed_sha256":

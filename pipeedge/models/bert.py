@@ -4,6 +4,8 @@ BERT blocks are post-norm: ``LN(x + attn(x))`` then ``LN(x + mlp(x))``, so there
 Padded keys are masked in every attention, so padding never changes the real tokens' outputs.
 Heads: ``base`` (BertModel: last hidden state + tanh pooler), ``sequence-classification`` (pooler +
 classifier), ``mean-pooling`` (sentence-transformers: masked mean, then L2 normalisation).
+Any text encoder's last shard pools instead when ``ModelInfo.pooling`` is set (a
+sentence-transformers directory's modules.json, ``pool`` below): one embedding per sequence.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .family import FamilySpec, register
 from .hf_config import EncoderConfig, encoder_fields, one_of, refuse
 from .layers import ACTIVATIONS, Flow, Namespace, SelfAttention, activation
 from .registry import ModelInfo
+from .sentence_transformers import Pooling
 from .shard import ShardModule
 from .spec import TensorSpec
 
@@ -36,6 +39,23 @@ def read_config(model: str, c: Mapping[str, Any], *, pad_token_id: int = 0) -> E
         max_positions=int(c.get("max_position_embeddings", 512)),
         type_vocab_size=int(c.get("type_vocab_size", 2)),
         pad_token_id=pad_token_id if pad is None else int(pad))
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """sentence-transformers' Pooling (+ Normalize): token states (B, T, H) -> (B, H), over the
+    tokens the mask keeps. Mean sums in float32 under float16/bfloat16, as sentence-transformers."""
+    keep = attention_mask.unsqueeze(-1)  # (B, T, 1)
+    if pooling.mode == "cls":  # the first kept token ([CLS] unless left-padded)
+        first = attention_mask.to(torch.int32).argmax(dim=1)  # (B,)
+        out = hidden[torch.arange(hidden.shape[0], device=hidden.device), first]
+    elif pooling.mode == "max":
+        out = hidden.masked_fill(keep == 0, float("-inf")).max(dim=1).values
+    else:
+        acc = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
+        mask = keep.to(hidden.dtype)
+        summed = (hidden * mask).sum(dim=1, dtype=acc)
+        out = (summed / mask.sum(dim=1, dtype=acc).clamp(min=1e-9)).to(hidden.dtype)
+    return F.normalize(out, p=2, dim=1) if pooling.normalize else out
 
 
 class Embeddings(nn.Module):
@@ -122,7 +142,7 @@ class Backbone(nn.Module):
         self.encoder = Namespace(
             layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
         )
-        if last and info.head in self.pooler_heads:
+        if last and info.head in self.pooler_heads and info.pooling is None:
             h = info.hidden_size
             self.pooler = Namespace(dense=nn.Linear(h, h))
 
@@ -154,11 +174,8 @@ class BertShard(ShardModule):
         self, hidden: torch.Tensor, tensors: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         head = self.info.head
-        if head == "mean-pooling":
-            mask = tensors["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            summed = (hidden * mask).sum(dim=1)
-            mean = summed / mask.sum(dim=1).clamp(min=1e-9)  # (B, H)
-            return {"embeddings": F.normalize(mean, p=2, dim=1)}
+        if self.info.pooling is not None:  # sentence embedding, (B, H)
+            return {"embeddings": pool(hidden, tensors["attention_mask"], self.info.pooling)}
         if head == "sequence-classification":
             return {"logits": self.classify(hidden)}  # (B, num_labels)
         if not self.has_pooler:
@@ -168,8 +185,9 @@ class BertShard(ShardModule):
 
     @property
     def has_pooler(self) -> bool:
-        """The base head also returns the pooler's output (BertModel, RobertaModel)."""
-        return self.info.head in self.backbone_class.pooler_heads
+        """The base head also returns the pooler's output (BertModel, RobertaModel) unless the
+        shard pools sentence-transformers' way."""
+        return self.info.head in self.backbone_class.pooler_heads and self.info.pooling is None
 
     def first_input_spec(self, batch: int, seq_len: int) -> list[TensorSpec]:
         ids = (batch, seq_len)
@@ -183,7 +201,7 @@ class BertShard(ShardModule):
 
     def last_output_spec(self, batch: int, seq_len: int) -> list[TensorSpec]:
         h = self.info.hidden_size
-        if self.info.head == "mean-pooling":
+        if self.info.pooling is not None:
             return [TensorSpec("embeddings", self.dtype, (batch, h))]
         if self.info.head == "sequence-classification":
             return [TensorSpec("logits", self.dtype, (batch, self.info.num_labels))]

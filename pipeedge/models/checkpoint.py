@@ -5,6 +5,8 @@ and the hyper-parameters. Its exact text is what the coordinator sends every sta
 (``AssignRequest.model_config_json``), so stages compute with the checkpoint's own config and
 cache keys follow it. A registry name given alongside is only accepted when the directory's
 config reads the same as the shipped one; otherwise the fields that differ are named.
+A sentence-transformers directory's pooling (``modules.json``) goes to the last stage
+(``AssignRequest.pooling``; ``resolve_pooling``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from .hf_config import ConfigError
 from .registry import MODEL_NAMES, ModelInfo, model_info
+from .sentence_transformers import MODULES_FILE, Pooling, read_pooling
 
 CONFIG_FILE = "config.json"
 
@@ -95,3 +98,28 @@ def resolve(model: str | None, directory: str | os.PathLike[str] | None) -> tupl
                           f"{', '.join(diff)}; omit model: to deploy the directory as it is")
     return model, text
 
+
+
+def resolve_pooling(model: str, config_json: str, directory: str | os.PathLike[str] | None
+                    ) -> Pooling | None:
+    """The sentence-transformers pooling a deployment of ``model`` (as ``resolve`` returned it)
+    applies on its last stage: the directory's modules.json, checked against the model.
+
+    Raises:
+        ConfigError: a module or mode not implemented (``read_pooling``); pooling on a model
+            that cannot pool (vision, decoders, classifiers); or a registry name whose own
+            pooling (all-MiniLM-L6-v2: mean + normalize; others: none) the directory's differs
+            from.
+    """
+    if directory is None:
+        return None
+    info = model_info(model, config_json or None)
+    pooling = read_pooling(directory, hidden_size=info.hidden_size)
+    if pooling is None:
+        return None
+    if model in MODEL_NAMES and pooling != info.pooling:
+        has = info.pooling.describe() if info.pooling else "no pooling"
+        raise ConfigError(f"{Path(directory) / MODULES_FILE} pools {pooling.describe()} but "
+                          f"{model} has {has}; omit model: to deploy the directory as it is")
+    model_info(model, config_json or None, pooling=pooling)  # refuses models that cannot pool
+    return pooling

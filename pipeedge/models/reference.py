@@ -61,15 +61,15 @@ def build_reference(
             k: tensors[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in tensors
         }
         out = model(**kwargs)
+        if info.pooling is not None:  # sentence-transformers' Pooling (+ Normalize)
+            from .bert import pool
+
+            return {"embeddings": pool(out.last_hidden_state, tensors["attention_mask"],
+                                       info.pooling)}
         if info.head == "sequence-classification":
             return {"logits": out.logits}
-        if info.head == "base":  # DistilBertModel has no pooler
-            pooled = getattr(out, "pooler_output", None)
-            hidden = {"hidden": out.last_hidden_state}
-            return hidden if pooled is None else {**hidden, "pooled": pooled}
-        # sentence-transformers: mean over real tokens, then L2 normalisation.
-        mask = tensors["attention_mask"].unsqueeze(-1).to(out.last_hidden_state.dtype)
-        mean = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return {"embeddings": torch.nn.functional.normalize(mean, p=2, dim=1)}
+        pooled = getattr(out, "pooler_output", None)  # DistilBertModel has no pooler
+        hidden = {"hidden": out.last_hidden_state}
+        return hidden if pooled is None else {**hidden, "pooled": pooled}
 
     return run

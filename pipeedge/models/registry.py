@@ -15,6 +15,7 @@ from typing import Any
 
 from .family import FamilySpec, Head, family_for_config, family_spec
 from .hf_config import ConfigError, DecoderConfig, EncoderConfig, HParams
+from .sentence_transformers import Pooling
 
 # Family names (``FamilySpec.name``); the specs live in each family's own file.
 Family = str
@@ -42,6 +43,8 @@ _MODELS: dict[str, tuple[Family, Head]] = {
     "pipeedge/tiny-gpt2": ("gpt2", "causal-lm"),
     "pipeedge/tiny-llama": ("llama", "causal-lm"),
 }
+# Heads that pool by themselves when no sentence-transformers pooling is given.
+HEAD_POOLING = {"mean-pooling": Pooling("mean", normalize=True)}
 
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
@@ -49,12 +52,15 @@ MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 @dataclass(frozen=True)
 class ModelInfo:
     """What a shard needs to know about a model: its family, head, config.json as given
-    (``config``) and as read (``hp``, typed and checked once by the family's reader)."""
+    (``config``) and as read (``hp``, typed and checked once by the family's reader), and the
+    sentence-transformers pooling of the last shard (``pooling``: from the directory's
+    modules.json or the assignment; the ``mean-pooling`` head's own when not given)."""
 
     name: str
     family: Family
     head: Head
     config: dict[str, Any] = field(hash=False, repr=False)
+    pooling: Pooling | None = None
     hp: HParams = field(init=False, compare=False, repr=False)
     num_blocks: int = field(init=False)
     # 4 sub-layers per transformer block, numbered 1..num_layers as in the seed's partitions.
@@ -66,6 +72,12 @@ class ModelInfo:
             raise ConfigError(f"{self.name}: the {self.family} family has no {self.head!r} head; "
                               f"it serves {', '.join(spec.hf_classes)}")
         object.__setattr__(self, "hp", spec.read_config(self.name, self.config))
+        if self.pooling is None:
+            object.__setattr__(self, "pooling", HEAD_POOLING.get(self.head))
+        elif spec.kind != "text-encoder" or self.head == "sequence-classification":
+            raise ConfigError(f"{self.name}: sentence-transformers pooling "
+                              f"({self.pooling.describe()}) applies to text encoders without a "
+                              f"classifier, not a {self.family} {self.head} model")
         object.__setattr__(self, "num_blocks", self.hp.num_layers)
         object.__setattr__(self, "num_layers", 4 * self.num_blocks)
 
@@ -152,13 +164,16 @@ def _config_file(name: str) -> resources.abc.Traversable:
     return resources.files(__package__).joinpath("configs", name.replace("/", "--") + ".json")
 
 
-def model_info(name: str, config_json: str | None = None) -> ModelInfo:
+def model_info(name: str, config_json: str | None = None, *,
+               pooling: Pooling | None = None) -> ModelInfo:
     """Look up a model by its hub name.
 
     Args:
         name: a name from ``MODEL_NAMES``, or any name when ``config_json`` is given.
         config_json: config.json *text* to use instead of the shipped one (e.g. received from the
             coordinator); for a name outside the table its ``architectures`` pick family and head.
+        pooling: sentence-transformers pooling of the last shard (``read_pooling``,
+            ``AssignRequest.pooling``); None = the head's own.
 
     Returns:
         The model's ``ModelInfo``.
@@ -194,4 +209,4 @@ def model_info(name: str, config_json: str | None = None) -> ModelInfo:
     else:
         spec, head = family_for_config(name, config)
         family = spec.name
-    return ModelInfo(name=name, family=family, head=head, config=config)
+    return ModelInfo(name=name, family=family, head=head, config=config, pooling=pooling)

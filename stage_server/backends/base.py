@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import abc
 import re
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -78,9 +78,9 @@ def load_backend(assignment: pb.AssignRequest, state: dict[str, torch.Tensor], *
         return EchoBackend()
     if assignment.backend == pb.ONNX and assignment.model_name:
         # Decoders keep a per-session KV cache, which only the torch backend implements.
-        from pipeedge import models
+        from pipeedge.stage_server.shard_loader import assignment_info
 
-        info = models.model_info(assignment.model_name, assignment.model_config_json or None)
+        info = assignment_info(assignment)
         if info.is_decoder:
             raise ValueError(f"{info.name} is a decoder (text generation); serve it with the "
                              "torch backend (backend: torch)")

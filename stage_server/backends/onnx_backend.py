@@ -33,8 +33,16 @@ from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.models.onnx_export import DEFAULT_OPSET, OUTPUT_PREFIX, export_shard
 from pipeedge.stage_server.backends.base import ShardBackend
-from pipeedge.stage_server.backends.onnx_cache import (OnnxCache, ShardKey, config_id, pushed_id,
-                                                       seed_id, state_id)
+from pipeedge.stage_server.backends.onnx_cache import (
+    OnnxCache,
+    ShardKey,
+    config_id,
+    pooling_id,
+    pushed_id,
+    seed_id,
+    state_id,
+)
+from pipeedge.stage_server.shard_loader import assignment_info
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +100,13 @@ def weights_id(assignment: pb.AssignRequest, state: Mapping[str, torch.Tensor]) 
 
 def shard_key(assignment: pb.AssignRequest, info: models.ModelInfo, weights: str,
               opset: int) -> ShardKey:
+    from pipeedge.models.registry import HEAD_POOLING
+
+    last = assignment.last_layer == info.num_layers
     return ShardKey(model=info.name, first_layer=assignment.first_layer,
                     last_layer=assignment.last_layer, weights=weights, opset=opset,
-                    config=config_id(info.config))
+                    config=config_id(info.config),
+                    pooling=pooling_id(info.pooling, HEAD_POOLING.get(info.head)) if last else "")
 
 
 class OnnxShardBackend(ShardBackend):
@@ -104,7 +116,7 @@ class OnnxShardBackend(ShardBackend):
     def __init__(self, assignment: pb.AssignRequest, state: dict[str, torch.Tensor],
                  cache_dir: Path | None = None, *, settings: OrtSettings | None = None) -> None:
         _require_runtime()
-        info = models.model_info(assignment.model_name, assignment.model_config_json or None)
+        info = assignment_info(assignment)
         what = f"{info.name} layers {assignment.first_layer}-{assignment.last_layer}"
         if assignment.dtype not in (pb.DTYPE_UNSPECIFIED, pb.FLOAT32):
             raise ValueError(f"backend onnx computes {what} in float32 only; set dtype: float32 "

@@ -47,13 +47,14 @@ class ShardKey:
     weights: str      # from seed_id / pushed_id / state_id
     opset: int
     config: str       # config_id of the model config the shard was built from
+    pooling: str = ""  # pooling_id: a sentence-transformers head other than the model's own
 
     @property
     def stem(self) -> str:
         """File name without extension, e.g. ``google--vit-base-patch16-224.L1-12.seed0.op17.c1f2e3d4``."""
         model = _UNSAFE.sub("_", self.model.replace("/", "--"))
         return (f"{model}.L{self.first_layer}-{self.last_layer}.{self.weights}."
-                f"op{self.opset}.c{self.config}")
+                f"op{self.opset}.c{self.config}" + (f".{self.pooling}" if self.pooling else ""))
 
     def describe(self) -> str:
         return f"{self.model} layers {self.first_layer}-{self.last_layer}"
@@ -82,6 +83,13 @@ def config_id(config: Mapping) -> str:
     """A custom config.json (AssignRequest.model_config_json) changes the graph, so the key."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def pooling_id(pooling, head_default) -> str:
+    """``mean``, ``cls-norm``...: the last shard's pooling where it is not the head's own."""
+    if pooling is None or pooling == head_default:
+        return ""
+    return pooling.mode + ("-norm" if pooling.normalize else "")
 
 
 class OnnxCache:

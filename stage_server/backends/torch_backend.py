@@ -9,6 +9,7 @@ import torch
 from pipeedge import codec, models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.stage_server.backends.base import ShardBackend
+from pipeedge.stage_server.shard_loader import assignment_info
 
 
 def compute_dtype(assignment: pb.AssignRequest) -> torch.dtype:
@@ -19,7 +20,7 @@ def compute_dtype(assignment: pb.AssignRequest) -> torch.dtype:
 
 class TorchShardBackend(ShardBackend):
     def __init__(self, assignment: pb.AssignRequest, state: dict[str, torch.Tensor]) -> None:
-        info = models.model_info(assignment.model_name, assignment.model_config_json or None)
+        info = assignment_info(assignment)
         self.device = torch.device(assignment.device or "cpu")
         self.module = models.build_shard(info, assignment.first_layer, assignment.last_layer,
                                          state, dtype=compute_dtype(assignment))
