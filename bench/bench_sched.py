@@ -1,5 +1,10 @@
 """Scheduler solve time against instance size: layers x devices x device types (x links).
 
+The default run prints the fleet table: 128 layers on 16-64 devices, all distinct or in 8
+types, with solve time, the plan's bottleneck, the proven lower bound on the optimum and the
+gap (plan / bound - 1; 0 = proven optimal) under --time-limit. --sizes adds the older
+exhaustive-range table.
+
 Instances are ViT-like (4 sub-layers per block, the MLP's output 5x the others), devices get a
 random speed (0.5-2x, with +-10% per-layer jitter) and memory so that most of them are
 needed; "types" is how many distinct profiles the hosts share, and "links" gives every ordered
@@ -119,11 +124,46 @@ def _size(case: Case) -> tuple[int, int, bool]:
     return (case.distinct, case.layers, case.links)
 
 
+FLEET_SIZES = (16, 20, 24, 32, 48, 64)
+FLEET_TYPES = 8
+
+
+def fleet(time_limit_s: float, seeds: int) -> None:
+    """Per size and kind: time, bottleneck, proven bound and gap (worst seed shown)."""
+    header = (
+        f"{'devices':>7} {'kind':>9} {'seed':>4} {'time_s':>7} {'bottleneck_s':>12} "
+        f"{'bound_s':>9} {'gap':>7} {'exact':>5} {'stages':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in FLEET_SIZES:
+        for types, kind in ((n, "distinct"), (min(n, FLEET_TYPES), f"{FLEET_TYPES} types")):
+            for seed in range(1, seeds + 1):
+                inputs = build(Case(128, n, types, False), seed)
+                start = time.perf_counter()
+                result = schedule(**inputs, time_limit_s=time_limit_s)  # type: ignore[arg-type]
+                took = time.perf_counter() - start
+                print(
+                    f"{n:>7} {kind:>9} {seed:>4} {took:>7.2f} {result.bottleneck_s:>12.4f} "
+                    f"{result.lower_bound:>9.4f} {result.gap:>7.2%} "
+                    f"{'yes' if result.exact else 'no':>5} {len(result.stages):>6}"
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes")
     parser.add_argument("--repeats", type=int, default=3, help="solves per instance (median)")
+    parser.add_argument(
+        "--time-limit", type=float, default=10.0, help="certified search limit, seconds"
+    )
+    parser.add_argument("--seeds", type=int, default=2, help="random instances per fleet row")
+    parser.add_argument("--sizes", action="store_true", help="also the exhaustive-range table")
     args = parser.parse_args()
+    fleet(args.time_limit, args.seeds)
+    if not (args.sizes or args.quick):
+        return
+    print()
     header = (
         f"{'layers':>6} {'devices':>7} {'types':>5} {'links':>5} {'objective':>10} "
         f"{'wall_s':>7} {'cpu_s':>7} {'exact':>5} {'stages':>6} {'bottleneck_s':>12}  method"

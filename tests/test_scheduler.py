@@ -206,10 +206,13 @@ def test_sixteen_distinct_devices_128_layers_exact() -> None:
     assert elapsed < 3.0  # about 0.3 s on 2 cores; generous for a loaded CI machine
 
 
-def test_beyond_the_exact_limit_says_so_with_a_gap() -> None:
+def test_beyond_the_exact_limit_exact_or_says_so_with_a_gap() -> None:
     inst = _distinct_instance(random.Random(3), 48, 24, Objective.THROUGHPUT, memory=6.0)
     got = schedule(**inst.kwargs())
-    assert not got.exact and "heuristic" in got.method
+    assert got.exact and got.gap == 0 and got.lower_bound == got.bottleneck_s
+    assert "exact bottleneck" in got.method
+    got = schedule(**inst.kwargs(), time_limit_s=0.0)  # no time: a baseline and the bound
+    assert not got.exact and "proven lower bound" in got.method
     assert 0 < got.lower_bound <= got.bottleneck_s
     assert got.gap == pytest.approx(got.bottleneck_s / got.lower_bound - 1)
     assert math.isfinite(got.gap)

@@ -12,7 +12,7 @@ import click
 from .errors import SchedulingError
 from .output import render_json, render_yaml
 from .profiles import Objective
-from .solver import DEFAULT_DTYPE, DEFAULT_MODEL, schedule_files
+from .solver import DEFAULT_DTYPE, DEFAULT_MODEL, DEFAULT_TIME_LIMIT_S, schedule_files
 
 __all__ = ["main"]
 
@@ -71,6 +71,15 @@ __all__ = ["main"]
     show_default=True,
     help="Minimise the bottleneck (throughput) or end-to-end latency.",
 )
+@click.option(
+    "--time-limit",
+    "time_limit_s",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIME_LIMIT_S,
+    show_default=True,
+    help="Seconds the certified search may take beyond the exhaustive limit (it stops early "
+    "once proven optimal); then the best plan, its proven bound and gap are reported.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print stages with predicted costs as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the search to stderr.")
 def main(
@@ -84,6 +93,7 @@ def main(
     buffers_out: int,
     links_file: str | None,
     objective: str,
+    time_limit_s: float,
     as_json: bool,
     verbose: bool,
 ) -> None:
@@ -107,6 +117,7 @@ def main(
             buffers_in=buffers_in,
             buffers_out=buffers_out,
             objective=objective,
+            time_limit_s=time_limit_s,
         )
     except SchedulingError as err:
         raise click.ClickException(str(err)) from None

@@ -19,12 +19,13 @@ from .profiles import DeviceProfile, ModelProfile, NetworkLinks, Objective
 from .result import Schedule, Stage
 from .seed_files import load_devices, load_model, read_yaml
 
-__all__ = ["ScheduleInputs", "load_inputs", "schedule", "schedule_files"]
+__all__ = ["DEFAULT_TIME_LIMIT_S", "ScheduleInputs", "load_inputs", "schedule", "schedule_files"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"  # the seed's defaults, kept for its CLI
 DEFAULT_DTYPE = "torch.float32"
+DEFAULT_TIME_LIMIT_S = 5.0  # certified search beyond the exhaustive limit; 24 distinct: < 1 s
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def schedule(
     buffers_out: int = 2,
     objective: Objective | str = Objective.THROUGHPUT,
     max_search_states: int | None = None,
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 ) -> Schedule:
     """The optimal pipeline schedule of `model` over `devices` (each used at most once).
 
@@ -95,8 +97,13 @@ def schedule(
         dtype: activation dtype name, for bytes per element.
         buffers_in, buffers_out: queued activations per stage, as in the seed's memory model.
         objective: "throughput" (least bottleneck) or "latency" (least end-to-end latency).
-        max_search_states: exact-search limit (count vectors x device classes); beyond it a
-            heuristic runs and the result says so (exact=False with a gap bound).
+        max_search_states: exhaustive-search limit (count vectors x device classes); beyond
+            it the throughput objective runs the certified search and the latency objective a
+            heuristic.
+        time_limit_s: seconds the certified search may take; it returns earlier once its plan
+            meets its proven lower bound (exact=True), else its best plan with the bound and
+            gap (exact=False). The plan is never worse than the even, memory-proportional and
+            compute-proportional splits.
 
     Returns:
         The schedule; exact=True when provably optimal.
@@ -119,12 +126,15 @@ def schedule(
         raise SchedulingError("no devices to schedule on; list hosts in the devices file")
     if batch_size < 1 or buffers_in < 0 or buffers_out < 0:
         raise SchedulingError("batch size must be >= 1 and buffer counts >= 0; fix -b/-i/-o")
+    if not time_limit_s >= 0:
+        raise SchedulingError(f"time limit must be >= 0 s, got {time_limit_s}; fix --time-limit")
     problem = _problem(
         model, devices, links, batch_size, dtype_bytes(dtype), buffers_in, buffers_out, goal
     )
     options = _native.Options()
     if max_search_states is not None:
         options.max_search_states = max_search_states
+    options.time_limit_s = time_limit_s
     try:
         raw = _native.solve(problem, options)
     except ValueError as err:  # the core's validation: a bug in the inputs
@@ -166,6 +176,7 @@ def schedule_files(
     buffers_in: int = 2,
     buffers_out: int = 2,
     objective: Objective | str = Objective.THROUGHPUT,
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 ) -> Schedule:
     """``load_inputs`` then ``schedule``: what the sched-pipeline CLI does."""
     inputs = load_inputs(
@@ -186,6 +197,7 @@ def schedule_files(
         buffers_in=buffers_in,
         buffers_out=buffers_out,
         objective=objective,
+        time_limit_s=time_limit_s,
     )
 
 
@@ -296,8 +308,9 @@ def _why_infeasible(
     hosts = f"{len(devices)} hosts"
     if heuristic:
         return (
-            f"the heuristic found no schedule for {model.name} on {hosts} (too many distinct "
-            "devices for the exact search); schedule fewer hosts or group identical ones by type"
+            f"no schedule for {model.name} on {hosts} was found within the search limits (too "
+            "many distinct devices for the exhaustive search); raise --time-limit, schedule "
+            "fewer hosts or group identical ones by type"
         )
     weights = sum(model.mem_MB)
     capacity = sum(d.mem_MB for d in devices)

@@ -12,8 +12,8 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 
 double value_of(const Schedule& s, Objective o) { return o == Objective::Throughput ? s.bottleneck_s : s.latency_s; }
 
-// Best cuts for devices in this order (every device gets a stage): min-max bottleneck or
-// min-sum latency. Empty when no cut fits.
+}  // namespace
+
 std::vector<StagePlan> best_cuts(const CostModel& m, const std::vector<std::size_t>& order) {
   const std::size_t L = m.layers(), k = order.size();
   const bool throughput = m.problem().objective == Objective::Throughput;
@@ -50,8 +50,6 @@ std::vector<StagePlan> best_cuts(const CostModel& m, const std::vector<std::size
   }
   return plan;
 }
-
-}  // namespace
 
 std::vector<StagePlan> improve_plan(const CostModel& model, std::vector<StagePlan> plan, int rounds) {
   const Objective goal = model.problem().objective;

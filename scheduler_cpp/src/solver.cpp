@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <numeric>
 #include <string>
 
 #include "baselines.hpp"
@@ -238,6 +239,30 @@ Schedule certified(const CostModel& model, const ClassInstance& fine, const Opti
       found = true;
     }
   }
+  // Seeds, not part of the floor: optimal cuts over all devices (at most one per layer) in
+  // input order, by memory and by speed, largest first.
+  const Problem& p = model.problem();
+  std::vector<std::size_t> order(model.devices());
+  std::iota(order.begin(), order.end(), 0);
+  auto seed = [&](std::vector<std::size_t> devices) {
+    devices.resize(std::min(devices.size(), model.layers()));
+    const std::vector<StagePlan> plan = best_cuts(model, devices);
+    if (plan.empty()) return;
+    Schedule s = model.evaluate(plan);
+    if (!found || better(s, out, Objective::Throughput)) {
+      out = s;
+      found = true;
+    }
+  };
+  seed(order);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return p.devices[a].mem_MB > p.devices[b].mem_MB;
+  });
+  seed(order);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return model.compute_s(a, 0, model.layers()) < model.compute_s(b, 0, model.layers());
+  });
+  seed(order);
   const CertifiedResult r = certified_bottleneck(fine, found ? out.bottleneck_s : kInf, deadline);
   SearchStats stats;
   stats.device_classes = fine.classes;
