@@ -212,3 +212,26 @@ def test_registry_name_whose_pooling_differs_is_refused(tmp_path, minilm_path):
         load_deployment(hosts)
     hosts.write_text(f"weights: local:{directory}\nhosts:\n  - {{address: '127.0.0.1:1'}}\n")
     assert load_deployment(hosts).pooling == Pooling("cls")  # without model: the directory decides
+
+
+def test_onnx_last_stage_pools_like_torch_and_keys_the_cache_by_pooling(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pipeedge._proto import stage_pb2 as pb
+    from pipeedge.stage_server.backends import load_backend
+
+    info = models.model_info("pipeedge/tiny-bert")
+    first, last = 5, info.num_layers
+    state = models.load_shard_state(info, first, last, 0)
+    x = models.example_inputs(info, 3, seq_len=11, seed=1)
+    x = models.build_shard(info, 1, first - 1, models.load_shard_state(info, 1, first - 1, 0))(x)
+    stems = set()
+    for pooling in (Pooling("cls"), Pooling("max", normalize=True)):
+        req = pb.AssignRequest(model_name=info.name, first_layer=first, last_layer=last,
+                               threads=1, weights=pb.WeightSource(random_seed=0),
+                               pooling=to_proto(pooling))
+        torch_out = load_backend(req, state).run(x)["embeddings"]
+        req.backend = pb.ONNX
+        onnx = load_backend(req, state, cache_dir=tmp_path)
+        stems.add(onnx.key.stem)
+        assert float((onnx.run(x)["embeddings"] - torch_out).abs().max()) <= 1e-4
+    assert {s.rsplit(".", 1)[1] for s in stems} == {"cls", "max-norm"}
