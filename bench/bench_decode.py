@@ -26,13 +26,12 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from pipeedge import models
+from pipeedge.client import TextGenerator
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
-
-from pipeedge import models
-from pipeedge.client import TextGenerator
 from pipeedge.partition import LayerRange, format_partition
 from pipeedge.pipeline_file import Pipeline
 

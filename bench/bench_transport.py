@@ -17,10 +17,10 @@ import time
 
 import torch
 
+from pipeedge._proto import stage_pb2 as pb
 from pipeedge.client import PipelineClient
 from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
-from pipeedge._proto import stage_pb2 as pb
 
 REQUESTS = 60
 WINDOW = 4

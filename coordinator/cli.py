@@ -145,8 +145,11 @@ def profile(hosts_file, model, microbatch, all_hosts, out_dir, no_progress):
     """Profile each device type on its own hardware, in parallel; write the scheduler's files."""
     from pipeedge.coordinator import planning
     from pipeedge.coordinator.hosts import load_deployment
-    from pipeedge.coordinator.profiling import (hosts_to_profile, profile_hosts,
-                                                write_scheduler_files)
+    from pipeedge.coordinator.profiling import (
+        hosts_to_profile,
+        profile_hosts,
+        write_scheduler_files,
+    )
 
     try:
         dep = load_deployment(hosts_file, model=model, microbatch=microbatch)
@@ -334,10 +337,9 @@ def bench(pipeline_path, microbatches, batch, window, no_progress):
     from pipeedge.client import PipelineClient, PipelineError
     from pipeedge.coordinator.bench import run_bench
     from pipeedge.coordinator.inputs import random_inputs
-    from pipeedge.pipeline_file import Pipeline
-
     from pipeedge.coordinator.monitor import EnergyProbe
     from pipeedge.energy import format_joules_per_item
+    from pipeedge.pipeline_file import Pipeline
 
     try:
         pipeline = Pipeline.load(pipeline_path)

@@ -114,7 +114,7 @@ def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
     stages = [PlannedStage(by_name[s.host], LayerRange(s.first_layer, s.last_layer))
               for s in result.stages]
     how = "scheduler (exact optimum)" if result.exact else \
-        f"scheduler (heuristic, within {result.gap:.1%} of optimal)"
+        f"scheduler (best within the time limit: proven within {result.gap:.1%} of optimal)"
     return Plan(stages, ", ".join((how, *notes)), result)
 
 

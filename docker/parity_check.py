@@ -27,10 +27,9 @@ def main() -> int:
     parser.add_argument("--tol", type=float, default=1e-5)
     args = parser.parse_args()
 
-    from pipeedge.coordinator.inputs import text_inputs
-
     from pipeedge import models
     from pipeedge.client import PipelineClient
+    from pipeedge.coordinator.inputs import text_inputs
     from pipeedge.pipeline_file import Pipeline
 
     pipeline = Pipeline.load(args.pipeline)

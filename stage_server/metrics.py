@@ -125,8 +125,7 @@ class _StateCollector:
         return []  # dynamic families: no up-front description
 
     def collect(self):
-        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                            InfoMetricFamily)
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
         s = self.servicer
         rt = s.runtime

@@ -13,12 +13,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the netwo
 import grpc
 import pytest
 import torch
-from pipeedge.stage_server.sessions import SessionError, SessionStore
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.client.generate import SamplingParams, _Run, sample_token
 from pipeedge.models import KVCache, build_shard, kv_cache_bytes_per_layer, model_info
+from pipeedge.stage_server.sessions import SessionError, SessionStore
 from pipeedge.tokenizer import ByteTokenizer, TextStream, load_tokenizer
 
 TINY = ["pipeedge/tiny-gpt2", "pipeedge/tiny-llama"]

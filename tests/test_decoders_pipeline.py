@@ -14,14 +14,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import grpc
 import pytest
 import torch
-from pipeedge.coordinator import deploy as deploy_mod
-from pipeedge.coordinator.hosts import load_deployment
-from pipeedge.coordinator.local_cluster import LocalCluster
-from pipeedge.coordinator.stage_control import StageControl
 
 from pipeedge import codec, models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.client import TextGenerator
+from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator.hosts import load_deployment
+from pipeedge.coordinator.local_cluster import LocalCluster
+from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.partition import parse_partition
 
 NEW_TOKENS = 64

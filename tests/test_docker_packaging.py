@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from pipeedge.stage_server import healthcheck
 from pipeedge.stage_server.server import build_server
 from pipeedge.stage_server.servicer import StageServicer
@@ -105,6 +106,7 @@ def test_stage_compose_file():
 
 def test_stage_flags_in_compose_exist_in_cli():
     from click.testing import CliRunner
+
     from pipeedge.stage_server.cli import main
 
     help_text = CliRunner().invoke(main, ["--help"]).output

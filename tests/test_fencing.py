@@ -141,11 +141,16 @@ def test_open_streams_never_starve_health_and_status(cluster_factory, reference)
                 got = list(client.infer_many([x, x], window=2))  # a 70th open stream
                 assert all((g["logits"] - expect(x)).abs().max() <= 1e-5 for g in got)
             calls.append(stub.Forward(quiet()))  # the 70th stays open
-            time.sleep(0.5)
-            with pytest.raises(grpc.RpcError) as full:
-                list(stub.Forward(iter([_frame("z", x, 0)]), timeout=10))
-            assert full.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "--max-streams" in full.value.details()
+            refused = None
+            deadline = time.monotonic() + 20
+            while refused is None:  # (once the server has started all 70 handlers)
+                assert time.monotonic() < deadline, "stream 71 was never refused"
+                try:
+                    list(stub.Forward(iter([_frame("z", x, 0)]), timeout=10))
+                except grpc.RpcError as exc:
+                    refused = exc
+            assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-streams" in refused.details()
     finally:
         idle.set()
         for c in calls:

@@ -16,14 +16,14 @@ import time
 import grpc
 import pytest
 import torch
-from pipeedge.coordinator import deploy as deploy_mod
-from pipeedge.coordinator import planning
-from pipeedge.coordinator.hosts import load_deployment
 
 from pipeedge import codec, models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.client import PipelineClient
+from pipeedge.coordinator import deploy as deploy_mod
+from pipeedge.coordinator import planning
+from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.errors import status_from_int
 
 MODEL = "pipeedge/tiny-vit"

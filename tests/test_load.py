@@ -6,7 +6,6 @@ import threading
 import time
 
 import grpc
-import pytest
 import torch
 
 from pipeedge import models

@@ -21,8 +21,15 @@ from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator.cli import main
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.local_cluster import LocalCluster
-from pipeedge.coordinator.monitor import (EnergyProbe, Poll, StageRow, StageTracker,
-                                          find_bottleneck, render_snapshot, summarize)
+from pipeedge.coordinator.monitor import (
+    EnergyProbe,
+    Poll,
+    StageRow,
+    StageTracker,
+    find_bottleneck,
+    render_snapshot,
+    summarize,
+)
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.energy import RaplMeter, open_meter
 from pipeedge.partition import parse_partition

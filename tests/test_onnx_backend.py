@@ -14,8 +14,12 @@ from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.models.onnx_export import OnnxExportError, export_shard
 from pipeedge.stage_server.backends import load_backend
-from pipeedge.stage_server.backends.onnx_backend import (OnnxShardBackend, OrtSettings,
-                                                         shard_key, weights_id)
+from pipeedge.stage_server.backends.onnx_backend import (
+    OnnxShardBackend,
+    OrtSettings,
+    shard_key,
+    weights_id,
+)
 from pipeedge.stage_server.backends.onnx_cache import OnnxCache
 
 TINY = ("pipeedge/tiny-vit", "pipeedge/tiny-deit", "pipeedge/tiny-bert")

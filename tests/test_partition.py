@@ -1,7 +1,12 @@
 import pytest
 
-from pipeedge.partition import (LayerRange, PartitionError, even_partition, format_partition,
-                                parse_partition)
+from pipeedge.partition import (
+    LayerRange,
+    PartitionError,
+    even_partition,
+    format_partition,
+    parse_partition,
+)
 
 
 def test_seed_examples_parse():

@@ -10,6 +10,15 @@ import time
 from pathlib import Path
 
 import pytest
+from test_scheduler_reference import (
+    Instance,
+    brute_force,
+    evaluate,
+    random_instance,
+    seed_dp_plan,
+    type_count_bottleneck,
+)
+
 from pipeedge.coordinator.scheduler import (
     DeviceProfile,
     Link,
@@ -19,14 +28,6 @@ from pipeedge.coordinator.scheduler import (
     SchedulingError,
     load_inputs,
     schedule,
-)
-from test_scheduler_reference import (
-    Instance,
-    brute_force,
-    evaluate,
-    random_instance,
-    seed_dp_plan,
-    type_count_bottleneck,
 )
 
 FIXTURES = Path("/work/shared/fixtures/pipeedge-format")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+
 from pipeedge.coordinator.scheduler.cli import main
 
 FIXTURES = Path("/work/shared/fixtures/pipeedge-format")

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+
 from pipeedge.coordinator.scheduler import (
     DeviceProfile,
     Link,

@@ -19,8 +19,14 @@ from pipeedge.coordinator import planning
 from pipeedge.coordinator.cli import main
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.stage_control import StageControl
-from pipeedge.coordinator.testbed import (Testbed, TestbedError, leftovers, load_spec, problems,
-                                          spec_from_dict)
+from pipeedge.coordinator.testbed import (
+    Testbed,
+    TestbedError,
+    leftovers,
+    load_spec,
+    problems,
+    spec_from_dict,
+)
 from pipeedge.coordinator.testbed.cgroups import detect
 from pipeedge.coordinator.testbed.shaping import tbf_params
 from pipeedge.stage_server.links import measure_link

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.testbed import Testbed
-
 from testbed_bench.deployment import hosts_for
 
 log = logging.getLogger(__name__)

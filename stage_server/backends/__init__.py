@@ -4,7 +4,11 @@ Heavy imports (torch models, onnxruntime) happen inside the backend that needs t
 server's control plane starts fast.
 """
 
-from pipeedge.stage_server.backends.base import (ShardBackend, check_target, check_threads,
-                                                 load_backend)
+from pipeedge.stage_server.backends.base import (
+                                                 ShardBackend,
+                                                 check_target,
+                                                 check_threads,
+                                                 load_backend,
+)
 
 __all__ = ["ShardBackend", "check_target", "check_threads", "load_backend"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from pipeedge import models
-
 from testbed_bench import partitions, planner
 from testbed_bench.context import Settings, Testbeds, inputs_for
 from testbed_bench.deployment import deploy_file, hosts_for, release

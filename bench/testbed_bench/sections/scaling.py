@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from pipeedge import models
-
 from testbed_bench import partitions
 from testbed_bench.context import Settings, Testbeds, equal_devices, inputs_for
 from testbed_bench.deployment import deploy_file, hosts_for, release

@@ -13,7 +13,6 @@ import torch
 
 from pipeedge import models
 from pipeedge.client import PipelineClient
-
 from testbed_bench import partitions
 from testbed_bench.context import Settings, Testbeds, equal_devices, inputs_for
 from testbed_bench.deployment import deploy_file, hosts_for, release

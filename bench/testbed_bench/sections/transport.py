@@ -14,7 +14,6 @@ import logging
 import statistics
 
 from pipeedge.coordinator.local_cluster import LocalCluster
-
 from testbed_bench.context import TINY_VIT, Settings, Testbeds, equal_devices, inputs_for
 from testbed_bench.deployment import deploy_file, hosts_for, release
 from testbed_bench.measure import sequential_latencies
