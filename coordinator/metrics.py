@@ -57,7 +57,7 @@ class ControlPlaneCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         up = GaugeMetricFamily("pipeedge_coord_stage_up",
-                               "1 when the stage answers Status and holds its assignment.",
+                               "1 when the host answers Status and holds its part of the current pipeline.",
                                labels=["stage"])
         items = CounterMetricFamily("pipeedge_coord_stage_items",
                                     "Items computed since the stage's assignment.",
@@ -78,14 +78,20 @@ class ControlPlaneCollector:
                                      "Energy of the stage's machine since its assignment "
                                      "(absent when it cannot measure energy).", labels=["stage"])
         pipeline = self.plane.pipeline
-        for s in pipeline.stages if pipeline else ():
+        in_use = {s.name for s in pipeline.stages} if pipeline else set()
+        # Every host of hosts.yml, so a stage dropped by a re-plan shows as down (up 0) instead
+        # of its series vanishing.
+        for s in self.plane.dep.hosts:
             ctl = self._control(s.name, s.address)
             try:
                 st = ctl.status(timeout_s=self.status_timeout_s)
             except grpc.RpcError:
                 up.add_metric([s.name], 0)
                 continue
-            up.add_metric([s.name], 1 if st.assigned else 0)
+            holds = st.assigned and st.assignment.epoch == self.plane.version
+            up.add_metric([s.name], 1 if s.name in in_use and holds else 0)
+            if not st.assigned:
+                continue
             items.add_metric([s.name], st.items_processed)
             compute.add_metric([s.name], st.compute_seconds)
             errors.add_metric([s.name], st.errors)
@@ -99,7 +105,7 @@ class ControlPlaneCollector:
     def _control(self, name: str, address: str) -> StageControl:
         key = (name, address)
         if key not in self._controls:
-            self._controls[key] = StageControl(name, address)
+            self._controls[key] = StageControl(name, address, security=self.plane.dep.security)
         return self._controls[key]
 
     def close(self) -> None:

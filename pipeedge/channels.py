@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from pipeedge.security import STAGE_SERVICE, Security, StreamDecodeGuard
 from pipeedge.security import default as default_security
@@ -90,13 +90,36 @@ def server_interceptors(security: Security | None, service: str = STAGE_SERVICE)
     return [StreamDecodeGuard()] + (security.server_interceptors(service) if security else [])
 
 
+class _Health(health.HealthServicer):
+    """The standard health service, with `List` (grpc.health.v1 advertises it; the library's
+    servicer leaves it UNIMPLEMENTED and logs a traceback per call)."""
+
+    def List(self, request, context):
+        with self._lock:
+            statuses = dict(self._server_status)
+        return health_pb2.HealthListResponse(statuses={
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in statuses.items()})
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
 def add_standard_services(server: grpc.Server, service: str) -> health.HealthServicer:
     """What every PipeEdge server carries besides its own `service`: the standard
-    grpc.health.v1 service (SERVING for "" and `service`) and server reflection."""
-    health_servicer = health.HealthServicer()
+    grpc.health.v1 service (SERVING for "" and `service`; Check, Watch and List) and server
+    reflection, both v1 (what current tools ask first) and v1alpha."""
+    health_servicer = _Health()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((service, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                        server)
+    names = (service, health.SERVICE_NAME, REFLECTION_V1, reflection.SERVICE_NAME)
+    reflection_servicer = reflection.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection_servicer, server)
+    # v1 has the same messages as v1alpha under another package: same wire format.
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            reflection_servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)}),))
     for name in ("", service):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return health_servicer

@@ -219,10 +219,11 @@ class StageRuntime:
                 self._fail(work, grpc.StatusCode.INTERNAL,
                            f"stage {self.name} failed computing request {frame.request_id}: {exc}")
                 continue
-            self.counters.compute_s += time.perf_counter() - start
-            self.counters.frames += 1
-            self.counters.items += _batch_size(work.inputs)
-            self.metrics.computed(_batch_size(work.inputs), time.perf_counter() - start)
+            if work.inputs:  # an end-of-session frame computes nothing: not a microbatch
+                self.counters.compute_s += time.perf_counter() - start
+                self.counters.frames += 1
+                self.counters.items += _batch_size(work.inputs)
+                self.metrics.computed(_batch_size(work.inputs), time.perf_counter() - start)
             encode_start = time.perf_counter()  # metrics: encode time
             result = pb.Frame(request_id=frame.request_id, hop_tag=frame.hop_tag,
                               session_id=frame.session_id, step=frame.step,

@@ -7,7 +7,8 @@ import asyncio
 import grpc
 import pytest
 import torch
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from pipeedge import channels, models
 from pipeedge._proto import stage_pb2 as pb
@@ -110,8 +111,21 @@ def test_stage_serves_health_and_reflection(cluster_factory, standard_services):
     with channels.open_channel(cluster.stages[0].address) as channel:
         status, names = standard_services(channel, "pipeedge.v1.Stage")
     assert status == health_pb2.HealthCheckResponse.SERVING
-    assert {"pipeedge.v1.Stage", "grpc.health.v1.Health",
+    assert {"pipeedge.v1.Stage", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection"} <= names
+    with channels.open_channel(cluster.stages[0].address) as channel:
+        # Reflection v1 (what current grpcurl/grpcui ask first), called by its own method path.
+        v1 = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        reply = next(v1(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                        timeout=10))
+        assert "pipeedge.v1.Stage" in {sv.name for sv in reply.list_services_response.service}
+        listed = health_pb2_grpc.HealthStub(channel).List(health_pb2.HealthListRequest(),
+                                                          timeout=10)
+        assert listed.statuses["pipeedge.v1.Stage"].status == \
+            health_pb2.HealthCheckResponse.SERVING
 
 
 def test_bad_requests_fail_alone_and_server_keeps_serving(cluster_factory):
