@@ -543,7 +543,9 @@ def list_models():
 
 
 @main.command("serve-http")
-@_PIPELINE_OPT
+@click.option("--pipeline", "pipeline_paths", multiple=True, type=click.Path(path_type=Path),
+              help="Pipeline file written by deploy; repeat to serve several models (decoders "
+                   "get completions and chat, encoders embeddings)  [default: pipeline.json]")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
@@ -551,14 +553,27 @@ def list_models():
                    "else byte-level].")
 @click.option("--timeout", default=60.0, show_default=True, help="Deadline per step in seconds.")
 @click.option("--max-concurrency", default=16, show_default=True,
-              help="Requests generating at once (more wait).")
-def serve_http(pipeline_path, host, port, tokenizer, timeout, max_concurrency):
-    """Serve a deployed decoder model over an OpenAI-compatible HTTP API (SSE streaming)."""
+              help="Requests running at once; more get 429 with Retry-After.")
+@click.option("--token", "token_spec", default=None,
+              help="Require 'Authorization: Bearer <token>' (file:PATH, env:VAR or the token; "
+                   "the gRPC token file works).")
+@click.option("--cors-origin", "cors_origins", multiple=True,
+              help="Allow browser calls from this origin (repeatable; '*' for any) "
+                   "[default: CORS off].")
+@click.option("--max-body", default=4 << 20, show_default=True,
+              help="Largest request body in bytes (413 beyond).")
+def serve_http(pipeline_paths, host, port, tokenizer, timeout, max_concurrency, token_spec,
+               cors_origins, max_body):
+    """Serve deployed models over an OpenAI-compatible HTTP API (SSE streaming)."""
     from pipeedge.coordinator.openai_http import serve as serve_openai
+    from pipeedge.security import read_token
 
     try:
-        serve_openai(pipeline_path, host=host, port=port, tokenizer=tokenizer, timeout_s=timeout,
-                     max_concurrency=max_concurrency, announce=click.echo)
+        token = read_token(token_spec) if token_spec else None
+        serve_openai(pipeline_paths or [Path("pipeline.json")], host=host, port=port,
+                     tokenizer=tokenizer, timeout_s=timeout, max_concurrency=max_concurrency,
+                     token=token, cors_origins=cors_origins, max_body_bytes=max_body,
+                     announce=click.echo)
     except (FileNotFoundError, ValueError, OSError) as exc:
         _fail(str(exc))
 
