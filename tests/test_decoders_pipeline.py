@@ -110,6 +110,35 @@ def test_concurrent_sessions_interleave_and_match_single_runs(cluster, hf_dirs):
     assert alone[2] == hf_greedy(hf_dirs(model), first_prompt, 12)[0]
 
 
+def test_more_generations_than_a_stage_holds_sessions_all_complete(cluster_factory,
+                                                                     monkeypatch):
+    """A stage that holds 2 sessions and 6 concurrent generations: refused steps back off and
+    start over (their half-advanced sessions ended first), and every generation completes
+    with the tokens it has alone. Refused restarts used to leave sessions behind until the
+    idle timeout, keeping the store full: a livelock of up to 5 minutes."""
+    monkeypatch.setenv("PIPEEDGE_MAX_SESSIONS", "2")
+    small = cluster_factory(2)
+    pipeline, pipeline_file = deploy(small, "pipeedge/tiny-gpt2", "1,6,7,12")
+    prompts = [[5 + i, 9, 13 + i] for i in range(6)]
+    with TextGenerator(pipeline_file=pipeline_file) as gen:
+        alone = [gen.complete(p, max_new_tokens=8, stop_token_ids=()).token_ids
+                 for p in prompts[:1]]
+        crowded = gen.complete_many(prompts, concurrency=6, max_new_tokens=8,
+                                    stop_token_ids=())
+        assert crowded[0].token_ids == alone[0]
+        assert all(len(c.token_ids) == 8 for c in crowded)
+        single = [gen.complete(p, max_new_tokens=8, stop_token_ids=()).token_ids
+                  for p in prompts]
+    assert [c.token_ids for c in crowded] == single
+    for s in pipeline.stages:  # and nothing is left behind on the stages
+        ctl = StageControl(s.name, s.address)
+        try:
+            st = ctl.status()
+        finally:
+            ctl.close()
+        assert st.in_flight == 0
+
+
 def _direct_step(address, session_id, tensors, step=1, epoch=0):
     ctl = StageControl("probe", address)
     try:

@@ -450,9 +450,6 @@ class TextGenerator:
         step, no waiting). False if none came."""
         with self._move_lock:
             if self.version <= seen:
-                if error is not None and getattr(error, "code", None) in BUSY_CODES:
-                    time.sleep(self.retry.busy_wait(1))  # a full stage: same pipeline, later
-                    return True
                 if not self.view.move_past(seen, wait=error is not None):
                     return False
                 address, version = self.view.current()
@@ -488,13 +485,45 @@ class TextGenerator:
             self.recoveries.append(time.monotonic() - failed_at)
             return True
 
+        busy: dict[int, int] = {}  # run index -> refusals by a full stage in a row
+
+        def retry_busy(fut: Future, exc: PipelineError) -> None:
+            """Only this session starts over, after a backoff. Its old session is ended first:
+            a refused step may have advanced it on the stages before the full one, and left
+            there it would hold a KV cache slot until the idle timeout (a session store kept
+            full that way refused every restart: a livelock)."""
+            run = active.pop(fut)
+            busy[run.index] = attempt = busy.get(run.index, 0) + 1
+            if attempt > self.retry.max_retries:
+                raise exc
+            self._end(run)
+            run.restart()
+            delayed.append((time.monotonic() + self.retry.busy_wait(attempt), run))
+
+        delayed: list[tuple[float, _Run]] = []  # (when, run): resends after a busy refusal
+
+        def send_due() -> float:
+            """Send the delayed runs that are due; seconds until the next one (or the stall
+            check), so the loop never sleeps while other sessions have results waiting."""
+            now = time.monotonic()
+            for item in [d for d in delayed if d[0] <= now]:
+                delayed.remove(item)
+                active[self._send(item[1])] = item[1]
+            return min([self.retry.stall_check_s] + [d[0] - now for d in delayed])
+
         try:
             for _ in range(concurrency):
                 start_next()
             quiet_since = time.monotonic()
-            while active:
-                done, _ = wait(list(active), timeout=self.retry.stall_check_s,
-                               return_when=FIRST_COMPLETED)
+            while active or delayed:
+                timeout = send_due()
+                if not active:
+                    time.sleep(max(timeout, 0.0))
+                    quiet_since = time.monotonic()
+                    continue
+                done, _ = wait(list(active), timeout=timeout, return_when=FIRST_COMPLETED)
+                if not done and delayed:
+                    continue  # a resend is due: not a stall
                 if not done:  # a hung stage breaks nothing: has the coordinator re-planned?
                     if resume(None):
                         quiet_since = time.monotonic()
@@ -511,12 +540,16 @@ class TextGenerator:
                     try:
                         logits = result_tensors(fut.result())["logits"]
                     except PipelineError as exc:
+                        if exc.code in BUSY_CODES:  # a full stage (sessions, requests)
+                            retry_busy(fut, exc)
+                            continue
                         # A dead or reassigned stage: wait for the re-plan. NOT_FOUND (a stage
                         # lost the session): move only if a newer pipeline is already out.
                         if self.retry.retryable(exc.code) and resume(exc) or \
                                 exc.code == grpc.StatusCode.NOT_FOUND and resume(None):
                             break
                         raise
+                    busy.pop(active[fut].index, None)
                     run = active.pop(fut)
                     event = run.advance(logits)
                     if event.finish_reason is None:
