@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipeedge.client import AsyncPipelineClient
-from pipeedge.coordinator.openai_service import RequestError, pipeline_error
+from pipeedge.coordinator.openai_service import RequestError, listed_inputs, pipeline_error
 from pipeedge.errors import PipelineError
 from pipeedge.pipeline_file import Pipeline
 
@@ -45,15 +45,7 @@ class EmbeddingService:
         await self.client.close()
 
     def _batches(self, body: dict) -> tuple[list[dict[str, torch.Tensor]], int]:
-        value = body.get("input")
-        if isinstance(value, str) or (isinstance(value, list) and value
-                                      and all(isinstance(t, int) for t in value)):
-            items = [value]
-        elif isinstance(value, list) and value:
-            items = value
-        else:
-            raise RequestError(400, "input must be a non-empty string, list of strings, list "
-                               "of token ids or list of such lists", param="input")
+        items = listed_inputs(body.get("input"), "input")
         if len(items) > MAX_INPUTS:
             raise RequestError(400, f"input has {len(items)} items; at most {MAX_INPUTS}",
                                param="input")

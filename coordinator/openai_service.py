@@ -42,6 +42,18 @@ class RequestError(Exception):
                           "code": self.code}}
 
 
+def listed_inputs(value, param: str) -> list:
+    """OpenAI's `prompt` / `input`: a string, token ids, or a non-empty list of those, as a
+    list of items (one per completion or embedding)."""
+    if isinstance(value, str) or (isinstance(value, list) and value
+                                  and all(isinstance(t, int) for t in value)):
+        return [value]
+    if isinstance(value, list) and value:
+        return value
+    raise RequestError(400, f"{param} must be a non-empty string, list of strings, list of "
+                       "token ids or list of such lists", param=param)
+
+
 _GRPC_TO_HTTP = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.NOT_FOUND: 404,
@@ -145,15 +157,7 @@ class CompletionService:
         prompt = body.get("prompt")
         if prompt is None:
             raise RequestError(400, "prompt is required", param="prompt")
-        if isinstance(prompt, str):
-            items: list = [prompt]
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-            items = [prompt]
-        elif isinstance(prompt, list) and prompt:
-            items = prompt
-        else:
-            raise RequestError(400, "prompt must be a string, a list of strings, a list of "
-                               "token ids or a list of such lists", param="prompt")
+        items = listed_inputs(prompt, "prompt")
         out = []
         for p in items:
             if not (isinstance(p, str) or (isinstance(p, list)
