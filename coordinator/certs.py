@@ -31,12 +31,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pipeedge.errors import PipeEdgeError
 from pipeedge.security import DEFAULT_CLIENT_NAME, DEFAULT_COORDINATOR_NAME
 
 DEFAULT_DAYS = 825
 
 
-class CertsError(ValueError):
+class CertsError(PipeEdgeError, ValueError):
     """Certificates cannot be made as asked; the message names the problem and the fix."""
 
 

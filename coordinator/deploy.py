@@ -19,6 +19,7 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator import epochs
 from pipeedge.coordinator.hosts import Deployment, Host
 from pipeedge.coordinator.stage_control import StageControl
+from pipeedge.errors import PipeEdgeError
 from pipeedge.partition import LayerRange
 from pipeedge.pipeline_file import Pipeline, StageInfo
 
@@ -28,7 +29,7 @@ DTYPES = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16}
 BACKENDS = {"torch": pb.TORCH, "onnx": pb.ONNX}
 
 
-class DeployError(Exception):
+class DeployError(PipeEdgeError):
     """Deployment failed; the message names the host or setting and the fix."""
 
 

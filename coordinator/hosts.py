@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.errors import PipeEdgeError
 from pipeedge.security import Security, SecurityError
 from pipeedge.security import set_default as set_default_security
 
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from pipeedge.models.sentence_transformers import Pooling
 
 
-class HostsFileError(ValueError):
+class HostsFileError(PipeEdgeError, ValueError):
     """hosts.yml is malformed; the message names the field and the fix."""
 
 

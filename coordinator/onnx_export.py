@@ -20,11 +20,12 @@ from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.deploy import PlannedStage, assign_request
 from pipeedge.coordinator.hosts import Deployment
+from pipeedge.errors import PipeEdgeError
 
 log = logging.getLogger(__name__)
 
 
-class ExportOnnxError(ValueError):
+class ExportOnnxError(PipeEdgeError, ValueError):
     """The exports cannot be built; the message names the setting and the fix."""
 
 

@@ -11,11 +11,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge.errors import PipeEdgeError
 from pipeedge.security import Security
 from pipeedge.security import default as default_security
 
 
-class StageUnreachable(Exception):
+class StageUnreachable(PipeEdgeError):
     """A stage server did not answer; the message names it and says what to check."""
 
 

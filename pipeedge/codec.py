@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.errors import PipeEdgeError
 
 # Received payloads are immutable `bytes`; torch warns about non-writable buffers once per call.
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
@@ -42,7 +43,7 @@ _ENCODING_NAMES = {"raw": pb.Encoding.RAW, "float16": pb.Encoding.FLOAT16,
 _GRANULARITY = {pb.Encoding.PER_SAMPLE: "sample", pb.Encoding.PER_ROW: "row"}
 
 
-class FrameFormatError(ValueError):
+class FrameFormatError(PipeEdgeError, ValueError):
     """A wire tensor that cannot be decoded; the message names the tensor and what is wrong."""
 
 

@@ -11,7 +11,12 @@ def status_from_int(value: int) -> grpc.StatusCode:
     return _BY_INT.get(value, grpc.StatusCode.UNKNOWN)
 
 
-class PipelineError(Exception):
+class PipeEdgeError(Exception):
+    """Base of every error a user can act on: str(error) is a one-line message that names the
+    thing and the fix. The CLIs print it as `error: ...` (exit 2) instead of a traceback."""
+
+
+class PipelineError(PipeEdgeError):
     """A request failed somewhere in the pipeline; `stage` names where, `code` says how."""
 
     def __init__(self, message: str, *, code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeedge.errors import PipeEdgeError
 
-class PartitionError(ValueError):
+
+class PartitionError(PipeEdgeError, ValueError):
     """A partition that cannot be deployed; the message says what to change."""
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import grpc
 
+from pipeedge.errors import PipeEdgeError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_COORDINATOR_NAME = "coordinator"
@@ -48,7 +50,7 @@ CONTROL_METHODS = frozenset({"Assign", "Release", "PushWeights", "HasWeights", "
 _TOKEN = re.compile(r"^[\x21-\x7e]{8,4096}$")  # printable ASCII, no spaces: a metadata value
 
 
-class SecurityError(ValueError):
+class SecurityError(PipeEdgeError, ValueError):
     """Credentials are missing or malformed; the message names the file or flag and the fix."""
 
 

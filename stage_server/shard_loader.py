@@ -8,10 +8,11 @@ import torch
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.errors import PipeEdgeError
 from pipeedge.stage_server.weight_cache import WeightCache
 
 
-class WeightsNotFound(Exception):
+class WeightsNotFound(PipeEdgeError):
     """The assignment points at weights this device does not have."""
 
 

@@ -19,12 +19,14 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from pipeedge.errors import PipeEdgeError
+
 log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class WeightPushError(ValueError):
+class WeightPushError(PipeEdgeError, ValueError):
     """A push that cannot be accepted; the message says why and what to do."""
 
 

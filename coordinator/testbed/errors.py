@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pipeedge.errors import PipeEdgeError
 
-class TestbedError(RuntimeError):
+
+class TestbedError(PipeEdgeError, RuntimeError):
     """A testbed step failed; str(exc) is one line naming what and how to fix it."""
 
     __test__ = False  # not a pytest test class, despite the name

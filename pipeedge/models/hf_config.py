@@ -13,8 +13,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pipeedge.errors import PipeEdgeError
 
-class ConfigError(ValueError):
+
+class ConfigError(PipeEdgeError, ValueError):
     """config.json asks for something this family does not implement (one line, names the field)."""
 
 

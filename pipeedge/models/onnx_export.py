@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeedge.errors import PipeEdgeError
+
 from .build import example_inputs
 from .shard import ShardModule
 from .spec import DYNAMIC, TensorSpec
@@ -38,7 +40,7 @@ _AXIS_NAMES = ("batch", "sequence")
 EXPORTABLE_FAMILIES = ("vit", "deit", "bert")
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(PipeEdgeError, ValueError):
     """A shard could not be exported; the message names the model, layer range and a way out."""
 
 

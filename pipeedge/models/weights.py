@@ -28,6 +28,8 @@ from typing import Union
 import numpy as np
 import torch
 
+from pipeedge.errors import PipeEdgeError
+
 from .build import shard_tensor_shapes
 from .registry import ModelInfo
 from .shard import check_layer_range
@@ -41,7 +43,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 
 
-class WeightsError(Exception):
+class WeightsError(PipeEdgeError):
     """Base of the errors raised while finding or reading weights."""
 
 

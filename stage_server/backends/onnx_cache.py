@@ -27,13 +27,15 @@ from pathlib import Path
 
 import torch
 
+from pipeedge.errors import PipeEdgeError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DIR = Path.home() / ".cache" / "pipeedge" / "onnx"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class OnnxCacheError(ValueError):
+class OnnxCacheError(PipeEdgeError, ValueError):
     """A cache entry could not be written; the message names the entry and the fix."""
 
 
