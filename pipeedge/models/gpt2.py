@@ -33,6 +33,14 @@ class Conv1D(nn.Module):
         shape = x.shape[:-1] + (self.weight.shape[1],)
         return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(shape)
 
+    def as_linear(self) -> nn.Linear:
+        """The same map as an ``nn.Linear`` (weight transposed), for int8 quantization."""
+        n_in, n_out = self.weight.shape
+        with torch.device(self.weight.device):
+            linear = nn.Linear(n_in, n_out, dtype=self.weight.dtype)
+        linear.weight.data, linear.bias.data = self.weight.data.t().contiguous(), self.bias.data
+        return linear.requires_grad_(False)
+
 
 def read_config(model: str, c: Mapping[str, Any]) -> DecoderConfig:
     """GPT-2 config.json: fields are spelled n_embd/n_layer/n_head/n_inner/n_positions (the

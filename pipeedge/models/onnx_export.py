@@ -26,6 +26,7 @@ from torch import nn
 from pipeedge.errors import PipeEdgeError
 
 from .build import example_inputs
+from .onnx_weights import convert
 from .shard import ShardModule
 from .spec import DYNAMIC, TensorSpec
 
@@ -84,8 +85,10 @@ class _Positional(nn.Module):
 
 
 def export_shard(shard: ShardModule, path: Path, *, opset: int = DEFAULT_OPSET,
-                 external_data_bytes: int = EXTERNAL_DATA_BYTES) -> GraphSignature:
-    """Write ``shard`` as an ONNX model at ``path`` (weights in ``path + '.data'`` when large).
+                 external_data_bytes: int = EXTERNAL_DATA_BYTES,
+                 weights_dtype: str = "float32") -> GraphSignature:
+    """Write ``shard`` as an ONNX model at ``path`` (weights in ``path + '.data'`` when large),
+    its weights converted to ``weights_dtype`` (float32, float16 or int8: ``onnx_weights``).
 
     Raises:
         OnnxExportError: naming the model and layer range, with the exporter's reason.
@@ -101,6 +104,7 @@ def export_shard(shard: ShardModule, path: Path, *, opset: int = DEFAULT_OPSET,
     try:
         signature = shard_signature(shard)
         _export(shard, signature, Path(path), opset, external_data_bytes)
+        convert(Path(path), weights_dtype)
     except OnnxExportError:
         raise
     except Exception as exc:  # the exporter raises many types; all mean the same to the caller

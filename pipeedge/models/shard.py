@@ -114,12 +114,14 @@ class ShardModule(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Compute dtype: that of the parameters."""
-        return next(self.parameters()).dtype
+        """Compute dtype: that of the parameters (float32 when an int8 shard has none left)."""
+        p = next(self.parameters(), None)
+        return torch.float32 if p is None else p.dtype
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        p = next(self.parameters(), None)
+        return torch.device("cpu") if p is None else p.device
 
     def input_spec(self, batch: int | None = None, seq_len: int | None = None) -> list[TensorSpec]:
         """What ``forward`` takes; ``batch``/``seq_len`` fix those dims, else they are -1."""

@@ -1,6 +1,7 @@
 """ONNX Runtime shard backend: the shard exported to ONNX once, then run by onnxruntime on the CPU.
 
-The export is cached on the device (see ``onnx_cache``), keyed by model, weights, layer range and
+The export is cached on the device (see ``onnx_cache``), keyed by model, weights (and their
+``weights_dtype``: float32, float16 or int8, ``pipeedge.models.onnx_weights``), layer range and
 opset, so a restarted stage loads the file instead of exporting again. Frames are validated
 against the same ``input_spec`` as the torch backend and outputs carry the same names and dtypes
 (float32), so torch and onnx stages mix freely in one pipeline.
@@ -31,6 +32,7 @@ import torch
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.models import weights_dtype
 from pipeedge.models.onnx_export import DEFAULT_OPSET, OUTPUT_PREFIX, export_shard
 from pipeedge.stage_server.backends.base import ShardBackend
 from pipeedge.stage_server.backends.onnx_cache import (
@@ -103,10 +105,12 @@ def shard_key(assignment: pb.AssignRequest, info: models.ModelInfo, weights: str
     from pipeedge.models.registry import HEAD_POOLING
 
     last = assignment.last_layer == info.num_layers
+    dtype = weights_dtype.from_assignment(assignment)
     return ShardKey(model=info.name, first_layer=assignment.first_layer,
                     last_layer=assignment.last_layer, weights=weights, opset=opset,
                     config=config_id(info.config),
-                    pooling=pooling_id(info.pooling, HEAD_POOLING.get(info.head)) if last else "")
+                    pooling=pooling_id(info.pooling, HEAD_POOLING.get(info.head)) if last else "",
+                    weights_dtype="" if dtype == "float32" else dtype)
 
 
 class OnnxShardBackend(ShardBackend):
@@ -119,11 +123,14 @@ class OnnxShardBackend(ShardBackend):
         info = assignment_info(assignment)
         what = f"{info.name} layers {assignment.first_layer}-{assignment.last_layer}"
         if assignment.dtype not in (pb.DTYPE_UNSPECIFIED, pb.FLOAT32):
-            raise ValueError(f"backend onnx computes {what} in float32 only; set dtype: float32 "
-                             "or backend: torch")
+            raise ValueError(f"backend onnx takes and gives {what} in float32 only; set dtype: "
+                             "float32 (weights_dtype: float16 or int8 for smaller weights) or "
+                             "backend: torch")
         if (assignment.device or "cpu") != "cpu":
             raise ValueError(f"backend onnx runs {what} on the CPU only, not "
                              f"{assignment.device}; set device: cpu or backend: torch")
+        self.weights_dtype = weights_dtype.check(weights_dtype.from_assignment(assignment),
+                                                 "onnx", where=what)
         self.settings = settings or OrtSettings.from_env(threads=assignment.threads)
         shard = models.build_shard(info, assignment.first_layer, assignment.last_layer, state)
         self.parameter_bytes = models.parameter_bytes(shard)
@@ -138,6 +145,8 @@ class OnnxShardBackend(ShardBackend):
         self.session = self._open(shard)
         self.load_seconds = time.perf_counter() - start - self.export_seconds  # session only
         del shard  # the session holds its own copy of the weights
+        if self.weights_dtype != "float32":  # as stored: the converted file's initializers
+            self.parameter_bytes = self.cache.entry_bytes(self.key)
         graph_in = {i.name for i in self.session.get_inputs()}
         self._inputs = tuple(s for s in self._spec if s.name in graph_in)
         self._outputs = tuple(o.name for o in self.session.get_outputs())
@@ -157,7 +166,8 @@ class OnnxShardBackend(ShardBackend):
         self.cache_hit = False
         start = time.perf_counter()
         path = self.cache.store(
-            self.key, lambda p: export_shard(shard, p, opset=self.settings.opset))
+            self.key, lambda p: export_shard(shard, p, opset=self.settings.opset,
+                                             weights_dtype=self.weights_dtype))
         self.export_seconds = time.perf_counter() - start
         try:
             return self._session(path)

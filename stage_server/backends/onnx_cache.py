@@ -1,7 +1,7 @@
 """On-device cache of exported shards, so a restarted stage does not export again.
 
-An entry is keyed by model (and its config), weights, layer range and opset. In the cache
-directory (``<--cache-dir>/onnx``, default ``~/.cache/pipeedge/onnx``) it is:
+An entry is keyed by model (and its config), weights (and their dtype), layer range and opset.
+In the cache directory (``<--cache-dir>/onnx``, default ``~/.cache/pipeedge/onnx``) it is:
 
 - ``<key>.onnx``       the shard's graph and, up to 1 GiB, its weights;
 - ``<key>.onnx.data``  the weights of larger shards (absent otherwise);
@@ -50,13 +50,15 @@ class ShardKey:
     opset: int
     config: str       # config_id of the model config the shard was built from
     pooling: str = ""  # pooling_id: a sentence-transformers head other than the model's own
+    weights_dtype: str = ""  # "" = float32; else int8 / float16 (pipeedge.models.onnx_weights)
 
     @property
     def stem(self) -> str:
         """File name without extension, e.g. ``google--vit-base-patch16-224.L1-12.seed0.op17.c1f2e3d4``."""
         model = _UNSAFE.sub("_", self.model.replace("/", "--"))
         return (f"{model}.L{self.first_layer}-{self.last_layer}.{self.weights}."
-                f"op{self.opset}.c{self.config}" + (f".{self.pooling}" if self.pooling else ""))
+                f"op{self.opset}.c{self.config}" + (f".{self.pooling}" if self.pooling else "")
+                + (f".{self.weights_dtype}" if self.weights_dtype else ""))
 
     def describe(self) -> str:
         return f"{self.model} layers {self.first_layer}-{self.last_layer}"
@@ -130,7 +132,8 @@ class OnnxCache:
             files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
             manifest = {"key": key.stem, "model": key.model,
                         "layers": [key.first_layer, key.last_layer], "weights": key.weights,
-                        "opset": key.opset, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "opset": key.opset, "weights_dtype": key.weights_dtype or "float32",
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         "files": {p.name: _sha256(p) for p in files}}
             # Replaced in place (atomic per file), never deleted first: another stage process
             # sharing this directory may be opening the same entry right now.
@@ -145,6 +148,11 @@ class OnnxCache:
         log.info("cached ONNX %s (%.1f MB)", key.stem, sum(
             (self.root / n).stat().st_size for n in manifest["files"]) / 1e6)
         return self.model_path(key)
+
+    def entry_bytes(self, key: ShardKey) -> int:
+        """Bytes of an entry's model file and its weights file."""
+        return sum(p.stat().st_size for p in (self.model_path(key),
+                                              self.root / f"{key.stem}.onnx.data") if p.exists())
 
     def discard(self, key: ShardKey) -> None:
         """Remove an entry (manifest first, so it stops counting before its files go)."""

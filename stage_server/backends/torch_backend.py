@@ -8,6 +8,7 @@ import torch
 
 from pipeedge import codec, models
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.models import weights_dtype
 from pipeedge.stage_server.backends.base import ShardBackend
 from pipeedge.stage_server.shard_loader import assignment_info
 
@@ -19,13 +20,25 @@ def compute_dtype(assignment: pb.AssignRequest) -> torch.dtype:
 
 
 class TorchShardBackend(ShardBackend):
+    """Weights in ``AssignRequest.weights_dtype`` (``pipeedge.models.weights_dtype``); frames
+    leave in the assignment's ``dtype`` whatever the weights, so stages mix freely."""
+
     def __init__(self, assignment: pb.AssignRequest, state: dict[str, torch.Tensor]) -> None:
         info = assignment_info(assignment)
         self.device = torch.device(assignment.device or "cpu")
+        self.wire_dtype = compute_dtype(assignment)
+        if self.wire_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"dtype {self.wire_dtype} is not a compute dtype; use float32, "
+                             "float16 or bfloat16 (weights_dtype: int8 for int8 weights)")
+        self.weights_dtype = weights_dtype.from_assignment(assignment)
+        if self.weights_dtype == "int8" and self.device.type != "cpu":
+            raise ValueError(f"int8 weights run on the CPU only, not {self.device}; set "
+                             "device: cpu or another weights_dtype")
         self.module = models.build_shard(info, assignment.first_layer, assignment.last_layer,
-                                         state, dtype=compute_dtype(assignment))
+                                         state, dtype=weights_dtype.build_dtype(self.weights_dtype))
         self.module.to(self.device).eval()
-        self.parameter_bytes = models.parameter_bytes(self.module)
+        weights_dtype.quantize(self.module, self.weights_dtype)
+        self.parameter_bytes = weights_dtype.weight_bytes(self.module)
         self._spec = self.module.input_spec()
         # Decoder-only models: per-session KV cache of this shard's layers (sessions.py).
         self.sessions = None
@@ -40,7 +53,11 @@ class TorchShardBackend(ShardBackend):
     def run(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
             inputs = {k: v.to(self.device, non_blocking=True) for k, v in tensors.items()}
-            return self.module(inputs)
+            return self._to_wire(self.module(inputs))
+
+    def _to_wire(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.wire_dtype) if v.is_floating_point() else v
+                for k, v in outputs.items()}
 
     def run_session(self, tensors: Mapping[str, torch.Tensor], session_id: str,
                     step: int) -> dict[str, torch.Tensor]:
@@ -50,7 +67,7 @@ class TorchShardBackend(ShardBackend):
         def compute(inputs, cache):
             with torch.inference_mode():
                 inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-                return self.module(inputs, cache=cache)
+                return self._to_wire(self.module(inputs, cache=cache))
 
         return self.sessions.run(tensors, session_id, step, compute)
 

@@ -1,0 +1,64 @@
+"""Weights dtype of an exported ONNX shard, with onnxruntime's own tooling.
+
+- ``int8``: ``onnxruntime.quantization.quantize_dynamic`` on the MatMul/Gemm nodes (int8
+  weights, activations quantized per call: DynamicQuantizeLinear + MatMulInteger, run by
+  MLAS); the rest of the graph stays float32.
+- ``float16``: ``onnxruntime.transformers.float16.convert_float_to_float16`` with float32 graph
+  inputs and outputs (``keep_io_types``), so the wire stays as it is.
+
+The conversion rewrites the float32 export in place; the cache key names the weights dtype
+(``stage_server/backends/onnx_cache.py``), so each dtype is its own entry.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_LARGE = 1 << 30  # as onnx_export.EXTERNAL_DATA_BYTES: past it the weights go to a .data file
+
+
+def convert(path: Path, weights_dtype: str) -> None:
+    """Rewrite the float32 ONNX model at ``path`` (and its ``.data``) with ``weights_dtype``."""
+    if weights_dtype == "float32":
+        return
+    if weights_dtype not in ("int8", "float16"):
+        raise ValueError(f"weights_dtype {weights_dtype} has no ONNX conversion; use float32, "
+                         "float16 or int8")
+    path = Path(path)
+    # Written under the same file name in a scratch dir, so a .data file keeps its location.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".convert-") as tmp:
+        staged = Path(tmp) / path.name
+        (_int8 if weights_dtype == "int8" else _float16)(path, staged)
+        data = path.with_name(path.name + ".data")
+        data.unlink(missing_ok=True)
+        for f in (staged, staged.with_name(staged.name + ".data")):
+            if f.exists():
+                os.replace(f, path.parent / f.name)
+
+
+def _int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gemm"],
+                     use_external_data_format=_large(src))
+
+
+def _float16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    if _large(src):
+        onnx.save_model(model, str(dst), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location=dst.name + ".data",
+                        size_threshold=1024)
+    else:
+        onnx.save_model(model, str(dst))
+
+
+def _large(path: Path) -> bool:
+    data = path.with_name(path.name + ".data")
+    return path.stat().st_size + (data.stat().st_size if data.exists() else 0) >= _LARGE // 2
