@@ -20,6 +20,7 @@ from pipeedge.coordinator import epochs
 from pipeedge.coordinator.hosts import Deployment, Host
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.errors import PipeEdgeError
+from pipeedge.models import weights_dtype
 from pipeedge.partition import LayerRange
 from pipeedge.pipeline_file import Pipeline, StageInfo
 
@@ -51,7 +52,10 @@ def assign_request(dep: Deployment, stage: PlannedStage, next_hop: str,
                            first_layer=stage.layers.first, last_layer=stage.layers.last,
                            backend=BACKENDS[backend], dtype=DTYPES[dep.dtype],
                            device=dep.device, max_microbatch=dep.microbatch, next_hop=next_hop,
-                           weights=weights, model_config_json=dep.model_config_json)
+                           weights=weights, model_config_json=dep.model_config_json,
+                           weights_dtype=weights_dtype.to_proto(
+                               weights_dtype.check(dep.host_weights_dtype(stage.host), backend,
+                                                   where=f"host {stage.host.name}")))
     if not next_hop and dep.pooling is not None:  # the last stage pools (sentence-transformers)
         from pipeedge.models.sentence_transformers import to_proto
 

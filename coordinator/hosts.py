@@ -34,6 +34,7 @@ class Host:
     encoding: str = ""           # per-host override: encoding of this stage's output
     mem_mb: float = 0.0          # memory for the scheduler; 0 = what the device reports
     bw_mbps: float = 0.0         # link bandwidth for the scheduler; 0 = measured or 1000
+    weights_dtype: str = ""      # per-host override: float32 | float16 | bfloat16 | int8
 
     @property
     def next_hop_address(self) -> str:
@@ -68,6 +69,7 @@ class Deployment:
     order: tuple[str, ...] = ()  # host names in stage order; default = the hosts list order
     backend: str = "torch"
     dtype: str = "float32"
+    weights_dtype: str = ""      # how stages store weights (per host too); "" = as `dtype`
     microbatch: int = 8
     device: str = ""             # compute device for every stage ("cpu", "cuda:0"); "" = server's
     encoding: str = "raw"
@@ -100,6 +102,11 @@ class Deployment:
     def generation_load(self, info) -> tuple[int, int]:
         """(sessions, context tokens) for this decoder `info`, defaults filled in."""
         return self.sessions or 1, self.context or info.max_positions
+
+    def host_weights_dtype(self, host: Host) -> str:
+        """`weights_dtype` of `host`: its own, else the top-level one, else `dtype`'s."""
+        return (host.weights_dtype or self.weights_dtype
+                or (self.dtype if self.dtype in ("float16", "bfloat16") else "float32"))
 
     def ordered_hosts(self) -> list[Host]:
         if not self.order:
@@ -185,6 +192,18 @@ def parse_generation_load(data: dict, path: Path, model: dict) -> dict[str, int]
     return load
 
 
+def check_weights_dtypes(dep: Deployment) -> None:
+    """Every host's `weights_dtype` is known and runs on its backend (names canonicalised)."""
+    from pipeedge.models import weights_dtype
+
+    for h in dep.hosts:
+        try:
+            weights_dtype.check(dep.host_weights_dtype(h), h.backend or dep.backend,
+                                where=f"host {h.name}")
+        except weights_dtype.WeightsDtypeError as exc:
+            raise HostsFileError(f"{dep.source}: {exc}") from None
+
+
 _TLS_KEYS = {"dir", "ca", "cert", "key", "client_cert", "client_key", "server_name"}
 
 
@@ -254,7 +273,8 @@ def load_deployment(path: str | Path, *, with_security: bool = True, **overrides
                           device_type=str(h.get("device_type", "")),
                           peer_address=str(h.get("peer_address", "")),
                           backend=str(h.get("backend", "")), encoding=str(h.get("encoding", "")),
-                          mem_mb=float(h.get("mem_mb", 0)), bw_mbps=float(h.get("bw_mbps", 0))))
+                          mem_mb=float(h.get("mem_mb", 0)), bw_mbps=float(h.get("bw_mbps", 0)),
+                          weights_dtype=str(h.get("weights_dtype") or "").strip().lower()))
     names = [h.name for h in hosts]
     if len(set(names)) != len(names):
         raise HostsFileError(f"{path}: host names must be unique, got {names}")
@@ -267,12 +287,14 @@ def load_deployment(path: str | Path, *, with_security: bool = True, **overrides
         **model, hosts=tuple(hosts), weights=weights,
         partition=str(partition or ""), order=tuple(str(x) for x in data.get("order") or ()),
         backend=str(data.get("backend", "torch")), dtype=str(data.get("dtype", "float32")),
+        weights_dtype=str(data.get("weights_dtype") or "").strip().lower(),
         microbatch=int(data.get("microbatch", 8)), device=str(data.get("device", "")),
         encoding=str(data.get("encoding", "raw")),
         pipeline_file=str(data.get("pipeline_file", "pipeline.json")),
         scheduler_dir=str(data.get("scheduler_dir", "")), source=path,
         **parse_generation_load(data, path, model),
         **(parse_security(data.get("tls"), data.get("token"), path) if with_security else {}))
+    check_weights_dtypes(dep)
     if with_security:
         # This process now acts for this deployment: every control channel it opens without
         # explicit credentials (deploy, profile, serve, monitors) uses hosts.yml's tls:/token:.

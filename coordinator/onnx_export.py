@@ -1,7 +1,7 @@
 """Build the onnx stages' exports ahead of time, on a machine stronger than the devices.
 
-Each file is written under the name a device would look it up by (same key: model, weights,
-layer range, opset; see ``stage_server/backends/onnx_cache.py``), with its hash manifest. To
+Each file is written under the name a device would look it up by (same key: model, weights and
+their dtype, layer range, opset; see ``stage_server/backends/onnx_cache.py``), with its hash manifest. To
 install, copy an entry's files (``<key>.onnx``, ``<key>.json`` and ``<key>.onnx.data`` if
 present) into ``<cache-dir>/onnx/`` on the device that serves those layers (default
 ``~/.cache/pipeedge/onnx``), e.g. ``rsync -a out/ device:~/.cache/pipeedge/onnx/``. The next
@@ -21,6 +21,7 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.deploy import PlannedStage, assign_request
 from pipeedge.coordinator.hosts import Deployment
 from pipeedge.errors import PipeEdgeError
+from pipeedge.models import weights_dtype
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,18 @@ class ExportedShard:
         return sum(f.stat().st_size for f in self.files) / 1e6
 
 
+def with_weights_dtype(dep: Deployment, name: str) -> Deployment:
+    """`dep` with every host storing weights as `name` (export-onnx --weights-dtype)."""
+    from dataclasses import replace
+
+    from pipeedge.coordinator.hosts import check_weights_dtypes
+
+    dep = replace(dep, weights_dtype=str(name).strip().lower(),
+                  hosts=tuple(replace(h, weights_dtype="") for h in dep.hosts))
+    check_weights_dtypes(dep)
+    return dep
+
+
 def onnx_stages(dep: Deployment, stages: list[PlannedStage],
                 all_stages: bool = False) -> list[PlannedStage]:
     """The stages that will run the onnx backend (or all of them)."""
@@ -61,8 +74,9 @@ def export_stages(dep: Deployment, stages: list[PlannedStage], out: Path, *, ops
     from pipeedge.stage_server.backends.onnx_cache import OnnxCache
 
     if dep.dtype != "float32":
-        raise ExportOnnxError(f"dtype {dep.dtype}: backend onnx runs float32 only; set dtype: "
-                              "float32 in hosts.yml")
+        raise ExportOnnxError(f"dtype {dep.dtype}: backend onnx takes and gives float32 only; "
+                              "set dtype: float32 in hosts.yml (weights_dtype: float16 or int8 "
+                              "for smaller weights)")
     info = dep.model_info()
     cache = OnnxCache(out)
     done = []
@@ -70,10 +84,12 @@ def export_stages(dep: Deployment, stages: list[PlannedStage], out: Path, *, ops
         state = _shard_state(dep, info, stage, weights_path)
         req = assign_request(dep, stage, "", _weight_source(dep, state))
         key = shard_key(req, info, weights_id(req, state), opset)
+        dtype = weights_dtype.from_assignment(req)
         start, seconds = time.perf_counter(), 0.0
         if cache.lookup(key) is None:
             shard = models.build_shard(info, stage.layers.first, stage.layers.last, state)
-            cache.store(key, lambda p, shard=shard: export_shard(shard, p, opset=opset))
+            cache.store(key, lambda p, shard=shard: export_shard(shard, p, opset=opset,
+                                                                 weights_dtype=dtype))
             seconds = time.perf_counter() - start
         files = tuple(p for p in (cache.model_path(key), cache.root / f"{key.stem}.onnx.data",
                                   cache.manifest_path(key)) if p.exists())

@@ -150,8 +150,11 @@ def release(pipeline_path):
               help="Must match the stages' PIPEEDGE_ONNX_OPSET (default 17).")
 @click.option("--weights-path", type=click.Path(path_type=Path), default=None,
               help="Where this machine has the weights of local:/push: [default: hosts.yml's].")
+@click.option("--weights-dtype", default=None,
+              help="Override hosts.yml's weights_dtype for every stage: float32, float16, int8.")
 @user_errors
-def export_onnx(hosts_file, out_dir, partition, model, all_stages, opset, weights_path):
+def export_onnx(hosts_file, out_dir, partition, model, all_stages, opset, weights_path,
+                weights_dtype):
     """Export the onnx stages' shards ahead of time, named as the devices' cache expects."""
     from pipeedge.coordinator import onnx_export
     from pipeedge.coordinator.hosts import load_deployment
@@ -159,6 +162,8 @@ def export_onnx(hosts_file, out_dir, partition, model, all_stages, opset, weight
     from pipeedge.coordinator.tables import render
 
     dep = load_deployment(hosts_file, partition=partition, model=model)
+    if weights_dtype:
+        dep = onnx_export.with_weights_dtype(dep, weights_dtype)
     stages = onnx_export.onnx_stages(dep, plan(dep).stages, all_stages)
     done = onnx_export.export_stages(dep, stages, out_dir, opset=opset,
                                      weights_path=weights_path)
