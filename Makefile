@@ -1,6 +1,7 @@
 # PipeEdge developer entry points. Everything runs inside $(VENV), created on first use.
 #   make demo   - set up and run the 3-stage local demo
 #   make test   - set up and run the test suite (Python + C++ scheduler tests)
+#   make test-fast - in-process tests only (the edit loop, under a minute)
 #   make bench  - the testbed benchmark report (bench/REPORT.md + PNGs; needs root)
 
 PYTHON     ?= python3
@@ -11,7 +12,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.pipeedge-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-py test-cpp lint bench bench-transport bench-sched bench-quant \
+.PHONY: install demo test test-fast test-py test-cpp lint bench bench-transport bench-sched bench-quant \
         bench-backends bench-decode bench-accuracy chaos clean
 
 $(STAMP): pyproject.toml CMakeLists.txt scheduler_cpp/CMakeLists.txt $(wildcard protos/*.proto) $(wildcard scheduler_cpp/*.cpp scheduler_cpp/src/*.[ch]pp scheduler_cpp/include/*/*.hpp)
@@ -30,6 +31,10 @@ test: test-py test-cpp
 
 test-py: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The edit loop: in-process tests only (no stage processes, docker or namespaces), under a minute.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration" -n auto -q $(PYTEST_ARGS)
 
 test-cpp: $(STAMP)
 	cmake -S scheduler_cpp -B build/cpp-tests -DPIPEEDGE_SCHED_TESTS=ON -DCMAKE_BUILD_TYPE=Release >/dev/null

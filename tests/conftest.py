@@ -9,6 +9,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pipeedge.coordinator.local_cluster import LocalCluster
 
+# Fixtures that start real processes: a test using one is an integration test (`make test`
+# only), like every module that sets `pytestmark = pytest.mark.integration`.
+_PROCESS_FIXTURES = {"cluster_factory"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture
 def cluster_factory(tmp_path):

@@ -24,6 +24,8 @@ import pytest
 
 from pipeedge.coordinator.testbed import down, leftovers, problems
 
+pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "bench" / "run_report.py"
 SECTIONS = ("scaling", "predictions", "heterogeneous", "slow_links", "transport")

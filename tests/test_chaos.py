@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
+
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 13
 CLIENTS = 24

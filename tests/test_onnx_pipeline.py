@@ -9,6 +9,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
+
 pytest.importorskip("onnxruntime")
 
 from pipeedge import models  # noqa: E402

@@ -21,6 +21,8 @@ from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.openai_http import load_services, make_app, running
 from pipeedge.partition import parse_partition
 
+pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
+
 openai = pytest.importorskip("openai")
 
 GPT = "pipeedge/tiny-gpt2"
