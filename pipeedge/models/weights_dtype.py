@@ -3,8 +3,8 @@ and the torch int8 path. One owner, so hosts.yml, deploy, the stage and profilin
 
 - ``float32`` (default), ``float16``, ``bfloat16``: weights stored in that dtype, compute in it.
 - ``int8``: the matmul weights (every ``nn.Linear`` but a decoder's ``lm_head``, GPT-2's
-  ``Conv1D`` too) stored as int8, activations quantized per call (dynamic quantization); norms,
-  embeddings and biases stay float32.
+  ``Conv1D`` too) stored as int8 with one scale per output channel, activations quantized per
+  call (dynamic quantization); norms, embeddings and biases stay float32.
 
 Whatever the weights, activations enter and leave a stage in the pipeline's ``dtype`` (the
 backend casts at the shard boundary), so a quantized stage mixes with float32 stages.
@@ -15,6 +15,10 @@ faster than float32, while torchao 0.18 (PyPI) ran int8 weight-only at float32 s
 (dequantize, then a float GEMM) and int8 dynamic-activation 2x slower than float32 (no fused CPU
 kernel); torchao's int4 needs GPU kernels (``mslk``). ``torch.ao.quantization`` is deprecated in
 favour of torchao and warns; the day it is removed, this module is the one place to change.
+Its x86 kernels quantize activations to 7 bits (fbgemm's reduce_range), which costs accuracy:
+MiniLM pooled-embedding cosine 0.974-0.981 against float32 where onnxruntime's int8 (8-bit
+activations) reaches 0.993 (bench/REPORT.md); the QNNPACK engine has 8-bit activations and
+0.993 too, but ran slower than float32 on x86, so it is not used.
 ONNX stages use onnxruntime's own tooling (``pipeedge.models.onnx_weights``).
 """
 
@@ -85,14 +89,14 @@ def quantize(module: nn.Module, name: str) -> nn.Module:
     """Turn a shard built in ``build_dtype(name)`` into its ``name`` form, in place."""
     if name != "int8":
         return module
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     for parent in list(module.modules()):  # GPT-2's Conv1D -> the nn.Linear it is
         for child_name, child in list(parent.named_children()):
             if hasattr(child, "as_linear"):
                 setattr(parent, child_name, child.as_linear())
     # lm_head's weight is read directly (tied to the embeddings): it stays float32.
-    spec = {n: default_dynamic_qconfig for n, m in module.named_modules()
+    spec = {n: per_channel_dynamic_qconfig for n, m in module.named_modules()
             if isinstance(m, nn.Linear) and not n.endswith("lm_head")}
     if not spec:
         return module
