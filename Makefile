@@ -29,8 +29,17 @@ demo: $(STAMP)
 
 test: test-py test-cpp
 
-test-py: $(STAMP)
+test-py: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Debian's chromium + chromium-driver for the dashboard's browser test (tests/test_dashboard.py):
+# nothing to do once installed; where apt-get cannot run, a note (that test then skips).
+.PHONY: browser
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null; } || \
+	  echo "browser: could not install chromium chromium-driver (root and apt-get needed); the dashboard's browser test will skip"
 
 # The edit loop: in-process tests only (no stage processes, docker or namespaces), under a minute.
 test-fast: $(STAMP)

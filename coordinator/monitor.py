@@ -151,10 +151,13 @@ def machine_of(address: str) -> str:
 class PipelineMonitor:
     """Polls every stage of a pipeline; `poll()` returns a `Snapshot` of rates and energy."""
 
-    def __init__(self, pipeline: Pipeline, *, window: int = 10, timeout_s: float = 3.0) -> None:
+    def __init__(self, pipeline: Pipeline, *, window: int = 10, timeout_s: float = 3.0,
+                 security=None) -> None:
         self.pipeline = pipeline
         self.timeout_s = timeout_s
-        self.controls = [StageControl(s.name, s.address) for s in pipeline.stages]
+        # security None: the process default (`use_credentials`)
+        self.controls = [StageControl(s.name, s.address, security=security)
+                         for s in pipeline.stages]
         self.trackers = [StageTracker(window) for _ in pipeline.stages]
         self.polls = 0
 

@@ -6,7 +6,8 @@
 - ``POST /v1/chat/completions``  messages, rendered with the tokenizer's chat template if it has
                                  one, else a plain ``role: content`` template;
 - ``POST /v1/embeddings``        pooled sentence embeddings of an encoder pipeline;
-- ``GET  /v1/models``, ``GET /v1/models/{id}`` (ids may contain ``/``), ``GET /health``.
+- ``GET  /v1/models``, ``GET /v1/models/{id}`` (ids may contain ``/``), ``GET /health``;
+- ``GET  /dashboard``                the live pipeline view (`dashboard`); ``/`` leads there.
 
 Generation takes ``max_tokens`` (chat also ``max_completion_tokens``), ``temperature`` (0-2,
 default 1), ``top_p`` (0-1), ``top_k`` (extension), ``seed``, ``stop`` and ``stream``; with
@@ -48,6 +49,23 @@ def _error_response(exc: RequestError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
+def bearer_check(token: str | None):
+    """``check(request)``: raises a 401 `RequestError` unless the request carries
+    ``Authorization: Bearer <token>`` (never raises when `token` is None)."""
+
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
+                                                                 token.encode()):
+            raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer "
+                               "<token>' with the server's token", code="invalid_api_key",
+                               headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
 class _Api:
     """The routes' state: services by model id, credentials, limits."""
 
@@ -56,21 +74,14 @@ class _Api:
         self.services = {s.model_name: s for s in services}
         if len(self.services) != len(services):
             raise ValueError("two pipelines serve the same model id")
-        self.token = token
+        self._check = bearer_check(token)
         self.max_body_bytes = max_body_bytes
         self.max_concurrency = max_concurrency
         self.busy = 0
 
     # -- request plumbing ---------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
-        if self.token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),
-                                                                 self.token.encode()):
-            raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer "
-                               "<token>' with the server's token", code="invalid_api_key",
-                               headers={"WWW-Authenticate": "Bearer"})
+        self._check(request)
 
     async def body(self, request: Request) -> dict:
         too_big = RequestError(413, f"the request body is over {self.max_body_bytes} bytes",
@@ -210,11 +221,17 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return _error_response(RequestError(500, f"internal error: {exc}", kind="server_error"))
 
 
+def error_handlers() -> dict:
+    """OpenAI-shaped errors for refusals, unknown routes, wrong methods and crashes."""
+    return {RequestError: _request_error, HTTPException: _http_error, Exception: _server_error}
+
+
 def make_app(services: Sequence, *, token: str | None = None,
              cors_origins: Sequence[str] = (), max_body_bytes: int = MAX_BODY_BYTES,
-             max_concurrency: int = 16) -> Starlette:
-    """The ASGI app serving ``services`` (`CompletionService`/`EmbeddingService`), which it
-    closes when it shuts down."""
+             max_concurrency: int = 16, dashboard=None) -> Starlette:
+    """The ASGI app serving ``services`` (`CompletionService`/`EmbeddingService`), and
+    `dashboard` (a `dashboard.Dashboard`) at ``/dashboard``; it closes them when it shuts
+    down."""
     api = _Api(services, token=token, max_body_bytes=max_body_bytes,
                max_concurrency=max_concurrency)
     routes = [
@@ -225,6 +242,10 @@ def make_app(services: Sequence, *, token: str | None = None,
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
     ]
+    if dashboard is not None:
+        from pipeedge.coordinator import dashboard as dashboard_mod
+
+        routes += dashboard_mod.routes(dashboard, api.authorize)
     middleware = []
     if cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins),
@@ -238,11 +259,11 @@ def make_app(services: Sequence, *, token: str | None = None,
         finally:
             for service in api.services.values():
                 await service.aclose()
+            if dashboard is not None:
+                dashboard.close()
 
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                     exception_handlers={RequestError: _request_error,
-                                         HTTPException: _http_error,
-                                         Exception: _server_error})
+                     exception_handlers=error_handlers())
 
 
 @contextlib.contextmanager
@@ -301,9 +322,13 @@ def serve(pipeline_files: Sequence[Path], *, host: str = "127.0.0.1", port: int 
     """Serve the pipelines of ``pipeline_files`` until interrupted."""
     import uvicorn
 
+    from pipeedge.coordinator.dashboard import Dashboard
+
     services = load_services(pipeline_files, tokenizer=tokenizer, timeout_s=timeout_s)
     app = make_app(services, token=token, cors_origins=cors_origins,
-                   max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
+                   max_body_bytes=max_body_bytes, max_concurrency=max_concurrency,
+                   dashboard=Dashboard.of_files(pipeline_files))
     for s in services:
         announce(f"serving {s.model_name} ({s.kind}) at http://{host}:{port}/v1")
+    announce(f"dashboard at http://{host}:{port}/dashboard")
     uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on")

@@ -23,13 +23,17 @@ from pipeedge.coordinator.cli.common import (
 @click.option("--state-file", type=click.Path(path_type=Path), default=None,
               help="Where the last epoch and plan are kept across restarts [default: beside "
                    "the pipeline file, PIPELINE.state].")
+@click.option("--dashboard-port", type=int, default=None,
+              help="Serve the live dashboard at http://HOST:PORT/dashboard (off by default; "
+                   "with a token in hosts.yml, the page asks for it).")
 @user_errors
-def serve(hosts_file, host, port, check_interval, metrics_port, state_file):
+def serve(hosts_file, host, port, check_interval, metrics_port, state_file, dashboard_port):
     """Deploy, then keep the pipeline alive: re-plan around failed stages (SDK: coordinator=).
 
     A restart adopts the deployment the state file records when every stage still holds it.
     SIGHUP redeploys under a new epoch.
     """
+    import contextlib
     import signal
     import threading
 
@@ -45,6 +49,15 @@ def serve(hosts_file, host, port, check_interval, metrics_port, state_file):
     if metrics_port is not None:  # monitoring: coordinator/metrics.py
         from pipeedge.coordinator.metrics import serve_control_plane_metrics
         metrics = serve_control_plane_metrics(plane, host=host, port=metrics_port)
+    pages = contextlib.ExitStack()
+    if dashboard_port is not None:  # coordinator/dashboard.py
+        from pipeedge.coordinator import dashboard
+        from pipeedge.coordinator.openai_http import running
+
+        app = dashboard.make_app(dashboard.Dashboard([dashboard.PlaneSource(plane)]),
+                                 token=dep.security.token if dep.security else None)
+        url = pages.enter_context(running(app, host, dashboard_port))
+        click.echo(f"dashboard at {url}/dashboard")
     plane.start_watching()
     click.echo(f"serving pipeline epoch {plane.version} ({pipeline.model}, entry "
                f"{pipeline.entry}) on {host}:{bound}; pipeline file {dep.pipeline_file}",
@@ -54,6 +67,7 @@ def serve(hosts_file, host, port, check_interval, metrics_port, state_file):
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: plane.request_redeploy("SIGHUP"))
     stop.wait()
+    pages.close()
     plane.stop()
     server.stop(2).wait()
     if metrics:
