@@ -122,3 +122,29 @@ def test_completions_and_chat_next_to_the_encoder(served):
             streamed[c.index] = streamed.get(c.index, "") + (c.delta.content or "")
     whole = client.chat.completions.create(**kw)
     assert {c.index: c.message.content for c in whole.choices} == streamed
+
+
+# -- LangChain's OpenAI classes against the same server ------------------------------------------
+def test_langchain_chat_completions_and_embeddings(served, reference):
+    lc = pytest.importorskip("langchain_openai")
+    url, gpt = served
+    want, _ = reference
+    common = {"base_url": url + "/v1", "api_key": "x", "max_retries": 0}
+    with TextGenerator(pipeline_file=gpt) as gen:
+        expected = gen.complete("Hello", max_new_tokens=6).text
+    llm = lc.OpenAI(model=GPT, temperature=0, max_tokens=6, **common)
+    assert llm.invoke("Hello") == expected
+    assert "".join(llm.stream("Hello")) == expected
+    chat = lc.ChatOpenAI(model=GPT, temperature=0, max_tokens=5, **common)
+    official = openai.OpenAI(**common).chat.completions.create(
+        model=GPT, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0)
+    answer = chat.invoke("Hi")
+    assert answer.content == official.choices[0].message.content
+    assert answer.usage_metadata["output_tokens"] == official.usage.completion_tokens
+    assert "".join(c.content for c in chat.stream("Hi")) == answer.content
+    # No tiktoken: the server tokenizes (LangChain would otherwise fetch OpenAI's encodings).
+    emb = lc.OpenAIEmbeddings(model=MINILM, check_embedding_ctx_length=False, **common)
+    got = torch.tensor(emb.embed_documents(TEXTS))
+    assert got.shape == (3, 384) and float((got - want).abs().max()) <= 1e-5
+    one = torch.tensor(emb.embed_query(TEXTS[2]))
+    assert float((one - want[2]).abs().max()) <= 1e-5
