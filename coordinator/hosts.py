@@ -5,7 +5,7 @@ See `coordinator/hosts.example.yml` for a commented example.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,6 +107,13 @@ class Deployment:
         """`weights_dtype` of `host`: its own, else the top-level one, else `dtype`'s."""
         return (host.weights_dtype or self.weights_dtype
                 or (self.dtype if self.dtype in ("float16", "bfloat16") else "float32"))
+
+    def weights_suffix(self, host: Host) -> str:
+        """"@int8" etc. when `host` stores weights other than `dtype`'s: profiles and the
+        scheduler then treat it as its own device type (times and sizes differ)."""
+        own = self.host_weights_dtype(host)
+        return "" if own == replace(self, weights_dtype="").host_weights_dtype(Host("", "")) \
+            else f"@{own}"
 
     def ordered_hosts(self) -> list[Host]:
         if not self.order:

@@ -4,6 +4,9 @@ The scheduler reads the seed's files (models.yml, device_types.yml, devices.yml,
 when measured) from the deployment's scheduler directory; `pipeedge-coord profile` and
 `measure-links` write them there.
 
+Layer memory is as each host stores its weights (hosts.yml `weights_dtype`, profiled per
+host; see `_weights_memory`), so a model too large in float32 is planned in int8.
+
 Decoders are planned for generation: each layer's memory includes its KV cache for hosts.yml's
 `sessions` x `context` (as the stages allocate it), and, where profiled, the layer times and
 cut sizes are those of one decode step (`step_time_s` in a device type's model_profiles run,
@@ -47,7 +50,14 @@ def have_profiles(dep: Deployment) -> bool:
         return False
     import yaml
 
-    return dep.model in (yaml.safe_load((folder / "models.yml").read_text()) or {})
+    if dep.model not in (yaml.safe_load((folder / "models.yml").read_text()) or {}):
+        return False
+    # A host listed under another type (e.g. its weights_dtype changed: `pi4@int8`) needs new
+    # profiles.
+    from pipeedge.coordinator.profiling import device_type
+
+    listed = yaml.safe_load((folder / "devices.yml").read_text()) or {}
+    return all(h.name in (listed.get(device_type(h, dep)) or ()) for h in dep.hosts)
 
 
 def plan(dep: Deployment, hosts: list[Host] | None = None, *, strict: bool = True) -> Plan:
@@ -97,7 +107,8 @@ def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
     if missing:
         log.warning("hosts %s have no profile in %s; they are left out (run "
                     "`pipeedge-coord profile`)", missing, folder)
-    model, notes = inputs.model, ()
+    model, devices = _weights_memory(dep, inputs.model, devices, folder)
+    notes = ()
     info = dep.model_info()
     if info.is_decoder:
         model, devices, notes = _for_generation(dep, info, model, devices, folder)
@@ -107,6 +118,10 @@ def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
                                     batch_size=dep.microbatch, dtype=f"torch.{dep.dtype}")
     except scheduler.SchedulingError as exc:
         if not notes:
+            if "no viable schedule" in str(exc) and all(
+                    dep.host_weights_dtype(h) != "int8" for h in hosts):
+                raise scheduler.SchedulingError(f"{exc}; or store the weights smaller: "
+                                                "weights_dtype: int8 in hosts.yml") from exc
             raise
         raise scheduler.SchedulingError(f"{exc} (memory includes a {notes[0]}; if memory is "
                                         "what does not fit, lower sessions: or context: in "
@@ -116,6 +131,36 @@ def _scheduled(dep: Deployment, hosts: list[Host]) -> Plan:
     how = "scheduler (exact optimum)" if result.exact else \
         f"scheduler (best within the time limit: proven within {result.gap:.1%} of optimal)"
     return Plan(stages, ", ".join((how, *notes)), result)
+
+
+def _weights_memory(dep: Deployment, model, devices, folder: Path):
+    """Layer memory as each device type stores its weights (`layer_mem_MB` of its profile run:
+    hosts.yml `weights_dtype`). One size for all: it becomes the model's. Mixed: the model gets
+    the smallest size of each layer and each device's capacity shrinks by its worst ratio to
+    it, so a plan never overfills a device (it may be pessimistic for the larger dtypes)."""
+    import yaml
+
+    doc = yaml.safe_load((folder / "device_types.yml").read_text()) or {}
+    sizes = {}
+    for name in {d.device_type for d in devices}:
+        runs = ((doc.get(name) or {}).get("model_profiles") or {}).get(dep.model) or []
+        match = [r for r in runs if isinstance(r, dict) and r.get("batch_size") == dep.microbatch
+                 and str(r.get("dtype")) == f"torch.{dep.dtype}"]
+        mem = match[-1].get("layer_mem_MB") if match else None
+        if not mem or len(mem) != model.layers:
+            return model, devices  # profiled before weights dtypes: models.yml's sizes
+        sizes[name] = tuple(float(m) for m in mem)
+    if not sizes:
+        return model, devices
+    smallest = tuple(min(v) for v in zip(*sizes.values()))
+    model = replace(model, mem_MB=smallest)
+    if len(set(sizes.values())) == 1:
+        return model, devices
+
+    def scale(own):
+        return min((s / m for s, m in zip(smallest, own) if m > 0), default=1.0)
+
+    return model, [replace(d, mem_MB=d.mem_MB * scale(sizes[d.device_type])) for d in devices]
 
 
 def _for_generation(dep: Deployment, info, model, devices, folder: Path):

@@ -1,6 +1,11 @@
 """`pipeedge-coord profile`: profile each device type on its own hardware, in parallel, and
 write the scheduler's inputs in the seed's formats (models.yml, device_types.yml, devices.yml).
 
+Each host is profiled at its own weights dtype (hosts.yml `weights_dtype`): time and weight
+memory per layer as it will hold them. A host whose weights dtype differs from the deployment's
+`dtype` is its own device type (``<type>@int8``), and every run records its per-layer memory
+as `layer_mem_MB` (a key the seed's tools ignore) for planning.
+
 Decoders are also timed per decode step (one token against hosts.yml's `context`); those go in
 keys the seed's tools ignore: `step_time_s` and `step_context` beside `time_s` in the device
 type's run, `step_parameters_in` and `step_parameters_out` in the models.yml entry.
@@ -21,6 +26,7 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.deploy import BACKENDS, DTYPES
 from pipeedge.coordinator.hosts import Deployment, Host
 from pipeedge.coordinator.stage_control import StageControl
+from pipeedge.models import weights_dtype
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +50,10 @@ class LayerProfile:
     nic_mbps: float = 0.0  # the device's fastest NIC (2^20 bits/s); 0 = it could not tell
 
 
-def device_type(host: Host) -> str:
-    return host.device_type or host.name
+def device_type(host: Host, dep: Deployment | None = None) -> str:
+    """The host's device type for the scheduler files; a host storing other weights than the
+    deployment's `dtype` (hosts.yml `weights_dtype`) is its own type, e.g. ``pi4@int8``."""
+    return (host.device_type or host.name) + (dep.weights_suffix(host) if dep else "")
 
 
 def hosts_to_profile(dep: Deployment, *, all_hosts: bool) -> list[Host]:
@@ -54,7 +62,7 @@ def hosts_to_profile(dep: Deployment, *, all_hosts: bool) -> list[Host]:
         return list(dep.hosts)
     chosen: dict[str, Host] = {}
     for h in dep.hosts:
-        chosen.setdefault(device_type(h), h)
+        chosen.setdefault(device_type(h, dep), h)
     return list(chosen.values())
 
 
@@ -74,7 +82,9 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
             req = pb.ProfileRequest(model_name=dep.model, dtype=DTYPES[dtype], batch_size=batch,
                                     model_config_json=dep.model_config_json,
                                     backend=BACKENDS[host.backend or dep.backend],
-                                    decode_context=decode_context)
+                                    decode_context=decode_context,
+                                    weights_dtype=weights_dtype.to_proto(
+                                        dep.host_weights_dtype(host)))
             events = []
             for event in ctl.stub.Profile(req, timeout=3600):
                 bar.total = event.layers
@@ -118,7 +128,8 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
     paths = {k: out_dir / f"{k}.yml" for k in ("models", "device_types", "devices")}
     models_doc = _load(paths["models"])
     types_doc = _load(paths["device_types"])
-    first = profiles[0]
+    # models.yml's sizes: a host at the deployment's own weights dtype, else the first.
+    first = next((p for p in profiles if not dep.weights_suffix(p.host)), profiles[0])
     models_doc[dep.model] = {"layers": len(first.time_s), "mem_MB": list(first.mem_mb),
                              "parameters_in": first.parameters_in,
                              "parameters_out": list(first.parameters_out)}
@@ -127,7 +138,7 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
                                      step_parameters_out=list(first.step_parameters_out))
     by_type: dict[str, list[LayerProfile]] = {}
     for p in profiles:
-        by_type.setdefault(device_type(p.host), []).append(p)
+        by_type.setdefault(device_type(p.host, dep), []).append(p)
     dtype_key = f"torch.{dtype}"
     for dtype_name, group in by_type.items():
         host = group[0].host
@@ -144,7 +155,9 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
                 if not (r.get("batch_size") == batch and r.get("dtype") == dtype_key)]
         # Several hosts of one type: average them, layer by layer.
         times = [sum(p.time_s[i] for p in group) / len(group) for i in range(len(first.time_s))]
-        run = {"batch_size": batch, "dtype": dtype_key, "time_s": times}
+        # Weight memory per layer as this type stores it (weights_dtype); planning reads it.
+        run = {"batch_size": batch, "dtype": dtype_key, "time_s": times,
+               "layer_mem_MB": list(group[0].mem_mb)}
         if first.step_parameters_out and all(p.step_time_s for p in group):
             run["step_time_s"] = [sum(p.step_time_s[i] for p in group) / len(group)
                                   for i in range(len(first.time_s))]
@@ -153,7 +166,7 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
         profiles_doc[dep.model] = runs
     devices_doc: dict[str, list[str]] = {}
     for h in dep.hosts:
-        devices_doc.setdefault(device_type(h), []).append(h.name)
+        devices_doc.setdefault(device_type(h, dep), []).append(h.name)
     for key, doc in (("models", models_doc), ("device_types", types_doc),
                      ("devices", devices_doc)):
         paths[key].write_text(yaml.safe_dump(doc, sort_keys=False, width=100))

@@ -2,7 +2,8 @@
 
 Each layer is built alone as a one-layer shard (seeded random weights: timing does not depend
 on the values) through the same backend factory that serves assignments, so an ONNX device is
-profiled with ONNX. Layers run in order on real activations; only one layer is in memory at once.
+profiled with ONNX, and at the request's weights dtype (memory as the shard stores it). Layers
+run in order on real activations; only one layer is in memory at once.
 
 Decoders, when the request sets ``decode_context``, are also timed the way generation spends its
 time: one new token against a cache of that many tokens (random context; the cost does not
@@ -50,7 +51,8 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
                                           model_config_json=req.model_config_json,
                                           first_layer=layer, last_layer=layer,
                                           backend=req.backend, dtype=req.dtype, device=device,
-                                          threads=threads, weights=pb.WeightSource(random_seed=0))
+                                          threads=threads, weights=pb.WeightSource(random_seed=0),
+                                          weights_dtype=req.weights_dtype)
             state = models.load_shard_state(info, layer, layer, 0)
             backend = load_backend(assignment, state, cache_dir=cache_dir)
             del state

@@ -121,6 +121,7 @@ def test_refusals_are_one_line_with_the_fix(tmp_path):
         load_backend(req, state, cache_dir=tmp_path)
 
 
+MEM_MB = 0.3
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SENTENCES = ["A man is playing a guitar.", "Someone plays an instrument on stage.",
              "The stock market fell sharply today.", "Cats sleep a lot."]
@@ -182,3 +183,41 @@ def test_minilm_mixed_float32_int8_stages_over_real_servers(cluster_factory, min
         assert control.status().assigned
     finally:
         control.close()
+
+
+def test_model_too_large_in_float32_is_planned_in_int8(cluster_factory):
+    """Two small-memory hosts: the float32 profile cannot fit tiny-vit, the int8 profile (each
+    layer timed and sized at int8 on the stages) can; the int8 plan deploys and answers."""
+    from pipeedge.client import PipelineClient
+    from pipeedge.coordinator.cli import main as coord
+
+    cluster = cluster_factory(2)
+    path = cluster.hosts_file("pipeedge/tiny-vit", microbatch=2)
+    doc = yaml.safe_load(path.read_text())
+    for h in doc["hosts"]:
+        h.update(device_type="edge", mem_mb=MEM_MB)
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(coord, ["deploy", str(path), "--no-progress"])
+    assert result.exit_code != 0 and "weights_dtype: int8" in result.output, result.output
+
+    doc["weights_dtype"] = "int8"
+    path.write_text(yaml.safe_dump(doc))
+    result = CliRunner().invoke(coord, ["deploy", str(path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    types = yaml.safe_load((path.parent / "device_types.yml").read_text())
+    run8 = types["edge@int8"]["model_profiles"]["pipeedge/tiny-vit"][-1]
+    run32 = types["edge"]["model_profiles"]["pipeedge/tiny-vit"][-1]
+    assert sum(run32["layer_mem_MB"]) > 2 * MEM_MB > sum(run8["layer_mem_MB"])
+    assert all(t > 0 for t in run8["time_s"])
+    pipeline = yaml.safe_load((cluster.workdir / "pipeline.json").read_text())
+    assert [s["name"] for s in pipeline["stages"]] == ["stage0", "stage1"]
+    held = pipeline["extra"]["parameter_bytes"]
+    assert all(b < MEM_MB * 2**20 for b in held)
+    assert sum(held) / 2**20 == pytest.approx(sum(run8["layer_mem_MB"]))
+
+    info = models.model_info("pipeedge/tiny-vit")
+    x = models.example_inputs(info, 2)
+    full = models.build_shard(info, 1, info.num_layers, None)
+    with PipelineClient(pipeline["entry"]) as client, torch.inference_mode():
+        expected = full(x)
+        assert relative_error(client.infer(x), expected) <= TOLERANCE["int8"]
