@@ -1,5 +1,6 @@
 // Bisection over the sorted stage-cost values. At each threshold: first the penalty
-// certificate (cheap, often proves infeasibility far from T*), then a depth-first search over
+// certificate (the LP bound by column generation; it proves nearly every infeasible threshold
+// on all-distinct fleets), then a depth-first search over
 // (position, last class, classes used) that finds a schedule or exhausts the space. The
 // search prunes a state when
 //  - its remaining devices cannot pay for the rest: the least relaxed penalties from the state
@@ -16,6 +17,7 @@
 
 #include "bottleneck.hpp"
 #include "relaxation.hpp"
+#include "simplex.hpp"
 
 namespace pipeedge_sched {
 namespace {
@@ -40,10 +42,34 @@ double suffix_penalties(const ClassInstance& in, const ThresholdTables& t, const
   };
   for (std::size_t i = L; i-- > 1;) {
     for (std::size_t v = 0; v < K; ++v) stage[v] = from(v, i);
+    // Each u takes the cheapest v it may hand over to: usually the cheapest or second cheapest
+    // class overall (a class cannot follow itself when it has one member), O(K) per position;
+    // the full scan only when neither is allowed.
+    std::size_t v1 = K, v2 = K;
+    for (std::size_t v = 0; v < K; ++v) {
+      if (!std::isfinite(stage[v])) continue;
+      if (v1 == K || stage[v] < stage[v1]) {
+        v2 = v1;
+        v1 = v;
+      } else if (v2 == K || stage[v] < stage[v2]) {
+        v2 = v;
+      }
+    }
+    auto allowed = [&](std::size_t u, std::size_t v) {
+      return t.pair_ok[u * K + v] && bits::test(t.cuts(in, u, v), i - 1);
+    };
     for (std::size_t u = 0; u < K; ++u) {
       double best = kInf;
-      for (std::size_t v = 0; v < K; ++v) {
-        if (stage[v] < best && t.pair_ok[u * K + v] && bits::test(t.cuts(in, u, v), i - 1)) best = stage[v];
+      if (v1 == K) {
+        // no stage can start after position i
+      } else if (allowed(u, v1)) {
+        best = stage[v1];
+      } else if (v2 != K && allowed(u, v2)) {
+        best = stage[v2];  // every class but v1 costs at least as much
+      } else {
+        for (std::size_t v = 0; v < K; ++v) {
+          if (stage[v] < best && allowed(u, v)) best = stage[v];
+        }
       }
       R[i * K + u] = best;
     }
@@ -130,132 +156,12 @@ class FailMemo {
   std::size_t mask_;
 };
 
-enum class Outcome { Found, Infeasible, Stopped };
-
-class ThresholdSearch {
- public:
-  ThresholdSearch(const ClassInstance& in, const ThresholdTables& t, const PenaltyCertificate& cert, FailMemo* memo,
-                  std::uint32_t level, Clock::time_point stop)
-      : in_(in), t_(t), lambda_(cert.lambda), R_(cert.suffix), memo_(memo), level_(level), stop_(stop) {
-    const std::size_t K = in.classes;
-    used_.assign(K, 0);
-    unit_.assign(K, 0);
-    std::size_t bits = 0;
-    for (std::size_t k = 0; k < K; ++k) {
-      std::size_t width = 1;
-      while ((std::uint64_t{1} << width) <= in.count[k]) ++width;
-      if (bits + width > 64) {
-        memo_ = nullptr;  // the used counts do not fit one key
-        break;
-      }
-      unit_[k] = std::uint64_t{1} << bits;
-      bits += width;
-    }
-    for (std::size_t k = 0; k < K; ++k) {
-      budget_ += lambda_[k] * in.count[k];
-      span_ += in.count[k] * t.max_span[k];
-      work_ += in.count[k] * t.max_work[k];
-      weight_ += in.count[k] * t.max_weight[k];
-    }
-  }
-
-  Outcome run(std::vector<PathStep>& path) {
-    path_.clear();
-    const Outcome o = visit(0, in_.classes, 0);
-    if (o == Outcome::Found) path = path_;
-    return o;
-  }
-  std::uint64_t nodes() const { return nodes_; }
-
- private:
-  struct Child {
-    double score;
-    std::size_t end;
-    std::size_t cls;
-  };
-
-  Outcome visit(std::size_t pos, std::size_t last, std::uint64_t key) {
-    if ((++nodes_ & 1023) == 0 && Clock::now() > stop_) stopped_ = true;
-    if (stopped_) return Outcome::Stopped;
-    const std::size_t L = in_.layers, K = in_.classes;
-    const double eps = kSlack * (1 + budget_);
-    std::vector<Child> children;
-    for (std::size_t v = 0; v < K; ++v) {
-      if (used_[v] >= in_.count[v]) continue;
-      if (pos == 0 ? !t_.start_ok[v] : !(t_.pair_ok[last * K + v] && bits::test(t_.cuts(in_, last, v), pos - 1))) {
-        continue;
-      }
-      const double budget = budget_ - lambda_[v];
-      const double span = static_cast<double>(span_ - t_.max_span[v]);
-      const double work = work_ - t_.max_work[v], weight = weight_ - t_.max_weight[v];
-      bool done = false;
-      bits::for_each(t_.stages_from(in_, v, pos), in_.words, [&](std::size_t b) {
-        const std::size_t j = b + 1;
-        if (done) return;
-        if (j == L) {
-          if (t_.end_ok[v]) {
-            path_.push_back(PathStep{v, L});
-            done = true;
-          }
-          return;
-        }
-        const double r = R_[j * K + v];
-        if (r > budget + eps) return;
-        if (static_cast<double>(L - j) > span || in_.work_suffix[j] > work || in_.weight_suffix[j] > weight) return;
-        if (memo_ && memo_->failed(key + unit_[v], static_cast<std::uint32_t>(j * K + v), level_)) return;
-        children.push_back(Child{lambda_[v] + r, j, v});
-      });
-      if (done) return Outcome::Found;
-    }
-    std::sort(children.begin(), children.end(), [](const Child& a, const Child& b) {
-      return a.score < b.score || (a.score == b.score && a.end > b.end);
-    });
-    for (const Child& c : children) {
-      const std::size_t v = c.cls;
-      ++used_[v];
-      budget_ -= lambda_[v];
-      span_ -= t_.max_span[v];
-      work_ -= t_.max_work[v];
-      weight_ -= t_.max_weight[v];
-      path_.push_back(PathStep{v, c.end});
-      const Outcome o = visit(c.end, v, key + unit_[v]);
-      if (o == Outcome::Found) return o;
-      path_.pop_back();
-      --used_[v];
-      budget_ += lambda_[v];
-      span_ += t_.max_span[v];
-      work_ += t_.max_work[v];
-      weight_ += t_.max_weight[v];
-      if (o == Outcome::Stopped) return o;
-      if (memo_) memo_->add(key + unit_[v], static_cast<std::uint32_t>(c.end * K + v), level_);
-    }
-    return Outcome::Infeasible;
-  }
-
-  const ClassInstance& in_;
-  const ThresholdTables& t_;
-  const std::vector<double>& lambda_;
-  const std::vector<double>& R_;
-  FailMemo* memo_;
-  std::uint32_t level_;
-  Clock::time_point stop_;
-  std::vector<std::uint32_t> used_;
-  std::vector<std::uint64_t> unit_;  // key increment per class
-  double budget_ = 0;                // penalties of the unused devices
-  std::size_t span_ = 0;             // capacity of the unused devices
-  double work_ = 0, weight_ = 0;
-  std::vector<PathStep> path_;
-  std::uint64_t nodes_ = 0;
-  bool stopped_ = false;
-};
-
-double seconds_left(Clock::time_point deadline) {
-  return std::chrono::duration<double>(deadline - Clock::now()).count();
-}
-
-}  // namespace
-
-PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdTables& t, int iterations) {
+// Multiplicative-weights ascent on the penalties (best-response paths push up the penalty of
+// the classes they overuse). Its penalties stay positive and smooth, which makes them a good
+// guide for the depth-first search's child order (the LP's optimal duals are sparse: many
+// zeros, many ties); they prune too. Stops when proven, when the averaged relaxed paths
+// respect the counts, or after `iterations`.
+PenaltyCertificate guide_penalties(const ClassInstance& in, const ThresholdTables& t, int iterations) {
   const std::size_t K = in.classes;
   PenaltyCertificate best;
   double best_margin = -kInf;
@@ -297,6 +203,187 @@ PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdT
       top = std::max(top, w[k]);
     }
     for (double& x : w) x = std::max(x / top, 1e-12);
+  }
+  return best;
+}
+
+enum class Outcome { Found, Infeasible, Stopped };
+
+class ThresholdSearch {
+ public:
+  // `guide` orders the children (and prunes); `lp`, the LP's penalties, prunes as well.
+  ThresholdSearch(const ClassInstance& in, const ThresholdTables& t, const PenaltyCertificate& guide,
+                  const PenaltyCertificate& lp, FailMemo* memo, std::uint32_t level, Clock::time_point stop)
+      : in_(in), t_(t), lambda_(guide.lambda), R_(guide.suffix), lp_lambda_(lp.lambda), lp_R_(lp.suffix),
+        memo_(memo), level_(level), stop_(stop) {
+    const std::size_t K = in.classes;
+    used_.assign(K, 0);
+    unit_.assign(K, 0);
+    std::size_t bits = 0;
+    for (std::size_t k = 0; k < K; ++k) {
+      std::size_t width = 1;
+      while ((std::uint64_t{1} << width) <= in.count[k]) ++width;
+      if (bits + width > 64) {
+        memo_ = nullptr;  // the used counts do not fit one key
+        break;
+      }
+      unit_[k] = std::uint64_t{1} << bits;
+      bits += width;
+    }
+    for (std::size_t k = 0; k < K; ++k) {
+      budget_ += lambda_[k] * in.count[k];
+      lp_budget_ += lp_lambda_[k] * in.count[k];
+      span_ += in.count[k] * t.max_span[k];
+      work_ += in.count[k] * t.max_work[k];
+      weight_ += in.count[k] * t.max_weight[k];
+    }
+  }
+
+  Outcome run(std::vector<PathStep>& path) {
+    path_.clear();
+    const Outcome o = visit(0, in_.classes, 0);
+    if (o == Outcome::Found) path = path_;
+    return o;
+  }
+  std::uint64_t nodes() const { return nodes_; }
+
+ private:
+  struct Child {
+    double score;
+    std::size_t end;
+    std::size_t cls;
+  };
+
+  Outcome visit(std::size_t pos, std::size_t last, std::uint64_t key) {
+    if ((++nodes_ & 1023) == 0 && Clock::now() > stop_) stopped_ = true;
+    if (stopped_) return Outcome::Stopped;
+    const std::size_t L = in_.layers, K = in_.classes;
+    const double eps = kSlack * (1 + budget_), lp_eps = kSlack * (1 + lp_budget_);
+    std::vector<Child> children;
+    for (std::size_t v = 0; v < K; ++v) {
+      if (used_[v] >= in_.count[v]) continue;
+      if (pos == 0 ? !t_.start_ok[v] : !(t_.pair_ok[last * K + v] && bits::test(t_.cuts(in_, last, v), pos - 1))) {
+        continue;
+      }
+      const double budget = budget_ - lambda_[v], lp_budget = lp_budget_ - lp_lambda_[v];
+      const double span = static_cast<double>(span_ - t_.max_span[v]);
+      const double work = work_ - t_.max_work[v], weight = weight_ - t_.max_weight[v];
+      bool done = false;
+      bits::for_each(t_.stages_from(in_, v, pos), in_.words, [&](std::size_t b) {
+        const std::size_t j = b + 1;
+        if (done) return;
+        if (j == L) {
+          if (t_.end_ok[v]) {
+            path_.push_back(PathStep{v, L});
+            done = true;
+          }
+          return;
+        }
+        const double r = R_[j * K + v];
+        if (r > budget + eps || lp_R_[j * K + v] > lp_budget + lp_eps) return;
+        if (static_cast<double>(L - j) > span || in_.work_suffix[j] > work || in_.weight_suffix[j] > weight) return;
+        if (memo_ && memo_->failed(key + unit_[v], static_cast<std::uint32_t>(j * K + v), level_)) return;
+        children.push_back(Child{lambda_[v] + r, j, v});
+      });
+      if (done) return Outcome::Found;
+    }
+    std::sort(children.begin(), children.end(), [](const Child& a, const Child& b) {
+      return a.score < b.score || (a.score == b.score && a.end > b.end);
+    });
+    for (const Child& c : children) {
+      const std::size_t v = c.cls;
+      ++used_[v];
+      budget_ -= lambda_[v];
+      lp_budget_ -= lp_lambda_[v];
+      span_ -= t_.max_span[v];
+      work_ -= t_.max_work[v];
+      weight_ -= t_.max_weight[v];
+      path_.push_back(PathStep{v, c.end});
+      const Outcome o = visit(c.end, v, key + unit_[v]);
+      if (o == Outcome::Found) return o;
+      path_.pop_back();
+      --used_[v];
+      budget_ += lambda_[v];
+      lp_budget_ += lp_lambda_[v];
+      span_ += t_.max_span[v];
+      work_ += t_.max_work[v];
+      weight_ += t_.max_weight[v];
+      if (o == Outcome::Stopped) return o;
+      if (memo_) memo_->add(key + unit_[v], static_cast<std::uint32_t>(c.end * K + v), level_);
+    }
+    return Outcome::Infeasible;
+  }
+
+  const ClassInstance& in_;
+  const ThresholdTables& t_;
+  const std::vector<double>& lambda_;
+  const std::vector<double>& R_;
+  const std::vector<double>& lp_lambda_;
+  const std::vector<double>& lp_R_;
+  FailMemo* memo_;
+  std::uint32_t level_;
+  Clock::time_point stop_;
+  std::vector<std::uint32_t> used_;
+  std::vector<std::uint64_t> unit_;  // key increment per class
+  double budget_ = 0;                // penalties of the unused devices
+  double lp_budget_ = 0;             // the same under the LP's penalties
+  std::size_t span_ = 0;             // capacity of the unused devices
+  double work_ = 0, weight_ = 0;
+  std::vector<PathStep> path_;
+  std::uint64_t nodes_ = 0;
+  bool stopped_ = false;
+};
+
+double seconds_left(Clock::time_point deadline) {
+  return std::chrono::duration<double>(deadline - Clock::now()).count();
+}
+
+}  // namespace
+
+PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdTables& t, int iterations) {
+  const std::size_t K = in.classes;
+  PenaltyCertificate best;
+  double best_margin = -kInf;
+  // Master LP over the relaxed paths generated so far: min z subject to sum_p x_p = 1 and, per
+  // class k, sum_p x_p uses_pk <= z count_k. Its duals on the class rows are the penalties; the
+  // path DP prices them (the least-penalty relaxed path is the next column).
+  std::vector<double> b(K + 1, 0.0), column(K + 1, 0.0);
+  b[0] = 1;
+  Simplex master(b);
+  for (std::size_t k = 0; k < K; ++k) column[k + 1] = -static_cast<double>(in.count[k]);
+  master.add_column(column, 1.0);  // z
+  for (std::size_t k = 0; k < K; ++k) {
+    std::fill(column.begin(), column.end(), 0.0);
+    column[k + 1] = 1;
+    master.add_column(column, 0.0);  // slack of class k's row
+  }
+  std::vector<double> lambda(K), R;
+  for (std::size_t k = 0; k < K; ++k) lambda[k] = in.count[k] ? 1.0 / static_cast<double>(K * in.count[k]) : 0.0;
+  for (int it = 0; it < iterations; ++it) {
+    double budget = 0;
+    for (std::size_t k = 0; k < K; ++k) budget += lambda[k] * in.count[k];
+    if (!(budget > 0)) break;
+    for (double& x : lambda) x /= budget;  // sum lambda_k count_k = 1
+    const double relaxed = suffix_penalties(in, t, lambda, R);
+    if (it == 0 || relaxed - 1 > best_margin) {
+      best_margin = relaxed - 1;
+      best.relaxed = relaxed;
+      best.lambda = lambda;
+      best.suffix = R;
+    }
+    if (!std::isfinite(relaxed) || relaxed > 1 + 2 * kSlack) {
+      best.proven = true;
+      return best;
+    }
+    const std::vector<double> uses = relaxed_uses(in, t, lambda, R);
+    column[0] = 1;
+    for (std::size_t k = 0; k < K; ++k) column[k + 1] = uses[k];
+    master.add_column(column, 0.0);
+    if (master.solve() != Simplex::Status::Optimal) break;
+    // A fractional schedule of generated paths within the counts: no penalty can prove T.
+    if (master.objective() <= 1 + 1e-9) break;
+    const std::vector<double> y = master.duals();
+    for (std::size_t k = 0; k < K; ++k) lambda[k] = std::max(0.0, -y[k + 1]);
   }
   return best;
 }
@@ -354,8 +441,10 @@ CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, 
     ++res.checks;
     const PenaltyCertificate cert = penalty_certificate(in, t);
     if (cert.proven) return Outcome::Infeasible;
+    const PenaltyCertificate guide = guide_penalties(in, t, 300);
+    if (guide.proven) return Outcome::Infeasible;
     const auto stop = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-    ThresholdSearch search(in, t, cert, &memo, static_cast<std::uint32_t>(mid), std::min(stop, deadline));
+    ThresholdSearch search(in, t, guide, cert, &memo, static_cast<std::uint32_t>(mid), std::min(stop, deadline));
     std::vector<PathStep> path;
     const Outcome o = search.run(path);
     res.nodes += search.nodes();

@@ -25,10 +25,12 @@ struct PenaltyCertificate {
   double relaxed = 0;               // least penalties of a relaxed schedule under lambda
 };
 
-// Multiplicative-weights ascent on the penalties (best-response paths push up the penalty
-// of the classes they overuse); stops when proven, when the averaged relaxed paths respect the
-// counts (no penalty can prove it), or after `iterations`.
-PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdTables& t, int iterations = 300);
+// The best penalties: the LP dual of "a convex combination of relaxed schedules within the
+// counts", solved by column generation (the path DP prices each master's duals and adds the
+// least-penalty path) for at most `iterations` rounds. Proven when the priced penalties make
+// every relaxed schedule overspend, i.e. when the LP relaxation itself is infeasible at T;
+// stops unproven once the master holds a fractional schedule within the counts.
+PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdTables& t, int iterations = 2000);
 
 struct CertifiedResult {
   bool infeasible = false;        // proven: no schedule at any threshold
