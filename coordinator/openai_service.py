@@ -1,15 +1,14 @@
 """OpenAI request semantics for a decoder pipeline, independent of the HTTP framework.
 
 `CompletionService` turns ``/v1/completions`` and ``/v1/chat/completions`` bodies into
-generations on a shared `TextGenerator` and their results into OpenAI-shaped objects. A
-streaming answer is an async iterator of chunks that has already waited for its first token, so
-a pipeline that fails at once still becomes an HTTP error rather than a 200 with an error inside.
+generations on a shared `TextGenerator` (awaited through the async SDK's `AsyncTextGenerator`)
+and their results into OpenAI-shaped objects. A streaming answer is an async iterator of chunks
+that has already waited for its first token, so a pipeline that fails at once still becomes an
+HTTP error rather than a 200 with an error inside.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from pipeedge.client.aio import AsyncTextGenerator
 from pipeedge.client.generate import SamplingParams, TextGenerator, TokenEvent
 from pipeedge.errors import PipelineError
 from pipeedge.tokenizer import message_text
@@ -24,7 +24,6 @@ from pipeedge.tokenizer import message_text
 DEFAULT_COMPLETION_TOKENS = 16     # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 256          # chat has no documented default; bounded by the context
 MAX_CHOICES = 16
-_END = object()
 
 
 class RequestError(Exception):
@@ -109,12 +108,13 @@ class CompletionService:
     kind = "decoder"
 
     def __init__(self, generator: TextGenerator, *, model_name: str | None = None) -> None:
-        self.generator = generator
+        self.generator = generator   # prompts, tokenizer, limits
+        self.agen = AsyncTextGenerator(generator)  # the generations themselves
         self.model_name = model_name or generator.model
         self.created = int(time.time())
 
     async def aclose(self) -> None:
-        self.generator.close()
+        await self.agen.close()
 
     # -- parsing ------------------------------------------------------------------------------
     def _params(self, body: dict, default_max: int, prompt_len: int) -> SamplingParams:
@@ -262,12 +262,14 @@ class CompletionService:
     async def _events(self, runs: list[list[int]],
                       params: SamplingParams) -> AsyncIterator[TokenEvent]:
         """The generations' events, after the first has arrived (its failure raises here)."""
-        events = _threaded(lambda: self.generator.generate_many(runs, params,
-                                                                concurrency=len(runs)))
+        events = self.agen.generate_many(runs, params, concurrency=len(runs))
         try:
             first = await events.__anext__()
         except StopAsyncIteration:
             first = None
+        except PipelineError as exc:
+            await events.aclose()
+            raise pipeline_error(exc) from None
         except BaseException:
             await events.aclose()
             raise
@@ -278,6 +280,8 @@ class CompletionService:
                     yield first
                 async for ev in events:
                     yield ev
+            except PipelineError as exc:
+                raise pipeline_error(exc) from None
             finally:
                 await events.aclose()
         return rest()
@@ -295,43 +299,3 @@ async def _collect(events: AsyncIterator[TokenEvent],
         texts[ev.index] += ev.text
         finish[ev.index] = ev.finish_reason or finish[ev.index]
     return texts, finish, produced
-
-
-async def _threaded(make_iterator) -> AsyncIterator:
-    """A blocking iterator driven on its own thread; closing this ends it (and so the pipeline
-    sessions) at its next item. `PipelineError` becomes a `RequestError`."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    stop = threading.Event()
-
-    def put(item) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the server's loop has closed: nobody is waiting
-            stop.set()
-
-    def run() -> None:
-        try:
-            iterator = make_iterator()
-            try:
-                for item in iterator:
-                    put(item)
-                    if stop.is_set():
-                        break
-            finally:
-                iterator.close()
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-            put(exc)
-        finally:
-            put(_END)
-
-    threading.Thread(target=run, name="pipeedge-http-gen", daemon=True).start()
-    try:
-        while (item := await queue.get()) is not _END:
-            if isinstance(item, PipelineError):
-                raise pipeline_error(item) from None
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()

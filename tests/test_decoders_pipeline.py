@@ -180,7 +180,39 @@ def test_sessions_are_freed_on_every_stage(cluster, monkeypatch):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-# -- OpenAI-compatible HTTP ------------------------------------------------------------------------
+def test_async_generator_matches_transformers_and_ends_sessions(cluster, hf_dirs, monkeypatch):
+    """`AsyncTextGenerator` (what serve-http awaits): greedy tokens equal transformers'
+    generate(), and closing its iterator early ends the session on the stages."""
+    import asyncio
+
+    from pipeedge.client import AsyncTextGenerator, SamplingParams
+
+    model = "pipeedge/tiny-gpt2"
+    _, pipeline_file = deploy(cluster, model, "1,4,5,8,9,12")
+    ended = []
+    original = TextGenerator._end
+    monkeypatch.setattr(TextGenerator, "_end",
+                        lambda self, run: (ended.append(run.session_id), original(self, run)))
+
+    async def run():
+        async with AsyncTextGenerator(pipeline_file=pipeline_file) as gen:
+            prompt = gen.generator.encode_prompt("async edge devices")
+            greedy = SamplingParams(max_new_tokens=10, temperature=0.0, stop_token_ids=())
+            tokens = [ev.token_id async for ev in gen.generate_many([prompt], greedy)]
+            early = gen.generate_many([prompt], SamplingParams(max_new_tokens=50))
+            await early.__anext__()
+            await early.aclose()  # the caller stops reading: the session ends (its thread
+            for _ in range(200):  # stops at its next token)
+                if len(ended) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            return prompt, tokens
+
+    prompt, tokens = asyncio.run(run())
+    assert tokens == hf_greedy(hf_dirs(model), prompt, 10)[0]
+    assert len(ended) == 2
+
+
 
 
 def _post(base, path, body):

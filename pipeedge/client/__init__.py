@@ -1,6 +1,6 @@
 """Client SDK: send inference requests to a deployed pipeline (its first stage)."""
 
-from pipeedge.client.aio import AsyncPipelineClient
+from pipeedge.client.aio import AsyncPipelineClient, AsyncTextGenerator
 from pipeedge.client.generate import (
                                       Completion,
                                       SamplingParams,
@@ -24,4 +24,4 @@ __all__ = ["PipelineClient", "AsyncPipelineClient", "RetryPolicy", "PipelineErro
            "InvalidInputError", "StageUnavailableError", "NotDeployedError",
            "DeadlineExceededError", "OverloadedError", "PipelineMovedError",
            # text generation (decoder models)
-           "TextGenerator", "SamplingParams", "TokenEvent", "Completion", "sample_token"]
+           "TextGenerator", "AsyncTextGenerator", "SamplingParams", "TokenEvent", "Completion", "sample_token"]

@@ -1,12 +1,15 @@
-"""asyncio client: the same verbs as `PipelineClient`, awaitable, with the same failover.
+"""asyncio clients: the same verbs as `PipelineClient` and `TextGenerator`, awaitable, with the
+same failover.
 
-It runs on a `PipelineClient` (its request multiplexer, retry policy and pipeline view) in
-worker threads, so there is one implementation of failover, resends and fencing, not two.
+They run on the sync clients (request multiplexer, retry policy, pipeline view, generation
+sessions) in worker threads, so there is one implementation of failover, resends and fencing, not
+two; `iterate_in_thread` is the one bridge from their blocking iterators to async ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from pipeedge.client.generate import SamplingParams, TextGenerator, TokenEvent
 from pipeedge.client.retry import RetryPolicy
 from pipeedge.client.sdk import PipelineClient
 from pipeedge.security import Security
@@ -84,35 +88,18 @@ class AsyncPipelineClient:
         """Results in input order, with at most `window` requests in flight. Inputs (a plain
         or an async iterable) are pulled only when a slot is free."""
         loop = asyncio.get_running_loop()
-        results: asyncio.Queue = asyncio.Queue()
         stop = threading.Event()
         inputs = _sync_inputs(batches, loop, stop) if isinstance(batches, AsyncIterable) \
             else iter(batches)
-
-        def run() -> None:
-            outputs = self._client.infer_many(inputs, window=window, timeout_s=timeout_s)
-            try:
-                for out in outputs:
-                    loop.call_soon_threadsafe(results.put_nowait, out)
-                    if stop.is_set():
-                        break
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-                loop.call_soon_threadsafe(results.put_nowait, exc)
-            finally:
-                outputs.close()
-                loop.call_soon_threadsafe(results.put_nowait, _END)
-
-        loop.run_in_executor(self._pool, run)
+        outputs = iterate_in_thread(
+            lambda: self._client.infer_many(inputs, window=window, timeout_s=timeout_s),
+            self._pool)
         try:
-            while True:
-                item = await results.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async with contextlib.aclosing(outputs):
+                async for out in outputs:
+                    yield out
         finally:
-            stop.set()  # the worker ends at its next result
+            stop.set()  # no more inputs are pulled
 
     async def infer_many(self, batches: Iterable | AsyncIterable, *, window: int = 4,
                          timeout_s: float | None = None) -> list[dict[str, torch.Tensor]]:
@@ -129,3 +116,75 @@ def _sync_inputs(batches: AsyncIterable, loop: asyncio.AbstractEventLoop,
             yield asyncio.run_coroutine_threadsafe(it.__anext__(), loop).result()
         except StopAsyncIteration:
             return
+
+
+class AsyncTextGenerator:
+    """Awaitable generation on a `TextGenerator` (given, or built from the same arguments):
+    its token events as they come, each generation driven on a thread of its own.
+
+    Example:
+        >>> async with AsyncTextGenerator(pipeline_file="pipeline.json") as gen:  # doctest: +SKIP
+        ...     async for ev in gen.generate_many([ids], SamplingParams(max_new_tokens=8)):
+        ...         print(ev.text, end="")
+    """
+
+    def __init__(self, generator: TextGenerator | None = None, **kwargs) -> None:
+        self.generator = generator if generator is not None else TextGenerator(**kwargs)
+
+    async def __aenter__(self) -> AsyncTextGenerator:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self.generator.close()
+
+    def generate_many(self, runs: list[list[int]], params: SamplingParams, *,
+                      concurrency: int = 4) -> AsyncIterator[TokenEvent]:
+        """`TextGenerator.generate_many`'s events; closing the iterator ends the sessions."""
+        return iterate_in_thread(lambda: self.generator.generate_many(
+            runs, params, concurrency=concurrency))
+
+
+async def iterate_in_thread(make_iterator, executor: ThreadPoolExecutor | None = None
+                            ) -> AsyncIterator:
+    """The items of a blocking iterator, made and driven on a worker thread (of `executor`,
+    else its own), as they come; its exceptions are raised here. Closing this ends the worker
+    at its next item, which then closes the iterator (ending its calls or sessions)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def put(item) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+        except RuntimeError:  # the loop has closed: nobody is waiting
+            stop.set()
+
+    def run() -> None:
+        try:
+            iterator = make_iterator()
+            try:
+                for item in iterator:
+                    put(item)
+                    if stop.is_set():
+                        break
+            finally:
+                iterator.close()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+            put(exc)
+        finally:
+            put(_END)
+
+    if executor is None:
+        threading.Thread(target=run, name="pipeedge-aio-iter", daemon=True).start()
+    else:
+        loop.run_in_executor(executor, run)
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
