@@ -88,8 +88,8 @@ def _console_errors(driver) -> list[str]:
 
 
 def _load(url: str, stop: threading.Event) -> None:
-    """Completions back to back until `stop` (errors once a stage is killed are expected)."""
-    with httpx.Client(timeout=60) as client:
+    """Completions back to back until `stop`."""
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
         while not stop.is_set():
             try:
                 client.post(url + "/v1/completions",
@@ -131,15 +131,17 @@ def test_state_json_needs_the_token(deployed):
 
 def test_dashboard_in_a_browser(deployed, tmp_path):
     cluster, pipeline_file = deployed
-    app = make_app(load_services([pipeline_file]), dashboard=Dashboard.of_files([pipeline_file]))
+    app = make_app(load_services([pipeline_file]), token=TOKEN,
+                   dashboard=Dashboard.of_files([pipeline_file]))
     driver = _browser()
     stop = threading.Event()
     load = None
     try:
         with running(app) as url:
             assert httpx.get(url + "/").headers["location"] == "/dashboard"
-            driver.get(url + "/")
-            assert driver.current_url.endswith("/dashboard")
+            driver.get(url + "/#token=" + TOKEN)  # the redirect keeps the fragment
+            _wait(lambda: driver.current_url.endswith("/dashboard"), 10,
+                  "the token taken out of the address bar")
             _wait(lambda: len(_page_stages(driver)) == 3, what="three stage cards")
             shown = _page_stages(driver)
             assert list(shown) == [s.name for s in cluster.stages]
