@@ -56,7 +56,8 @@ PYBIND11_MODULE(_native, m) {
       .def(py::init<>())
       .def_readwrite("max_search_states", &Options::max_search_states)
       .def_readwrite("max_refine_states", &Options::max_refine_states)
-      .def_readwrite("time_limit_s", &Options::time_limit_s);
+      .def_readwrite("time_limit_s", &Options::time_limit_s)
+      .def_readwrite("threads", &Options::threads);
 
   py::class_<Stage>(m, "Stage")
       .def_readonly("device", &Stage::device)

@@ -13,7 +13,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <limits>
+#include <map>
+#include <mutex>
+#include <thread>
 
 #include "bottleneck.hpp"
 #include "relaxation.hpp"
@@ -334,6 +338,27 @@ class ThresholdSearch {
   bool stopped_ = false;
 };
 
+// Runs a() here and b() on a second thread (exceptions from b are rethrown here).
+template <class A, class B>
+void both(A&& a, B&& b) {
+  std::exception_ptr failed;
+  std::thread other([&] {
+    try {
+      b();
+    } catch (...) {
+      failed = std::current_exception();
+    }
+  });
+  try {
+    a();
+  } catch (...) {
+    other.join();
+    throw;
+  }
+  other.join();
+  if (failed) std::rethrow_exception(failed);
+}
+
 double seconds_left(Clock::time_point deadline) {
   return std::chrono::duration<double>(deadline - Clock::now()).count();
 }
@@ -400,7 +425,8 @@ double path_bottleneck(const ClassInstance& in, const std::vector<PathStep>& pat
   return worst;
 }
 
-CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, Clock::time_point deadline) {
+CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, Clock::time_point deadline,
+                                     bool two_threads) {
   CertifiedResult res;
   const double relaxed = relaxed_bottleneck(in);
   if (!std::isfinite(relaxed)) {
@@ -421,32 +447,67 @@ CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, 
     res.lower_bound = std::isfinite(incumbent) ? incumbent : 0;
     return res;
   }
-  // Phase 1: penalty certificates alone raise the bound (each costs milliseconds).
-  for (std::size_t a = lo, b = hi; a < b && seconds_left(deadline) > 0;) {
-    const std::size_t mid = a + (b - a) / 2;
+  // Unproven certificates by value index: phase 2 would recompute the same ones.
+  std::mutex lock;
+  std::map<std::size_t, PenaltyCertificate> unproven;
+  auto prove = [&](std::size_t idx) {
+    PenaltyCertificate cert = penalty_certificate(in, make_tables(in, values[idx]));
+    const std::lock_guard<std::mutex> hold(lock);
     ++res.checks;
-    if (penalty_certificate(in, make_tables(in, values[mid])).proven) {
-      a = mid + 1;
-      lo = a;
+    if (cert.proven) return true;
+    unproven.emplace(idx, std::move(cert));
+    return false;
+  };
+  // Phase 1: the LP certificates alone raise the bound (tens of milliseconds each). With two
+  // cores, two thresholds per round (the thirds of the bracket).
+  const bool two = two_threads;
+  for (std::size_t a = lo, b = hi; a < b && seconds_left(deadline) > 0; lo = a) {
+    if (two && b - a >= 3) {
+      const std::size_t p1 = a + (b - a) / 3, p2 = a + 2 * (b - a) / 3;
+      bool r1 = false, r2 = false;
+      both([&] { r1 = prove(p1); }, [&] { r2 = prove(p2); });
+      if (r2) {
+        a = p2 + 1;  // infeasible at p2: at every smaller value too
+      } else if (r1) {
+        a = p1 + 1;
+        b = p2;
+      } else {
+        b = p1;
+      }
     } else {
-      b = mid;
+      const std::size_t mid = a + (b - a) / 2;
+      if (prove(mid)) {
+        a = mid + 1;
+      } else {
+        b = mid;
+      }
     }
   }
   // Phase 2: the depth-first search decides the rest, as far as time allows. A pass bisects
   // [lo, hi) giving each threshold its share of the time left; thresholds it could not
   // decide are tried again by the next pass, which has fewer left and more time for each.
-  FailMemo memo(20);
-  auto decide = [&](std::size_t mid, double seconds) {
+  // With two cores the second one decides the middle of the upper half at the same time.
+  FailMemo memo[2] = {FailMemo(20), FailMemo(two ? 20 : 0)};
+  auto decide = [&](std::size_t mid, double seconds, FailMemo& own) {
     const ThresholdTables t = make_tables(in, values[mid]);
-    ++res.checks;
-    const PenaltyCertificate cert = penalty_certificate(in, t);
-    if (cert.proven) return Outcome::Infeasible;
+    PenaltyCertificate cert;
+    {
+      const std::lock_guard<std::mutex> hold(lock);
+      const auto it = unproven.find(mid);
+      if (it != unproven.end()) cert = it->second;
+    }
+    if (cert.lambda.empty()) {
+      cert = penalty_certificate(in, t);
+      if (cert.proven) return Outcome::Infeasible;
+    }
     const PenaltyCertificate guide = guide_penalties(in, t, 300);
     if (guide.proven) return Outcome::Infeasible;
     const auto stop = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-    ThresholdSearch search(in, t, guide, cert, &memo, static_cast<std::uint32_t>(mid), std::min(stop, deadline));
+    ThresholdSearch search(in, t, guide, cert, &own, static_cast<std::uint32_t>(mid), std::min(stop, deadline));
     std::vector<PathStep> path;
     const Outcome o = search.run(path);
+    const std::lock_guard<std::mutex> hold(lock);
+    ++res.checks;
     res.nodes += search.nodes();
     if (o == Outcome::Found) {
       const double value = path_bottleneck(in, path);
@@ -463,10 +524,18 @@ CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, 
   while (lo < hi && seconds_left(deadline) > 0) {
     for (std::size_t a = lo; a < hi && seconds_left(deadline) > 0;) {
       const std::size_t mid = a + (hi - a) / 2;
-      const double steps = std::log2(static_cast<double>(hi - a)) + 1;
-      const Outcome o = decide(mid, seconds_left(deadline) / steps);
+      const double share = seconds_left(deadline) / (std::log2(static_cast<double>(hi - a)) + 1);
+      Outcome o = Outcome::Stopped, o2 = Outcome::Stopped;
+      if (two && hi - mid >= 2) {
+        const std::size_t mid2 = mid + 1 + (hi - mid - 1) / 2;
+        both([&] { o = decide(mid, share, memo[0]); }, [&] { o2 = decide(mid2, share, memo[1]); });
+        if (o2 == Outcome::Infeasible) lo = std::max(lo, mid2 + 1);
+      } else {
+        o = decide(mid, share, memo[0]);
+      }
       if (o == Outcome::Infeasible) lo = std::max(lo, mid + 1);
       if (o != Outcome::Found) a = mid + 1;  // undecided: look higher for schedules, the bound stays
+      a = std::max(a, lo);
     }
   }
   if (lo >= values.size()) {  // every value refuted: nothing fits at all

@@ -43,8 +43,10 @@ struct CertifiedResult {
 };
 
 // `incumbent` is the bottleneck of a schedule the caller already has (+inf if none): the
-// search only looks below it and returns a path only when it found a better one.
-CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, Clock::time_point deadline);
+// search only looks below it and returns a path only when it found a better one. Two threads:
+// two thresholds are tested at a time.
+CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, Clock::time_point deadline,
+                                     bool two_threads = false);
 
 // Bottleneck of a class path with the class-level costs.
 double path_bottleneck(const ClassInstance& in, const std::vector<PathStep>& path);

@@ -9,6 +9,7 @@
 #include <limits>
 #include <numeric>
 #include <string>
+#include <thread>
 
 #include "baselines.hpp"
 #include "bottleneck.hpp"
@@ -263,7 +264,8 @@ Schedule certified(const CostModel& model, const ClassInstance& fine, const Opti
     return model.compute_s(a, 0, model.layers()) < model.compute_s(b, 0, model.layers());
   });
   seed(order);
-  const CertifiedResult r = certified_bottleneck(fine, found ? out.bottleneck_s : kInf, deadline);
+  const bool two = options.threads == 0 ? std::thread::hardware_concurrency() >= 2 : options.threads >= 2;
+  const CertifiedResult r = certified_bottleneck(fine, found ? out.bottleneck_s : kInf, deadline, two);
   SearchStats stats;
   stats.device_classes = fine.classes;
   stats.feasibility_checks = r.checks;

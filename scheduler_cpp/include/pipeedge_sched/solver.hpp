@@ -81,6 +81,9 @@ struct Options {
   // Beyond the exhaustive limit (throughput): seconds the certified search may take before it
   // returns its best schedule with the proven bound. It returns earlier when the two meet.
   double time_limit_s = 5.0;
+  // Threads the certified search may use: 0 = two when the machine has two cores or more (it
+  // uses at most two), 1 = this thread only.
+  unsigned threads = 0;
 };
 
 // Throws std::invalid_argument for malformed input. An infeasible instance is not an error:
