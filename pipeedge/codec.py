@@ -1,7 +1,8 @@
-"""Tensor codec: the one place that turns torch tensors into wire `Tensor` messages and back.
+"""Tensor codec: the one place that turns torch tensors into wire tensors and back.
 
-Decoding is zero-copy (`torch.frombuffer` over the message's bytes); encoding makes exactly one
-copy (tensor memory -> `bytes`). Shards never write into their inputs, so read-only views are safe.
+Decoding is zero-copy (`torch.frombuffer` over the received bytes, pipeedge/wire.py); encoding
+copies a payload once (tensor memory -> the message gRPC sends). Shards never write into their
+inputs, so read-only views are safe.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
+from pipeedge import wire
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.errors import PipeEdgeError
 
@@ -79,31 +81,39 @@ def encoding_from_name(name: str, *, bits: int = 0, clip: str = "",
 
 def encode_tensor(name: str, tensor: torch.Tensor, encoding: pb.Encoding | None = None,
                   *, into: pb.Tensor | None = None) -> pb.Tensor:
-    """Tensor -> wire message; float tensors are compressed when `encoding` asks for it.
+    """Tensor -> wire message (payload copied into it); float tensors are compressed when
+    `encoding` asks for it. The data path sends `wire.Tensor`s instead (`encode_tensors`).
 
     Pass `into` (e.g. `frame.tensors.add()`) to fill a message in place: building a Tensor and
     then appending it to a frame would copy its payload a second time.
     """
-    tensor = tensor.detach()
-    if tensor.device.type != "cpu":
-        tensor = tensor.cpu()
-    tensor = tensor.contiguous()
+    header, payload = _encode(name, tensor, encoding)
     msg = into if into is not None else pb.Tensor()
-    msg.name, msg.dtype = name, dtype_to_wire(tensor.dtype)
-    msg.shape[:] = tensor.shape
+    msg.MergeFrom(header)
+    msg.data = bytes(payload)
+    return msg
+
+
+def _encode(name: str, tensor: torch.Tensor,
+            encoding: pb.Encoding | None) -> tuple[pb.Tensor, object]:
+    """(header without data, payload bytes-like); a raw payload is a view of the (contiguous)
+    tensor's memory."""
+    tensor = tensor.detach()
+    contiguous = tensor.cpu().contiguous()
+    header = pb.Tensor(name=name, dtype=dtype_to_wire(tensor.dtype), shape=tensor.shape)
     if encoding is None or encoding.kind == pb.Encoding.RAW or not tensor.is_floating_point():
-        msg.data = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        return msg
+        if not contiguous.numel():
+            return header, b""
+        return header, memoryview(contiguous.reshape(-1).view(torch.uint8).numpy())
     from pipeedge import quant  # compression is optional on the hot path: load it when used
 
-    data, params = quant.encode(tensor, kind=_kind_name(encoding.kind), bits=encoding.bits,
+    data, params = quant.encode(contiguous, kind=_kind_name(encoding.kind), bits=encoding.bits,
                                 clip=encoding.clip,
                                 granularity=_granularity_name(encoding.granularity))
-    msg.data = bytes(data)
-    msg.encoding.CopyFrom(pb.Encoding(kind=encoding.kind, bits=encoding.bits,
-                                      params=bytes(params), clip=encoding.clip,
-                                      granularity=encoding.granularity))
-    return msg
+    header.encoding.CopyFrom(pb.Encoding(kind=encoding.kind, bits=encoding.bits,
+                                         params=bytes(params), clip=encoding.clip,
+                                         granularity=encoding.granularity))
+    return header, bytes(data)
 
 
 def describe_tensor(msg: pb.Tensor) -> torch.Tensor:
@@ -173,7 +183,10 @@ def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
     if kind == pb.Encoding.RAW:
         if math.prod(shape) == 0:
             return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(msg.data, dtype=dtype).view(shape)
+        tensor = torch.frombuffer(msg.data, dtype=dtype)
+        if tensor.data_ptr() % tensor.element_size():  # a sender that does not align payloads
+            tensor = torch.frombuffer(bytes(msg.data), dtype=dtype)
+        return tensor.view(shape)
     from pipeedge import quant
 
     try:
@@ -184,12 +197,22 @@ def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
         raise FrameFormatError(f"tensor '{msg.name}': {exc}") from None
 
 
-def encode_tensors(frame: pb.Frame, tensors: Mapping[str, torch.Tensor],
-                   encoding: pb.Encoding | None = None) -> pb.Frame:
+def encode_tensors(frame: wire.Frame | pb.Frame, tensors: Mapping[str, torch.Tensor],
+                   encoding: pb.Encoding | None = None):
     """Append `tensors` to `frame` in place. Only float activations are compressed; masks and
-    ids are integers and always travel raw."""
+    ids are integers and always travel raw.
+
+    A `wire.Frame` (the data path) references raw tensors' memory until it is first sent
+    (`wire.serialize` copies the payloads once and keeps that copy), so the tensors must not
+    change before then: the SDK sends each frame before it pulls the next input. A pb.Frame
+    (tools and tests) gets complete Tensor messages.
+    """
+    if isinstance(frame, pb.Frame):
+        for k, v in tensors.items():
+            encode_tensor(k, v, encoding, into=frame.tensors.add())
+        return frame
     for k, v in tensors.items():
-        encode_tensor(k, v, encoding, into=frame.tensors.add())
+        frame.tensors.append(wire.Tensor(*_encode(k, v, encoding)))
     return frame
 
 

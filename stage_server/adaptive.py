@@ -42,6 +42,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from pipeedge import wire
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.quant import CLIPS, MAX_BITS, MIN_BITS
 
@@ -149,7 +150,7 @@ class _Sent:
     float_tensors: int  # float tensors (uniform adds 8 bytes per sample each)
 
 
-def _measure(frame: pb.Frame, seconds: float) -> _Sent:
+def _measure(frame: wire.Frame, seconds: float) -> _Sent:
     nbytes = items = float_elems = fixed = floats = 0
     for t in frame.tensors:
         nbytes += len(t.data) + len(t.encoding.params)
@@ -205,7 +206,7 @@ class OutputCompression:
         return self._link_bps * 8 / 1e6
 
     # -- sender ---------------------------------------------------------------------------------
-    def watch(self, frames: Iterator[pb.Frame]) -> Iterator[pb.Frame]:
+    def watch(self, frames: Iterator[wire.Frame]) -> Iterator[wire.Frame]:
         """Pass `frames` through to the stream, pacing (test hook) and timing each send."""
         try:
             for frame in frames:
@@ -220,7 +221,7 @@ class OutputCompression:
             if close:
                 close()
 
-    def record(self, frame: pb.Frame, seconds: float) -> None:
+    def record(self, frame: wire.Frame, seconds: float) -> None:
         sent = _measure(frame, seconds)
         with self._lock:
             self._window.append(sent)

@@ -18,9 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from pipeedge import channels
-from pipeedge._proto import stage_pb2 as pb
-from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge import channels, wire
 from pipeedge.logs import Throttle
 from pipeedge.stage_server.metrics import StageHooks
 from pipeedge.stage_server.routing import Route, error_frame
@@ -32,7 +30,7 @@ log = logging.getLogger(__name__)
 class Outgoing:
     """A computed microbatch waiting to be sent downstream."""
 
-    frame: pb.Frame       # ready to send; hop_tag is rewritten for the next hop
+    frame: wire.Frame     # ready to send; hop_tag is rewritten for the next hop
     route: Route          # where the result goes back
     upstream_tag: int     # the hop tag the upstream sender chose
 
@@ -57,7 +55,7 @@ class DownstreamLink:
         self._stop = threading.Event()
         # The stage's own certificate is its client certificate on the hop (plus the token).
         self._channel = channels.open_channel(address, security=security)
-        self._stub = pb_grpc.StageStub(self._channel)
+        self._stub = wire.stage_stub(self._channel)
         self._thread = threading.Thread(target=self._run, name=f"downstream-{address}",
                                         daemon=True)
         self._thread.start()
@@ -151,7 +149,7 @@ class DownstreamLink:
             yield item.frame  # gRPC asks for the next frame once this one is sent
             self._metrics.send_time(time.perf_counter() - handed_at)
 
-    def _route_back(self, result: pb.Frame) -> None:
+    def _route_back(self, result: wire.Frame) -> None:
         with self._lock:
             item = self._pending.pop(result.hop_tag, None)
         if item is None:  # e.g. answered after its stream was failed over; debug, not per frame

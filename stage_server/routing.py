@@ -12,6 +12,7 @@ import threading
 
 import grpc
 
+from pipeedge import wire
 from pipeedge._proto import stage_pb2 as pb
 
 _END = object()
@@ -54,7 +55,7 @@ class Route:
             self._outstanding += 1
         self._in_flight.add(1)
 
-    def deliver(self, frame: pb.Frame) -> None:
+    def deliver(self, frame: wire.Frame) -> None:
         """Hand back one result (or error) frame for a request counted with `expect`."""
         with self._lock:
             self._outstanding -= 1
@@ -90,16 +91,18 @@ class Route:
                 return
             yield item
 
-    def next_result(self, timeout: float | None = None) -> pb.Frame | None:
+    def next_result(self, timeout: float | None = None) -> wire.Frame | None:
         """One result (the unary Infer path); None if the route ended without one."""
         item = self._results.get(timeout=timeout)
         return None if item is _END else item
 
 
-def error_frame(request: pb.Frame, code: grpc.StatusCode, message: str, stage: str) -> pb.Frame:
+def error_frame(request: wire.Frame, code: grpc.StatusCode, message: str,
+                stage: str) -> wire.Frame:
     """A result frame that reports a failed request, keeping its ids so the sender can match it."""
     if len(message) > 1000:  # messages echo request fields (e.g. a tensor's name); keep them
         message = message[:1000] + "..."  # under gRPC's 8 KB status limit on the Infer path
-    return pb.Frame(request_id=request.request_id, hop_tag=request.hop_tag,
-                    session_id=request.session_id, step=request.step, trace_id=request.trace_id,
-                    epoch=request.epoch, error=pb.FrameError(code=code.value[0], message=message, stage=stage))
+    return wire.Frame(request_id=request.request_id, hop_tag=request.hop_tag,
+                      session_id=request.session_id, step=request.step, trace_id=request.trace_id,
+                      epoch=request.epoch,
+                      error=pb.FrameError(code=code.value[0], message=message, stage=stage))

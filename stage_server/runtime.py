@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import grpc
 import torch
 
-from pipeedge import codec
+from pipeedge import codec, wire
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.logs import Throttle
 from pipeedge.stage_server.adaptive import OutputCompression
@@ -43,7 +43,7 @@ class RequestError(Exception):
 
 @dataclass
 class Work:
-    frame: pb.Frame                    # the request, tensors already decoded into `inputs`
+    frame: wire.Frame                  # the request, tensors already decoded into `inputs`
     inputs: dict[str, torch.Tensor]
     route: Route
 
@@ -89,7 +89,7 @@ class StageRuntime:
         self._compute.start()
 
     # -- intake (upstream reader threads) -------------------------------------------------------
-    def submit(self, frame: pb.Frame, route: Route) -> None:
+    def submit(self, frame: wire.Frame, route: Route) -> None:
         """Fence, check, decode and queue one request; blocks while the input queue is full.
 
         Every request counted here is answered exactly once: computed, or failed with a code the
@@ -121,12 +121,12 @@ class StageRuntime:
         self._fail(work, grpc.StatusCode.UNAVAILABLE,
                    f"stage {self.name} was reassigned; retry the request")
 
-    def _reject(self, frame: pb.Frame, route: Route, code: grpc.StatusCode, message: str) -> None:
+    def _reject(self, frame: wire.Frame, route: Route, code: grpc.StatusCode, message: str) -> None:
         self.counters.errors += 1
         self.metrics.error(code)
         route.deliver(error_frame(frame, code, message, self.name))
 
-    def _fence(self, frame: pb.Frame) -> None:
+    def _fence(self, frame: wire.Frame) -> None:
         """Compute a frame only within its own deployment (README "Failure model").
 
         A frame carries the epoch of the pipeline its sender used; every stage of one deployment
@@ -148,7 +148,7 @@ class StageRuntime:
             f"stage {self.name} now holds layers {a.first_layer}-{a.last_layer} of epoch "
             f"{epoch}; fetch the current pipeline (coordinator= or the pipeline file) and resend")
 
-    def _decode(self, frame: pb.Frame) -> dict[str, torch.Tensor]:
+    def _decode(self, frame: wire.Frame) -> dict[str, torch.Tensor]:
         start = time.perf_counter()  # metrics: decode time
         if frame.error.code:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -225,10 +225,10 @@ class StageRuntime:
                 self.counters.items += _batch_size(work.inputs)
                 self.metrics.computed(_batch_size(work.inputs), time.perf_counter() - start)
             encode_start = time.perf_counter()  # metrics: encode time
-            result = pb.Frame(request_id=frame.request_id, hop_tag=frame.hop_tag,
-                              session_id=frame.session_id, step=frame.step,
-                              deadline_unix_ms=frame.deadline_unix_ms, trace_id=frame.trace_id,
-                              epoch=frame.epoch)
+            result = wire.Frame(request_id=frame.request_id, hop_tag=frame.hop_tag,
+                                session_id=frame.session_id, step=frame.step,
+                                deadline_unix_ms=frame.deadline_unix_ms,
+                                trace_id=frame.trace_id, epoch=frame.epoch)
             try:
                 codec.encode_tensors(result, outputs,
                                      self.compression.encoding() if self.compression else None)
@@ -266,7 +266,7 @@ class StageRuntime:
         self.metrics.error(code)
         work.route.deliver(error_frame(work.frame, code, message, self.name))
 
-    def _count_sent(self, frame: pb.Frame) -> None:
+    def _count_sent(self, frame: wire.Frame) -> None:
         nbytes = codec.payload_bytes(frame.tensors)
         self.counters.bytes_out += nbytes
         self.metrics.sent(nbytes)

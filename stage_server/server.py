@@ -15,9 +15,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health
 
-from pipeedge import channels
+from pipeedge import channels, wire
 from pipeedge._proto import stage_pb2 as pb
-from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.security import Security
 from pipeedge.stage_server.metrics import make_hooks, serve_metrics
 from pipeedge.stage_server.servicer import CONTROL_THREADS, MAX_STREAMS, StageServicer
@@ -38,7 +37,7 @@ def build_server(address: str, servicer: StageServicer, *, security: Security | 
                                                     thread_name_prefix="grpc"),
                          options=channels.SERVER_OPTIONS,
                          interceptors=channels.server_interceptors(security))
-    pb_grpc.add_StageServicer_to_server(servicer, server)
+    wire.add_stage_servicer(servicer, server)  # Forward/Infer payloads bypass protobuf
     port = channels.add_server_port(server, address, security=security)
     if port == 0:
         raise OSError(f"cannot listen on {address}; is the port already in use?")

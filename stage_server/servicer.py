@@ -10,6 +10,7 @@ import uuid
 
 import grpc
 
+from pipeedge import wire
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.errors import status_from_int
@@ -160,7 +161,7 @@ class StageServicer(pb_grpc.StageServicer):
         finally:
             self.data_calls.add(-1)
 
-    def Infer(self, request: pb.Frame, context) -> pb.Frame:
+    def Infer(self, request: wire.Frame, context) -> wire.Frame:
         self._open_data_call(context)
         try:
             route = Route(self.in_flight)
@@ -201,7 +202,7 @@ class StageServicer(pb_grpc.StageServicer):
         finally:
             route.input_done()
 
-    def _submit(self, frame: pb.Frame, route: Route) -> None:
+    def _submit(self, frame: wire.Frame, route: Route) -> None:
         runtime = self.runtime
         if runtime is None:
             self.metrics.error(grpc.StatusCode.FAILED_PRECONDITION)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeedge import codec, models
+from pipeedge import codec, models, wire
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.client import InvalidInputError, PipelineClient
 from pipeedge.coordinator import deploy as deploy_mod
@@ -304,7 +304,7 @@ def test_bad_encodings_are_invalid_argument(cluster_factory, monkeypatch):
     def corrupt(request_id, inputs, timeout_s):
         frame = real_request_frame(request_id, inputs, timeout_s)
         if "bad" in inputs:
-            frame.tensors[0].CopyFrom(next(bad)[1])
+            frame.tensors[0] = wire.Tensor.from_message(next(bad)[1])
         return frame
 
     monkeypatch.setattr(sdk, "request_frame", corrupt)

@@ -7,20 +7,19 @@ from collections.abc import Mapping
 
 import torch
 
-from pipeedge import codec
-from pipeedge._proto import stage_pb2 as pb
+from pipeedge import codec, wire
 from pipeedge.errors import PipelineError, error_for, status_from_int
 
 
 def request_frame(request_id: str, inputs: Mapping[str, torch.Tensor],
-                  timeout_s: float | None) -> pb.Frame:
-    frame = codec.encode_tensors(pb.Frame(request_id=request_id), inputs)
+                  timeout_s: float | None) -> wire.Frame:
+    frame = codec.encode_tensors(wire.Frame(request_id=request_id), inputs)
     if timeout_s:
         frame.deadline_unix_ms = int((time.time() + timeout_s) * 1000)
     return frame
 
 
-def result_tensors(frame: pb.Frame) -> dict[str, torch.Tensor]:
+def result_tensors(frame: wire.Frame) -> dict[str, torch.Tensor]:
     """Decode a result frame or raise the typed error it carries."""
     if frame.error.code:
         raise error_for(status_from_int(frame.error.code), frame.error.message,

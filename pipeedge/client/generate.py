@@ -41,9 +41,7 @@ from pathlib import Path
 import grpc
 import torch
 
-from pipeedge import channels, codec, models
-from pipeedge._proto import stage_pb2 as pb
-from pipeedge._proto import stage_pb2_grpc as pb_grpc
+from pipeedge import channels, codec, models, wire
 from pipeedge.client.discovery import make_source
 from pipeedge.client.frames import result_tensors, rpc_error
 from pipeedge.client.retry import BUSY_CODES, PipelineView, RetryPolicy, stamp
@@ -149,14 +147,14 @@ class _Mux:
     def __init__(self, address: str, security: Security | None = None) -> None:
         self.address = address
         self._channel = channels.open_channel(address, security=security)
-        self._stub = pb_grpc.StageStub(self._channel)
+        self._stub = wire.stage_stub(self._channel)
         self._lock = threading.Lock()
         self._outbox: queue.SimpleQueue | None = None
         self._call = None
         self._waiters: dict[str, Future] = {}
         self._closed = False
 
-    def send(self, frame: pb.Frame) -> Future:
+    def send(self, frame: wire.Frame) -> Future:
         fut: Future = Future()
         with self._lock:
             if self._closed:
@@ -430,15 +428,15 @@ class TextGenerator:
                     return_logits)
 
     def _send(self, run: _Run) -> Future:
-        frame = pb.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
-                         session_id=run.session_id, step=run.wire_step)
+        frame = wire.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
+                           session_id=run.session_id, step=run.wire_step)
         codec.encode_tensors(frame, run.inputs())
         return self._mux.send(stamp(frame, self.version, self.timeout_s))
 
     def _end(self, run: _Run) -> None:
         """Free the session on every stage (fire and forget)."""
-        frame = pb.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
-                         session_id=run.session_id, step=run.wire_step, epoch=self.version)
+        frame = wire.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
+                           session_id=run.session_id, step=run.wire_step, epoch=self.version)
         try:
             self._mux.send(frame)
         except Exception:  # noqa: BLE001 (the stream is gone: the stages' idle timeout frees it)

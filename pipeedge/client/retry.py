@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from pipeedge._proto import stage_pb2 as pb
+from pipeedge import wire
 from pipeedge.client.discovery import PipelineSource
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class PipelineView:
         return True
 
 
-def stamp(frame: pb.Frame, epoch: int, timeout_s: float | None) -> pb.Frame:
+def stamp(frame: wire.Frame, epoch: int, timeout_s: float | None) -> wire.Frame:
     """Address a frame to the pipeline of `epoch`, with a deadline from now: done right before
     each send, so a resend waits out no deadline it was given before a failover."""
     frame.epoch = epoch

@@ -23,8 +23,7 @@ from pathlib import Path
 import grpc
 import torch
 
-from pipeedge import channels
-from pipeedge._proto import stage_pb2 as pb
+from pipeedge import channels, wire
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 from pipeedge.client.discovery import make_source
 from pipeedge.client.frames import request_frame, result_tensors, rpc_error
@@ -124,7 +123,7 @@ class PipelineClient:
                 old = self._channel
                 self._channel = channels.open_channel(address, security=self._security)
                 self._channel_address = address
-                self._stub = pb_grpc.StageStub(self._channel)
+                self._stub = wire.stage_stub(self._channel)
                 if old is not None:  # calls still on it fail and are resent: nothing is lost
                     old.close()
             return self._stub
@@ -172,7 +171,7 @@ class PipelineClient:
             failed_at = failed_at or time.monotonic()
             self._recover(code, epoch, attempt)
 
-    def _call_infer(self, stub, frame: pb.Frame, timeout: float, epoch: int):
+    def _call_infer(self, stub, frame: wire.Frame, timeout: float, epoch: int):
         """One Infer call: (None, outputs), or (error, None) when it should be resent (error
         None: the call went quiet while a newer pipeline came out). Other errors raise."""
         call = stub.Infer.future(frame, timeout=timeout)
@@ -222,7 +221,7 @@ class _Stream:
         self.window = window
         self.timeout = timeout
         self.order: deque[str] = deque()                  # request ids in input order
-        self.pending: OrderedDict[str, pb.Frame] = OrderedDict()  # id'd, not yet answered
+        self.pending: OrderedDict[str, wire.Frame] = OrderedDict()  # id'd, not yet answered
         self.to_send: deque[str] = deque()                # pending ids the current stream owes
         self.ready: dict[str, object] = {}                # answered, waiting for their turn
         self.attempts: dict[str, int] = {}
@@ -265,7 +264,7 @@ class _Stream:
                 item = self._next(inbox)
                 if item is _MOVED:  # the entry hung and the coordinator re-planned around it
                     break
-                if isinstance(item, pb.Frame):
+                if isinstance(item, wire.Frame):
                     code = self._accept(item)
                     if code is not None:
                         last_error = error_for(code, item.error.message, stage=item.error.stage)
@@ -289,7 +288,7 @@ class _Stream:
                     item = inbox.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(item, pb.Frame):
+                if isinstance(item, wire.Frame):
                     self._accept(item, resend_ok=False)
             self.failed_at = self.failed_at or time.monotonic()
             with self.cond:
@@ -336,7 +335,7 @@ class _Stream:
                         self.client.view.newer_published():
                     return _MOVED
 
-    def _accept(self, frame: pb.Frame, resend_ok: bool = True) -> grpc.StatusCode | None:
+    def _accept(self, frame: wire.Frame, resend_ok: bool = True) -> grpc.StatusCode | None:
         """Take one result; the code if it shows the pipeline moved (re-open and resend
         everything), else None. A request a full stage refused is resent alone, later."""
         code = status_from_int(frame.error.code) if frame.error.code else None
