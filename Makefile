@@ -12,7 +12,7 @@ PY         := $(VENV)/bin/python
 STAMP      := $(VENV)/.pipeedge-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast test-py test-cpp lint bench bench-transport bench-sched bench-quant \
+.PHONY: install demo test test-fast test-py test-cpp lint typecheck bench bench-transport bench-sched bench-quant \
         bench-backends bench-decode bench-accuracy chaos clean
 
 $(STAMP): pyproject.toml CMakeLists.txt scheduler_cpp/CMakeLists.txt $(wildcard protos/*.proto) $(wildcard scheduler_cpp/*.cpp scheduler_cpp/src/*.[ch]pp scheduler_cpp/include/*/*.hpp)
@@ -52,6 +52,20 @@ test-cpp: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# mypy over the installed package's layout (pipeedge.stage_server is stage_server/, and so on):
+# a tree of links in build/typecheck, the generated gRPC modules from the install. Settings and
+# the modules not yet clean are in pyproject.toml [tool.mypy].
+TYPECHECK_TREE := build/typecheck/pipeedge
+typecheck: $(STAMP)
+	rm -rf build/typecheck && mkdir -p $(TYPECHECK_TREE)/_proto
+	for e in pipeedge/*; do case $$e in */_proto|*/__pycache__) ;; *) ln -s $(CURDIR)/$$e $(TYPECHECK_TREE)/;; esac; done
+	ln -s $(CURDIR)/stage_server $(TYPECHECK_TREE)/stage_server
+	ln -s $(CURDIR)/coordinator $(TYPECHECK_TREE)/coordinator
+	cp pipeedge/_proto/__init__.py $(TYPECHECK_TREE)/_proto/
+	ln -s $$($(PY) -c "import os, pipeedge._proto.stage_pb2 as m; print(os.path.dirname(m.__file__))")/*_pb2*.py* $(TYPECHECK_TREE)/_proto/
+	cd build/typecheck && $(CURDIR)/$(PY) -m mypy --config-file $(CURDIR)/pyproject.toml \
+	  --python-executable $(CURDIR)/$(PY) -p pipeedge
 
 # Emulated edge devices (network namespaces, cgroup CPU quotas): ~10 minutes on 2 cores.
 bench: $(STAMP)
@@ -123,3 +137,52 @@ wheelhouse: $(STAMP)
 
 test-docker: wheelhouse
 	PY=$(PY) WHEELHOUSE=$(WHEELHOUSE) PIPEEDGE_EXTRAS=$(WHEELHOUSE_EXTRAS) bash docker/test_docker.sh
+
+# --- arm64 (Raspberry Pi / Jetson CPU) from this x86_64 machine: docs/arm64.md ------------------
+#   make wheelhouse-arm64 - aarch64 dependency wheels (a stage's runtime deps only) and this
+#                           project's aarch64 wheel, cross-compiled (g++-aarch64-linux-gnu)
+#   make test-arm64       - arm64 image from docker/Dockerfile (qemu binfmt emulation), 2 arm64
+#                           stage containers + 1 x86 stage in one pipeline, parity vs the unsplit
+#                           model (docker/arm64/test_arm64.sh)
+# PyPI's aarch64 torch wheels from 2.11 on are CUDA builds (~3 GB of CUDA libraries, and no
+# cp311 aarch64 cuDNN 13 wheel); 2.10.0 is the newest CPU-only one there. With the PyTorch CPU index:
+#   TORCH_SPEC_ARM64="torch==2.13.0+cpu" WHEELHOUSE_ARM64_PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC_ARM64          ?= torch==2.10.0
+WHEELHOUSE_ARM64          ?= build/arm64/wheelhouse
+WHEELHOUSE_ARM64_EXTRAS   ?=
+WHEELHOUSE_ARM64_PIP_ARGS ?=
+# The target's CPython (Debian 12's python3 in the arm64 base image).
+ARM64_PYTHON              ?= 3.11
+ARM64_CP                  := cp$(subst .,,$(ARM64_PYTHON))
+# Dependency wheels for glibc 2.17 to ARM64_GLIBC_MINOR (2.28: any board from Debian 10 / Ubuntu 20.04
+# on), as pip on such a board would pick them.
+ARM64_GLIBC_MINOR         ?= 28
+ARM64_PLATFORM_ARGS       := --only-binary=:all: --python-version $(ARM64_PYTHON) --implementation cp \
+                             --abi $(ARM64_CP) --platform linux_aarch64 \
+                             $(foreach v,$(shell seq 17 $(ARM64_GLIBC_MINOR)),--platform manylinux_2_$(v)_aarch64)
+
+.PHONY: wheelhouse-arm64 test-arm64
+
+wheelhouse-arm64: $(STAMP)
+	@v=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); [ "$$v" = "$(ARM64_PYTHON)" ] || { \
+	  echo "wheelhouse-arm64: ARM64_PYTHON=$(ARM64_PYTHON) but $(PY) is Python $$v, whose headers the extension is built with: use a Python $(ARM64_PYTHON) venv (VENV=...)"; exit 2; }
+	bash docker/arm64/env.sh compiler
+	mkdir -p $(WHEELHOUSE_ARM64)
+	rm -rf $(WHEELHOUSE_ARM64)/pipeedge $(WHEELHOUSE_ARM64)/deps.new
+	SOURCE_DATE_EPOCH=$(WHEELHOUSE_EPOCH) $(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE_ARM64)/pipeedge \
+	  -C build-dir=build/arm64/wheel-build -C wheel.tags=$(ARM64_CP)-$(ARM64_CP)-linux_aarch64 \
+	  -C cmake.define.CMAKE_TOOLCHAIN_FILE=$(CURDIR)/docker/arm64/aarch64-toolchain.cmake \
+	  -C cmake.define.PYTHON_MODULE_EXTENSION=.cpython-$(subst .,,$(ARM64_PYTHON))-aarch64-linux-gnu.so .
+	$(PY) -m pip download -q --no-deps $(ARM64_PLATFORM_ARGS) -d $(WHEELHOUSE_ARM64)/deps.new \
+	  $(WHEELHOUSE_ARM64_PIP_ARGS) "$(TORCH_SPEC_ARM64)"
+	$(PY) docker/arm64/requirements.py --python $(ARM64_PYTHON) --extras "$(WHEELHOUSE_ARM64_EXTRAS)" \
+	  $(WHEELHOUSE_ARM64)/deps.new/torch-*.whl $(WHEELHOUSE_ARM64)/pipeedge/pipeedge-*.whl \
+	  > $(WHEELHOUSE_ARM64)/requirements.txt
+	$(PY) -m pip download -q $(ARM64_PLATFORM_ARGS) -d $(WHEELHOUSE_ARM64)/deps.new \
+	  --find-links $(WHEELHOUSE_ARM64)/deps.new $(WHEELHOUSE_ARM64_PIP_ARGS) -r $(WHEELHOUSE_ARM64)/requirements.txt
+	rm -rf $(WHEELHOUSE_ARM64)/deps && mv $(WHEELHOUSE_ARM64)/deps.new $(WHEELHOUSE_ARM64)/deps
+	@echo "wheelhouse-arm64: $$(ls $(WHEELHOUSE_ARM64)/deps | wc -l) dependency wheels + $$(ls $(WHEELHOUSE_ARM64)/pipeedge) ($$(du -sh $(WHEELHOUSE_ARM64) | cut -f1))"
+
+test-arm64: wheelhouse-arm64
+	PY=$(PY) WHEELHOUSE=$(WHEELHOUSE_ARM64) PIPEEDGE_EXTRAS=$(WHEELHOUSE_ARM64_EXTRAS) \
+	  bash docker/arm64/test_arm64.sh

@@ -39,7 +39,8 @@ ls "$WHEELHOUSE"/pipeedge/pipeedge-*.whl >/dev/null 2>&1 && [[ -d $WHEELHOUSE/de
 
 STATE=$(mktemp -d /tmp/pipeedge-test-docker.XXXXXX)
 WORK=$STATE/deploy
-STARTED_DOCKERD=""
+# shellcheck source=docker/engine.sh
+source docker/engine.sh  # docker_engine, docker_engine_stop, apt_install
 COMPOSE=()
 
 # ---------------------------------------------------------------------------------- teardown --
@@ -73,11 +74,7 @@ cleanup() {
     done
   fi
   rm -rf "$STATE"
-  if [[ -n $STARTED_DOCKERD && -z ${KEEP_DOCKERD:-} ]]; then
-    info "stopping the dockerd this test started (pid $STARTED_DOCKERD)"
-    kill "$STARTED_DOCKERD" 2>/dev/null
-    for _ in $(seq 30); do kill -0 "$STARTED_DOCKERD" 2>/dev/null || break; sleep 1; done
-  fi
+  docker_engine_stop
   if ((rc == 0)); then
     step "test-docker passed in $((SECONDS - T0))s"
   else
@@ -89,45 +86,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------------------- docker engine --
-apt_install() {
-  [[ $(id -u) == 0 ]] || die "$* missing and not root: install it (apt-get install $*)"
-  if [[ -z ${APT_UPDATED:-} ]]; then
-    info "apt-get update"
-    apt-get update -qq >/dev/null
-    APT_UPDATED=1
-  fi
-  info "apt-get install $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
-
 step "docker engine"
-command -v dockerd >/dev/null || apt_install docker.io
-command -v docker >/dev/null || apt_install docker.io
-if ! docker info >/dev/null 2>&1; then
-  [[ $(id -u) == 0 ]] || die "no Docker daemon answers and not root to start one"
-  info "starting dockerd (log $STATE/dockerd.log)"
-  dockerd >"$STATE/dockerd.log" 2>&1 &
-  STARTED_DOCKERD=$!
-  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
-  docker info >/dev/null 2>&1 || { tail -20 "$STATE/dockerd.log" >&2; die "dockerd did not start"; }
-fi
-DOCKER_OK=1
-info "daemon $(docker version -f '{{.Server.Version}}') ($(docker info -f '{{.Driver}}'))," \
-     "client $(docker version -f '{{.Client.Version}}')"
-# Without the buildx plugin, a recent client needs the (still working) classic builder.
-if [[ -z ${DOCKER_BUILDKIT:-} ]] && ! docker buildx version >/dev/null 2>&1; then
-  export DOCKER_BUILDKIT=0
-fi
-
-# Compose v2 plugin if present, else docker-compose (Debian's package is v1.29, which reads the
-# same files); installed from apt if neither is there.
-if docker compose version >/dev/null 2>&1; then
-  COMPOSE_CMD=(docker compose)
-else
-  command -v docker-compose >/dev/null || apt_install docker-compose
-  COMPOSE_CMD=(docker-compose)
-fi
-info "compose: ${COMPOSE_CMD[*]} ($("${COMPOSE_CMD[@]}" version --short 2>/dev/null || echo '?'))"
+docker_engine
 
 # ------------------------------------------------------------------------------------ images --
 step "base image (debootstrap, cached by content key)"
@@ -173,22 +133,6 @@ stage_compose() {
 coord_compose() {
   PIPEEDGE_IMAGE=$IMAGE PIPEEDGE_DEPLOY_DIR=$WORK PIPEEDGE_WEIGHTS_DIR=${WEIGHTS_DIR:-$STATE} \
     "${COMPOSE_CMD[@]}" -p "$PREFIX-coord" -f docker/compose.coordinator.yml "$@"
-}
-
-health() { docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1" 2>/dev/null; }
-
-wait_healthy() {  # NAME [SECONDS]
-  local name=$1 limit=${2:-120} start=$SECONDS status=""
-  while ((SECONDS - start < limit)); do
-    status=$(health "$name")
-    if [[ $status == healthy ]]; then
-      info "$name healthy after $((SECONDS - start))s" \
-           "(restarts: $(docker inspect -f '{{.RestartCount}}' "$name"))"
-      return 0
-    fi
-    sleep 1
-  done
-  die "$name not healthy after ${limit}s (status: ${status:-none})"
 }
 
 COMPOSE=("${COMPOSE_CMD[@]}")
