@@ -78,10 +78,11 @@ def parties_for(hosts, *, coordinator_name: str = DEFAULT_COORDINATOR_NAME,
     identity by CN or SAN, so such a host could act as the coordinator.
     """
     reserved = {coordinator_name, client_name}
-    out, stems = [], {}
+    out: list[Party] = []
+    stems: dict[str, str] = {}
     for h in hosts:
-        names = [host_part(a) for a in (h.address, getattr(h, "peer_address", "")) if a]
-        names = tuple(dict.fromkeys(n for n in names if n))
+        parts = [host_part(a) for a in (h.address, getattr(h, "peer_address", "")) if a]
+        names = tuple(dict.fromkeys(n for n in parts if n))
         clash = reserved & ({h.name} | set(names))
         if clash:
             raise CertsError(f"host {h.name} uses the reserved name {min(clash)!r} (the "

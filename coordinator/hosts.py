@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -158,7 +158,7 @@ def _positive_int(data: dict, key: str, path: Path, example: str) -> int:
     return value
 
 
-def resolve_model(model, weights: Weights, path: Path) -> dict:
+def resolve_model(model, weights: Weights, path: Path) -> dict[str, Any]:
     """`model:` (a registry name, or omitted) and a weights directory the coordinator can read ->
     the model name, the directory's config.json text (`pipeedge.models.checkpoint.resolve`) and
     its sentence-transformers pooling (`resolve_pooling`). A `local:` path only the devices have
@@ -177,7 +177,7 @@ def resolve_model(model, weights: Weights, path: Path) -> dict:
     return {"model": name, "model_config_json": text, "pooling": pooling}
 
 
-def parse_generation_load(data: dict, path: Path, model: dict) -> dict[str, int]:
+def parse_generation_load(data: dict, path: Path, model: dict) -> dict[str, Any]:
     """`sessions:` and `context:` (decoder models only): positive, context within the model."""
     load = {"sessions": _positive_int(data, "sessions", path, "4"),
             "context": _positive_int(data, "context", path, "512")}
@@ -214,7 +214,7 @@ def check_weights_dtypes(dep: Deployment) -> None:
 _TLS_KEYS = {"dir", "ca", "cert", "key", "client_cert", "client_key", "server_name"}
 
 
-def parse_security(tls, token, source: Path) -> dict[str, Security | None]:
+def parse_security(tls, token, source: Path) -> dict[str, Any]:
     """`tls:` (a folder from `pipeedge-coord certs`, or a mapping of files) and `token:`
     (`file:PATH`, `env:VAR` or the token) -> the coordinator's and the clients' credentials.
 

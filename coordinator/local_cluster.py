@@ -49,7 +49,7 @@ class LocalCluster:
         self.extra_args = extra_args
         self.start_timeout_s = start_timeout_s
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="pipeedge-cluster-")
-        self.workdir = Path(workdir or self._tmp.name)
+        self.workdir = Path(workdir) if workdir else Path(self._tmp.name)  # type: ignore[union-attr]
         self.stages: list[LocalStage] = []
         self.tls = tls
         self.certs_dir = self.workdir / "certs"

@@ -114,7 +114,7 @@ class ControlPlaneCollector:
 
 
 def _histogram(family, name: str, doc: str, values: list[float]):
-    buckets, total = [], 0
+    buckets: list[tuple[str, float]] = []
     for bound in DEPLOY_BUCKETS:
         buckets.append((repr(float(bound)), sum(1 for v in values if v <= bound)))
     buckets.append(("+Inf", len(values)))

@@ -111,7 +111,7 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
     for r in results:
         if isinstance(r, Exception):
             raise r
-    return [r for r in results if r is not None]
+    return [r for r in results if isinstance(r, LayerProfile)]
 
 
 def _steps(events) -> tuple[tuple[float, ...], tuple[int, ...], int]:

@@ -29,6 +29,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -259,7 +260,8 @@ def reset_default() -> None:
 def default() -> Security | None:
     global _default
     if _default is _UNSET:
-        env = {k: os.environ.get(v) for k, v in ENV_VARS.items() if os.environ.get(v)}
+        env: dict[str, Any] = {k: os.environ[v] for k, v in ENV_VARS.items()
+                               if os.environ.get(v)}
         _default = Security.from_files(**env) if env else None
     return _default  # type: ignore[return-value]
 
@@ -425,8 +427,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                          f"{method} needs a bearer token (metadata 'authorization: Bearer "
                          "<token>'); pass token= to the client or set token: in hosts.yml")
         scheme, _, presented = str(value).strip().partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(),
-                                                                 self._token):
+        expected = self._token
+        if expected is None or scheme.lower() != "bearer" or not hmac.compare_digest(
+                presented.strip().encode(), expected):
             self._refuse(context, grpc.StatusCode.UNAUTHENTICATED,
                          f"{method} refused: the bearer token is wrong; use the deployment's "
                          "token (the file passed to the stage's --token-file)")

@@ -98,7 +98,7 @@ class HFTokenizer(Tokenizer):
         return list(self.tok.encode(text))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
+        return str(self.tok.decode(list(ids), skip_special_tokens=True))
 
     def chat_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         if not getattr(self.tok, "chat_template", None):
@@ -117,8 +117,10 @@ def config_eos_ids(config: Mapping[str, Any]) -> list[int]:
 
 
 def has_tokenizer(path: str | os.PathLike[str] | None) -> bool:
-    return bool(path) and Path(path).is_dir() and any(
-        (Path(path) / f).is_file() for f in _TOKENIZER_FILES)
+    if not path:
+        return False
+    directory = Path(path)
+    return directory.is_dir() and any((directory / f).is_file() for f in _TOKENIZER_FILES)
 
 
 def load_tokenizer(path: str | os.PathLike[str] | None,
@@ -131,7 +133,7 @@ def load_tokenizer(path: str | os.PathLike[str] | None,
     """
     config = config or {}
     eos = config_eos_ids(config)
-    if has_tokenizer(path):
+    if path and has_tokenizer(path):
         return HFTokenizer(path, eos)
     if path:
         log.info("%s has no tokenizer files; using the byte-level tokenizer", path)

@@ -40,7 +40,8 @@ def nic_speed_mbps(net: Path = _NET) -> float:
     0 when none reports one (Wi-Fi, most virtual NICs without a speed, no sysfs). Physical NICs
     win over virtual ones (bridges, veth), which report nominal speeds. A ceiling, not a
     measurement: `pipeedge-coord measure-links` measures what the links really carry."""
-    physical, virtual = [], []
+    physical: list[int] = []
+    virtual: list[int] = []
     try:
         interfaces = sorted(net.iterdir())
     except OSError:

@@ -204,8 +204,11 @@ def _extract_val(archive: Path, dest: Path, ids: list[int], wnid_of: dict[int, s
 def _write(tar: tarfile.TarFile, member: tarfile.TarInfo, folder: Path) -> None:
     """Write one archive member into `folder` under its base name (no path from the archive)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with tar.extractfile(member) as f, open(folder / Path(member.name).name, "wb") as dst:
-        shutil.copyfileobj(f, dst, 1 << 20)
+    src = tar.extractfile(member)
+    if src is None:  # not a regular file: nothing to copy
+        return
+    with src, open(folder / Path(member.name).name, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
 
 
 def _devkit_file(src: Path, inner: str) -> bytes:
@@ -216,8 +219,9 @@ def _devkit_file(src: Path, inner: str) -> bytes:
     if (src / DEVKIT_TAR).is_file():
         with tarfile.open(src / DEVKIT_TAR, mode="r:gz") as tar:
             for member in tar:
-                if member.isfile() and member.name.endswith(inner):
-                    return tar.extractfile(member).read()
+                data = tar.extractfile(member) if member.isfile() else None
+                if data is not None and member.name.endswith(inner):
+                    return data.read()
     raise FileNotFoundError(f"the devkit's {inner} is not in {src}: add {DEVKIT_TAR} (from "
                             "image-net.org) or its extracted folder")
 

@@ -26,6 +26,7 @@ import logging
 import math
 import operator
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -179,7 +180,7 @@ def _check_kind(kind: object) -> str:
     return name
 
 
-def _check_bits(bits: object) -> int:
+def _check_bits(bits: Any) -> int:
     try:
         value = operator.index(bits)
     except TypeError:
@@ -207,12 +208,12 @@ def _check_granularity(granularity: object, kind: str) -> str:
     if granularity != "sample" and kind != "uniform":
         raise ValueError(f"granularity {granularity!r} applies only to uniform encoding; got "
                          f"kind '{kind}' (use granularity='sample')")
-    return granularity  # type: ignore[return-value]
+    return str(granularity)
 
 
-def _check_shape(shape: object) -> tuple[int, ...]:
+def _check_shape(shape: Any) -> tuple[int, ...]:
     try:
-        dims = tuple(operator.index(d) for d in shape)  # type: ignore[union-attr]
+        dims = tuple(operator.index(d) for d in shape)
     except TypeError:
         raise ValueError(f"shape {shape!r} is invalid; expected a sequence of non-negative "
                          "integers") from None

@@ -43,7 +43,7 @@ CLIPS = ("", "laplace", "gelu")
 _PAPER_ALPHA = {2: 2.83, 3: 3.89, 4: 5.03, 5: 6.20, 6: 7.41, 7: 8.64, 8: 9.89}
 
 
-def _solve_t_exp_t(log_k: np.ndarray) -> np.ndarray:
+def _solve_t_exp_t(log_k: np.ndarray | np.float64) -> np.ndarray:
     """Positive root of t * e^t = k (Lambert W, principal branch) given ln k, elementwise.
 
     Taking ln k keeps huge arguments (e^((u - lo)/b) with a tiny b) finite.
