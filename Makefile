@@ -87,6 +87,10 @@ bench-backends: $(STAMP)
 bench-decode: $(STAMP)
 	$(PY) bench/bench_decode.py
 
+# Weights dtypes (float32/float16/bfloat16/int8, torch and onnx): accuracy, speed, memory.
+bench-weights: $(STAMP)
+	$(PY) bench/bench_weights.py
+
 # Cosine similarity of compressed activations on real MiniLM weights (the README's table).
 bench-accuracy: $(STAMP)
 	$(PY) bench/quant_accuracy.py

@@ -164,13 +164,14 @@ class FailMemo {
 // the classes they overuse). Its penalties stay positive and smooth, which makes them a good
 // guide for the depth-first search's child order (the LP's optimal duals are sparse: many
 // zeros, many ties); they prune too. Stops when proven, when the averaged relaxed paths
-// respect the counts, or after `iterations`.
-PenaltyCertificate guide_penalties(const ClassInstance& in, const ThresholdTables& t, int iterations) {
+// respect the counts, after `iterations` or at `stop`.
+PenaltyCertificate guide_penalties(const ClassInstance& in, const ThresholdTables& t, int iterations,
+                                   Clock::time_point stop) {
   const std::size_t K = in.classes;
   PenaltyCertificate best;
   double best_margin = -kInf;
   std::vector<double> w(K, 1.0), lambda(K), R, load_sum(K, 0.0);
-  for (int it = 0; it < iterations; ++it) {
+  for (int it = 0; it < iterations && (it == 0 || Clock::now() < stop); ++it) {
     double total = 0;
     for (std::size_t k = 0; k < K; ++k) total += w[k];
     double budget = 0;
@@ -365,7 +366,8 @@ double seconds_left(Clock::time_point deadline) {
 
 }  // namespace
 
-PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdTables& t, int iterations) {
+PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdTables& t, int iterations,
+                                       Clock::time_point stop) {
   const std::size_t K = in.classes;
   PenaltyCertificate best;
   double best_margin = -kInf;
@@ -384,7 +386,7 @@ PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdT
   }
   std::vector<double> lambda(K), R;
   for (std::size_t k = 0; k < K; ++k) lambda[k] = in.count[k] ? 1.0 / static_cast<double>(K * in.count[k]) : 0.0;
-  for (int it = 0; it < iterations; ++it) {
+  for (int it = 0; it < iterations && (it == 0 || Clock::now() < stop); ++it) {
     double budget = 0;
     for (std::size_t k = 0; k < K; ++k) budget += lambda[k] * in.count[k];
     if (!(budget > 0)) break;
@@ -450,8 +452,10 @@ CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, 
   // Unproven certificates by value index: phase 2 would recompute the same ones.
   std::mutex lock;
   std::map<std::size_t, PenaltyCertificate> unproven;
+  // Phase 1 takes at most half the time: the search needs the rest to find schedules.
+  const auto phase1_stop = Clock::now() + (deadline - Clock::now()) / 2;
   auto prove = [&](std::size_t idx) {
-    PenaltyCertificate cert = penalty_certificate(in, make_tables(in, values[idx]));
+    PenaltyCertificate cert = penalty_certificate(in, make_tables(in, values[idx]), 2000, phase1_stop);
     const std::lock_guard<std::mutex> hold(lock);
     ++res.checks;
     if (cert.proven) return true;
@@ -461,7 +465,7 @@ CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, 
   // Phase 1: the LP certificates alone raise the bound (tens of milliseconds each). With two
   // cores, two thresholds per round (the thirds of the bracket).
   const bool two = two_threads;
-  for (std::size_t a = lo, b = hi; a < b && seconds_left(deadline) > 0; lo = a) {
+  for (std::size_t a = lo, b = hi; a < b && seconds_left(phase1_stop) > 0; lo = a) {
     if (two && b - a >= 3) {
       const std::size_t p1 = a + (b - a) / 3, p2 = a + 2 * (b - a) / 3;
       bool r1 = false, r2 = false;
@@ -497,10 +501,10 @@ CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, 
       if (it != unproven.end()) cert = it->second;
     }
     if (cert.lambda.empty()) {
-      cert = penalty_certificate(in, t);
+      cert = penalty_certificate(in, t, 2000, deadline);
       if (cert.proven) return Outcome::Infeasible;
     }
-    const PenaltyCertificate guide = guide_penalties(in, t, 300);
+    const PenaltyCertificate guide = guide_penalties(in, t, 300, deadline);
     if (guide.proven) return Outcome::Infeasible;
     const auto stop = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
     ThresholdSearch search(in, t, guide, cert, &own, static_cast<std::uint32_t>(mid), std::min(stop, deadline));

@@ -29,8 +29,9 @@ struct PenaltyCertificate {
 // counts", solved by column generation (the path DP prices each master's duals and adds the
 // least-penalty path) for at most `iterations` rounds. Proven when the priced penalties make
 // every relaxed schedule overspend, i.e. when the LP relaxation itself is infeasible at T;
-// stops unproven once the master holds a fractional schedule within the counts.
-PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdTables& t, int iterations = 2000);
+// stops unproven once the master holds a fractional schedule within the counts, or at `stop`.
+PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdTables& t, int iterations = 2000,
+                                       Clock::time_point stop = Clock::time_point::max());
 
 struct CertifiedResult {
   bool infeasible = false;        // proven: no schedule at any threshold
