@@ -32,6 +32,10 @@ _DATA = 4          # Tensor.data
 _PADDING = 6       # Tensor.padding
 _LEN = 2           # wire type of length-delimited fields
 _ALIGN = 8         # payload offset alignment in the messages `serialize` writes
+# Up to this size `parse` lets protobuf's C parser read the whole message and copies the
+# payloads out (a few microseconds); walking fields in Python costs tens of microseconds,
+# which only pays off where it saves copying large payloads.
+SMALL_MESSAGE = 64 * 1024
 
 
 class Tensor:
@@ -137,7 +141,15 @@ def serialize(frame: Frame | pb.Frame) -> bytes:
 
 
 def parse(buf: bytes) -> Frame:
-    """Frame bytes -> Frame, payloads as views of `buf`; DecodeError if malformed."""
+    """Frame bytes -> Frame, payloads as views of `buf` (copies below SMALL_MESSAGE);
+    DecodeError if malformed."""
+    if len(buf) <= SMALL_MESSAGE:
+        msg = pb.Frame.FromString(buf)
+        tensors = [Tensor(pb.Tensor(name=t.name, dtype=t.dtype, shape=t.shape,
+                                    encoding=t.encoding if t.HasField("encoding") else None),
+                          t.data) for t in msg.tensors]
+        msg.ClearField("tensors")
+        return Frame(msg, tensors)
     view = memoryview(buf)
     end = len(buf)
     rest: list[bytes] = []  # every top-level field but the tensors, for protobuf
@@ -239,13 +251,17 @@ def _tensor_prefix(pos: int, header: bytes, nbytes: int) -> bytes:
     if not nbytes:  # nothing to align
         return b"\x1a" + _varint(len(header)) + header
     dlen = b"\x22" + _varint(nbytes)
-    for pad in (0, *range(2, 2 + 2 * _ALIGN)):
-        body = len(header) + pad + len(dlen) + nbytes
-        blen = _varint(body)
-        if (pos + 1 + len(blen) + len(header) + pad + len(dlen)) % _ALIGN == 0:
+    pad = 0
+    while True:  # once, or twice when the padding lengthens the body's varint
+        blen = _varint(len(header) + pad + len(dlen) + nbytes)
+        short = -(pos + 1 + len(blen) + len(header) + len(dlen)) % _ALIGN
+        want = short + _ALIGN if short == 1 else short  # a padding field is >= 2 bytes
+        while want < pad:  # never shrink: a shorter body varint could undo the alignment
+            want += _ALIGN
+        if want == pad:
             padding = b"\x32" + _varint(pad - 2) + bytes(pad - 2) if pad else b""
             return b"\x1a" + blen + header + padding + dlen
-    raise AssertionError("unreachable: padding of 2..17 bytes reaches every alignment")
+        pad = want
 
 
 # -- gRPC -------------------------------------------------------------------------------------------

@@ -64,7 +64,15 @@ def test_serialize_is_the_frame_protobuf_reads():
     assert _fields(pb.Frame.FromString(wire.serialize(err))) == _fields(err)
 
 
-def test_parse_reads_what_protobuf_reads():
+@pytest.fixture(params=["walk", "small"])
+def parse_path(request, monkeypatch):
+    """Both ways `parse` reads: walking fields (large messages) and protobuf's parser (small)."""
+    if request.param == "walk":
+        monkeypatch.setattr(wire, "SMALL_MESSAGE", 0)
+    return request.param
+
+
+def test_parse_reads_what_protobuf_reads(parse_path):
     frame = _frame()
     reference = _as_pb(frame)
     for raw in (wire.serialize(frame), reference.SerializeToString()):
@@ -82,7 +90,7 @@ def test_parse_reads_what_protobuf_reads():
     assert _fields(wire.parse(raw)) == _fields(pb.Frame.FromString(raw))
 
 
-def test_parse_agrees_with_protobuf_on_mutated_bytes():
+def test_parse_agrees_with_protobuf_on_mutated_bytes(parse_path):
     """Truncated and bit-flipped frames: both parsers refuse, or both read the same frame."""
     rng = random.Random(18)
     good = wire.serialize(_frame())
@@ -111,7 +119,8 @@ def test_parse_agrees_with_protobuf_on_mutated_bytes():
     assert agreed > 100 and refused > 100
 
 
-def test_payloads_arrive_aligned_and_uncopied_over_grpc():
+def test_payloads_arrive_aligned_and_uncopied_over_grpc(monkeypatch):
+    monkeypatch.setattr(wire, "SMALL_MESSAGE", 0)  # the large-message path, on small frames
     seen = []
 
     def handler(frame: wire.Frame, context) -> wire.Frame:
