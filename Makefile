@@ -62,6 +62,7 @@ typecheck: $(STAMP)
 	for e in pipeedge/*; do case $$e in */_proto|*/__pycache__) ;; *) ln -s $(CURDIR)/$$e $(TYPECHECK_TREE)/;; esac; done
 	ln -s $(CURDIR)/stage_server $(TYPECHECK_TREE)/stage_server
 	ln -s $(CURDIR)/coordinator $(TYPECHECK_TREE)/coordinator
+	ln -s $(CURDIR)/apps $(TYPECHECK_TREE)/apps
 	cp pipeedge/_proto/__init__.py $(TYPECHECK_TREE)/_proto/
 	ln -s $$($(PY) -c "import os, pipeedge._proto.stage_pb2 as m; print(os.path.dirname(m.__file__))")/*_pb2*.py* $(TYPECHECK_TREE)/_proto/
 	cd build/typecheck && $(CURDIR)/$(PY) -m mypy --config-file $(CURDIR)/pyproject.toml \

@@ -1,6 +1,6 @@
 """The live dashboard: ``/dashboard`` (a static page) and ``/dashboard/state.json`` (its data).
 
-The page (``coordinator/static/``: plain HTML, JS and CSS, no build step, nothing loaded from
+The page (``apps/static/``: plain HTML, JS and CSS, no build step, nothing loaded from
 elsewhere) polls ``state.json`` about once a second. A poll asks every stage for its Status
 through `monitor.PipelineMonitor`, so rates, busy share and the bottleneck are exactly what
 ``pipeedge-coord status --watch`` prints; this module only adds what a page needs on top: the
@@ -225,7 +225,7 @@ def make_app(dashboard: Dashboard, *, token: str | None = None):
     token check and error shape as ``serve-http``."""
     from starlette.applications import Starlette
 
-    from pipeedge.coordinator.openai_http import bearer_check, error_handlers
+    from pipeedge.apps.openai_http import bearer_check, error_handlers
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from pipeedge.apps.datasets.glue import ColaExample, cola_batches
+from pipeedge.apps.datasets.imagenet import ImageFolder
 from pipeedge.client import PipelineClient
-from pipeedge.coordinator.datasets.glue import ColaExample, cola_batches
-from pipeedge.coordinator.datasets.imagenet import ImageFolder
 from pipeedge.models import ModelInfo, model_info
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeedge.apps.openai_service import RequestError, listed_inputs, pipeline_error
 from pipeedge.client import AsyncPipelineClient
-from pipeedge.coordinator.openai_service import RequestError, listed_inputs, pipeline_error
 from pipeedge.errors import PipelineError
 from pipeedge.pipeline_file import Pipeline
 

@@ -37,7 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from pipeedge.coordinator.openai_service import CompletionService, RequestError
+from pipeedge.apps.openai_service import CompletionService, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def make_app(services: Sequence, *, token: str | None = None,
         Route("/v1/embeddings", api.embeddings, methods=["POST"]),
     ]
     if dashboard is not None:
-        from pipeedge.coordinator import dashboard as dashboard_mod
+        from pipeedge.apps import dashboard as dashboard_mod
 
         routes += dashboard_mod.routes(dashboard, api.authorize)
     middleware = []
@@ -289,8 +289,8 @@ def running(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Iterator[
 
 def load_services(pipeline_files: Sequence[Path], *, tokenizer=None, timeout_s: float = 60.0):
     """One service per pipeline file: completions for decoders, embeddings for encoders."""
+    from pipeedge.apps.openai_embeddings import EmbeddingService
     from pipeedge.client.generate import TextGenerator
-    from pipeedge.coordinator.openai_embeddings import EmbeddingService
     from pipeedge.pipeline_file import Pipeline
 
     services = []
@@ -322,7 +322,7 @@ def serve(pipeline_files: Sequence[Path], *, host: str = "127.0.0.1", port: int 
     """Serve the pipelines of ``pipeline_files`` until interrupted."""
     import uvicorn
 
-    from pipeedge.coordinator.dashboard import Dashboard
+    from pipeedge.apps.dashboard import Dashboard
 
     services = load_services(pipeline_files, tokenizer=tokenizer, timeout_s=timeout_s)
     app = make_app(services, token=token, cors_origins=cors_origins,

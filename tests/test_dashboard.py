@@ -17,14 +17,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipeedge.apps.dashboard import Dashboard, PlaneSource
+from pipeedge.apps.dashboard import make_app as dashboard_app
+from pipeedge.apps.openai_http import load_services, make_app, running
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator import planning
 from pipeedge.coordinator.control_plane import ControlPlane
-from pipeedge.coordinator.dashboard import Dashboard, PlaneSource
-from pipeedge.coordinator.dashboard import make_app as dashboard_app
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.local_cluster import LocalCluster
-from pipeedge.coordinator.openai_http import load_services, make_app, running
 from pipeedge.coordinator.stage_control import StageControl
 
 pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`

@@ -232,8 +232,8 @@ def _sse(text):
 
 
 def test_openai_http_completions_chat_and_streaming(cluster):
-    from pipeedge.coordinator.openai_http import make_app, running
-    from pipeedge.coordinator.openai_service import CompletionService
+    from pipeedge.apps.openai_http import make_app, running
+    from pipeedge.apps.openai_service import CompletionService
 
     model = "pipeedge/tiny-gpt2"
     _, pipeline_file = deploy(cluster, model, "1,6,7,12")

@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.apps import eval as eval_mod
+from pipeedge.apps.datasets import ImageFolder, load_cola
 from pipeedge.client import PipelineClient
-from pipeedge.coordinator import eval as eval_mod
 from pipeedge.coordinator.cli import main
-from pipeedge.coordinator.datasets import ImageFolder, load_cola
 from pipeedge.coordinator.inputs import image_inputs, text_inputs
 from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl

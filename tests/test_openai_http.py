@@ -10,9 +10,9 @@ import grpc
 import httpx
 import pytest
 
+from pipeedge.apps.openai_http import make_app, running
+from pipeedge.apps.openai_service import CompletionService
 from pipeedge.client.generate import TokenEvent
-from pipeedge.coordinator.openai_http import make_app, running
-from pipeedge.coordinator.openai_service import CompletionService
 from pipeedge.errors import PipelineError
 from pipeedge.tokenizer import ByteTokenizer
 

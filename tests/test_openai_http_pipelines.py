@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from pipeedge import models
+from pipeedge.apps.openai_http import load_services, make_app, running
 from pipeedge.client import TextGenerator
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.inputs import text_inputs
 from pipeedge.coordinator.local_cluster import LocalCluster
-from pipeedge.coordinator.openai_http import load_services, make_app, running
 from pipeedge.partition import parse_partition
 
 pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pipeedge import models
+from pipeedge.apps.eval import EvalResult
 from pipeedge.coordinator import inputs as inputs_mod
-from pipeedge.coordinator.eval import EvalResult
 from pipeedge.coordinator.report import describe_outputs
 from pipeedge.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, image_preprocessing
 

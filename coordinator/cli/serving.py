@@ -50,9 +50,9 @@ def serve(hosts_file, host, port, check_interval, metrics_port, state_file, dash
         from pipeedge.coordinator.metrics import serve_control_plane_metrics
         metrics = serve_control_plane_metrics(plane, host=host, port=metrics_port)
     pages = contextlib.ExitStack()
-    if dashboard_port is not None:  # coordinator/dashboard.py
-        from pipeedge.coordinator import dashboard
-        from pipeedge.coordinator.openai_http import running
+    if dashboard_port is not None:  # apps/dashboard.py
+        from pipeedge.apps import dashboard
+        from pipeedge.apps.openai_http import running
 
         app = dashboard.make_app(dashboard.Dashboard([dashboard.PlaneSource(plane)]),
                                  token=dep.security.token if dep.security else None)
@@ -98,7 +98,7 @@ def serve(hosts_file, host, port, check_interval, metrics_port, state_file, dash
 def serve_http(pipeline_paths, host, port, tokenizer, timeout, max_concurrency, token_spec,
                cors_origins, max_body):
     """Serve deployed models over an OpenAI-compatible HTTP API (SSE streaming)."""
-    from pipeedge.coordinator.openai_http import serve as serve_openai
+    from pipeedge.apps.openai_http import serve as serve_openai
     from pipeedge.security import read_token
 
     token = read_token(token_spec) if token_spec else None

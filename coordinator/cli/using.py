@@ -142,10 +142,10 @@ def eval_cmd(dataset, pipeline_path, task, batch, window, limit, seed, classes_f
              timeout, no_progress):
     """Accuracy of the deployed pipeline over DATASET: an ImageNet-style folder (top-1) or a
     GLUE CoLA .tsv file (Matthews correlation)."""
+    from pipeedge.apps import eval as eval_mod
+    from pipeedge.apps.datasets import ImageFolder, load_cola
     from pipeedge.client import PipelineClient
-    from pipeedge.coordinator import eval as eval_mod
     from pipeedge.coordinator import inputs as inputs_mod
-    from pipeedge.coordinator.datasets import ImageFolder, load_cola
     from pipeedge.pipeline_file import Pipeline
 
     pipeline = Pipeline.load(pipeline_path)
@@ -193,7 +193,7 @@ def imagenet_prepare(src, out, wnids_file, no_progress):
     into train/<wnid>/ and val/<wnid>/ folders that `eval` reads."""
     from tqdm import tqdm
 
-    from pipeedge.coordinator.datasets import prepare_ilsvrc2012
+    from pipeedge.apps.datasets import prepare_ilsvrc2012
 
     bars = []
 
