@@ -88,11 +88,11 @@ def test_bound_and_plan_against_brute_force() -> None:
     assert checked > 50
 
 
-@pytest.mark.parametrize("count", [18, 20, 22])
-def test_optimal_at_18_to_22_devices_against_the_type_count_dp(count: int) -> None:
+@pytest.mark.parametrize("count", [18, 20, 22, 28, 32])
+def test_optimal_at_18_to_32_devices_against_the_type_count_dp(count: int) -> None:
     rng = random.Random(count)
     for _ in range(2):
-        inst = _fleet(rng, 12, count, 3)
+        inst = _fleet(rng, 12 if count <= 22 else 24, count, 3)
         optimum = type_count_bottleneck(inst)
         assert math.isfinite(optimum)
         _check_certified(inst, optimum, time_limit_s=5.0, exact=True)

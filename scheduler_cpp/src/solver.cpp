@@ -264,7 +264,10 @@ Schedule certified(const CostModel& model, const ClassInstance& fine, const Opti
     return model.compute_s(a, 0, model.layers()) < model.compute_s(b, 0, model.layers());
   });
   seed(order);
-  const bool two = options.threads == 0 ? std::thread::hardware_concurrency() >= 2 : options.threads >= 2;
+  // Auto: a second thread only on instances big enough to repay starting it (measured: on
+  // the tiny ones it doubles the CPU time for nothing).
+  const bool big = fine.classes * fine.layers >= 512;
+  const bool two = options.threads == 0 ? big && std::thread::hardware_concurrency() >= 2 : options.threads >= 2;
   const CertifiedResult r = certified_bottleneck(fine, found ? out.bottleneck_s : kInf, deadline, two);
   SearchStats stats;
   stats.device_classes = fine.classes;

@@ -86,7 +86,8 @@ TEST_CASE(certified_matches_brute_force_distinct) { brute_force_run(21, {7, 5, f
 TEST_CASE(certified_matches_brute_force_shared_types) { brute_force_run(22, {7, 5, false, false, true}, 300); }
 TEST_CASE(certified_matches_brute_force_links_and_legs) { brute_force_run(23, {6, 5, true, true, true}, 300); }
 
-// Against the exhaustive search: 8-14 distinct devices, and 18-22 devices in 3-5 types.
+// Against the exhaustive search: 8-14 distinct devices, and 18-22 devices in 3-5 types; one
+// thread and two.
 TEST_CASE(certified_bound_and_plan_match_the_exhaustive_search) {
   std::mt19937_64 rng(24);
   int exact = 0, cases = 0;
@@ -97,9 +98,15 @@ TEST_CASE(certified_bound_and_plan_match_the_exhaustive_search) {
       const Schedule opt = solve(p);
       CHECK(opt.exact);
       const std::string what = std::to_string(devices) + " devices, rep " + std::to_string(rep);
-      const Schedule got = solve(p, beyond_limit(2.0));
+      Options one = beyond_limit(2.0), two = beyond_limit(2.0);
+      one.threads = 1;
+      two.threads = 2;  // the second thread's rounds, whatever the instance size
+      const Schedule got = solve(p, one);
       check_against(got, opt, what);
       CHECK_MSG(got.exact, what << " gap " << got.gap);
+      const Schedule got2 = solve(p, two);
+      check_against(got2, opt, what + " (two threads)");
+      CHECK_MSG(got2.exact, what << " gap " << got2.gap << " (two threads)");
       check_against(solve(p, beyond_limit(0.0)), opt, what + " (no time)");
       check_against(solve(p, beyond_limit(0.01)), opt, what + " (10 ms)");
       exact += got.exact;

@@ -81,8 +81,8 @@ struct Options {
   // Beyond the exhaustive limit (throughput): seconds the certified search may take before it
   // returns its best schedule with the proven bound. It returns earlier when the two meet.
   double time_limit_s = 5.0;
-  // Threads the certified search may use: 0 = two when the machine has two cores or more (it
-  // uses at most two), 1 = this thread only.
+  // Threads the certified search uses: 0 = two when the machine has two cores or more and the
+  // instance is not tiny (device classes x layers >= 512), 1 = this thread only, 2 = two.
   unsigned threads = 0;
 };
 
