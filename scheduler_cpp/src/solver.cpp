@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -225,6 +226,20 @@ std::string percent(double x) {
   return buf;
 }
 
+// Auto threads: a second thread only when a core is idle (1-minute load average below cores - 1,
+// where the system reports one) and the instance is big enough to repay starting it. Measured
+// here: on tiny instances it doubled the CPU time for nothing, and on a machine whose cores are
+// all busy two threads of the search get one core's time between them and find worse plans.
+bool second_thread_pays(const ClassInstance& in) {
+  const unsigned cores = std::thread::hardware_concurrency();
+  if (cores < 2 || in.classes * in.layers < 512) return false;
+#if defined(__unix__) || defined(__APPLE__)
+  double load = 0;
+  if (getloadavg(&load, 1) == 1 && load > static_cast<double>(cores) - 1) return false;
+#endif
+  return true;
+}
+
 // Throughput beyond the exhaustive limit: the baselines seed the certified search, which
 // returns the best schedule it finds within the time limit and a proven bound.
 Schedule certified(const CostModel& model, const ClassInstance& fine, const Options& options) {
@@ -264,10 +279,7 @@ Schedule certified(const CostModel& model, const ClassInstance& fine, const Opti
     return model.compute_s(a, 0, model.layers()) < model.compute_s(b, 0, model.layers());
   });
   seed(order);
-  // Auto: a second thread only on instances big enough to repay starting it (measured: on
-  // the tiny ones it doubles the CPU time for nothing).
-  const bool big = fine.classes * fine.layers >= 512;
-  const bool two = options.threads == 0 ? big && std::thread::hardware_concurrency() >= 2 : options.threads >= 2;
+  const bool two = options.threads == 0 ? second_thread_pays(fine) : options.threads >= 2;
   const CertifiedResult r = certified_bottleneck(fine, found ? out.bottleneck_s : kInf, deadline, two);
   SearchStats stats;
   stats.device_classes = fine.classes;

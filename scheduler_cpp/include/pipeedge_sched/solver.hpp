@@ -81,8 +81,9 @@ struct Options {
   // Beyond the exhaustive limit (throughput): seconds the certified search may take before it
   // returns its best schedule with the proven bound. It returns earlier when the two meet.
   double time_limit_s = 5.0;
-  // Threads the certified search uses: 0 = two when the machine has two cores or more and the
-  // instance is not tiny (device classes x layers >= 512), 1 = this thread only, 2 = two.
+  // Threads the certified search uses: 0 = two when the machine has a core to spare (two or
+  // more cores, 1-minute load average below cores - 1) and the instance is not tiny (device
+  // classes x layers >= 512), 1 = this thread only, 2 = two.
   unsigned threads = 0;
 };
 
