@@ -126,3 +126,27 @@ def test_dockerfile_offline_and_non_root():
     for arch_word in ("x86_64", "amd64", "aarch64", "arm64"):
         assert arch_word not in "\n".join(
             line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def test_arm64_requirements_follow_aarch64_markers(tmp_path):
+    """pip download --platform evaluates markers for the x86 host; the arm64 wheelhouse's list
+    must instead drop x86-only requirements, keep aarch64 ones, and leave out the given wheels."""
+    import zipfile
+
+    def wheel(name, requires):
+        path = tmp_path / f"{name}-1.0-cp311-cp311-manylinux_2_28_aarch64.whl"
+        meta = "Metadata-Version: 2.1\nName: {}\nVersion: 1.0\n".format(name) + "".join(
+            f"Requires-Dist: {r}\n" for r in requires)
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr(f"{name}-1.0.dist-info/METADATA", meta)
+        return path
+
+    torch = wheel("torch", ["filelock", 'nvidia-cudnn-cu12==9.1; platform_machine == "x86_64"',
+                            'setuptools; python_version >= "3.12"', "sympy>=1.13"])
+    ours = wheel("pipeedge", ["torch>=2.1", "numpy>=1.24", 'onnx>=1.15; extra == "onnx"',
+                              'hf-xet; platform_machine == "aarch64"'])
+    lines = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, str(DOCKER / "arm64" / "requirements.py"), *a], capture_output=True,
+        text=True, check=True, timeout=60).stdout.split()
+    assert lines(str(torch), str(ours)) == ["filelock", "sympy>=1.13", "numpy>=1.24", "hf-xet"]
+    assert "onnx>=1.15" in lines("--extras", "onnx", str(torch), str(ours))
