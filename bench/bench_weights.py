@@ -40,9 +40,10 @@ from pipeedge.stage_server.backends import load_backend
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_backends import shard_inputs, time_pair  # noqa: E402
 
-WIRE = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16, "int8": pb.INT8}
+WIRE = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16, "int8": pb.INT8,
+        "int4": pb.INT4}
 CONFIGS = [("torch", "float32"), ("torch", "float16"), ("torch", "bfloat16"), ("torch", "int8"),
-           ("onnx", "float32"), ("onnx", "float16"), ("onnx", "int8")]
+           ("onnx", "float32"), ("onnx", "float16"), ("onnx", "int8"), ("onnx", "int4")]
 BACKENDS = {"torch": pb.TORCH, "onnx": pb.ONNX}
 VIT, BERT, MINILM, GPT2 = ("google/vit-base-patch16-224", "textattack/bert-base-uncased-CoLA",
                            "sentence-transformers/all-MiniLM-L6-v2", "gpt2")
@@ -231,7 +232,11 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=15.0, help="seconds of timing per microbatch")
     ap.add_argument("--threads", type=int, default=0, help="0 = torch's default")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--configs", default="", help="e.g. torch:float32,onnx:int4 (the first is "
+                    "the reference; default: all)")
+    ap.add_argument("--json", type=Path, default=OUT / "weights_results.json")
     args = ap.parse_args()
+    configs = [tuple(c.split(":")) for c in args.configs.split(",")] if args.configs else CONFIGS
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -240,18 +245,21 @@ def main() -> int:
         cache = Path(tmp)
         if not args.skip_accuracy:
             print("accuracy against torch float32 of the same weights", flush=True)
-            results["minilm"] = minilm_rows(CONFIGS, cache)
-            results["classifiers"] = (classifier_rows(VIT, CONFIGS, cache)
-                                      + classifier_rows(BERT, CONFIGS, cache))
-            results["decoder"] = decoder_rows(CONFIGS)
+            results["minilm"] = minilm_rows(configs, cache)
+            results["classifiers"] = (classifier_rows(VIT, configs, cache)
+                                      + classifier_rows(BERT, configs, cache))
+            results["decoder"] = decoder_rows(configs)
         print(f"speed and memory, {threads} threads", flush=True)
-        results["speed"] = speed_rows(CONFIGS, [int(b) for b in args.microbatches.split(",")],
+        results["speed"] = speed_rows(configs, [int(b) for b in args.microbatches.split(",")],
                                       args.budget, threads, cache)
     results["seconds"] = time.perf_counter() - start
-    (OUT / "weights_results.json").write_text(json.dumps(results, indent=1))
-    plot(results["speed"], OUT / "weights.png")
-    print(table(results))
+    results["configs"] = configs
+    args.json.write_text(json.dumps(results, indent=1))
+    plot(results["speed"], args.json.with_suffix(".png"))
+    print(table(results, configs))
     goal = [r for r in results["speed"] if (r["dtype"], r["microbatch"]) == ("int8", 8)]
+    if configs[0] != ("torch", "float32"):
+        goal = []  # the goals are ratios to torch float32
     for r in goal:
         print(f"goal: {r['backend']} int8 3 ViT-Base blocks at microbatch 8 = x{r['ratio']:.2f} "
               f"torch float32 (goal >= {GOAL_SPEEDUP}) -> "
@@ -261,11 +269,11 @@ def main() -> int:
             ok = r["cos_min"] >= GOAL_COSINE and r["top1_same"] == r["queries"]
             print(f"goal: MiniLM {r['backend']} int8 cosine min {r['cos_min']:.4f}, top-1 "
                   f"{r['top1_same']}/{r['queries']} unchanged -> {'PASS' if ok else 'BELOW GOAL'}")
-    print(f"total {results['seconds']:.0f}s; wrote bench/weights_results.json, bench/weights.png")
+    print(f"total {results['seconds']:.0f}s; wrote {args.json} and its .png")
     return 0
 
 
-def table(results: dict) -> str:
+def table(results: dict, configs) -> str:
     """The markdown table for README / REPORT.md: one row per backend and weights dtype."""
     def pick(rows, backend, dtype, **match):
         return next((r for r in rows if r["backend"] == backend and r["dtype"] == dtype
@@ -276,7 +284,7 @@ def table(results: dict) -> str:
             "GPT-2 greedy agree |")
     lines = [head, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     speed = results["speed"]
-    for backend, dtype in CONFIGS:
+    for backend, dtype in configs:
         s1, s8 = pick(speed, backend, dtype, microbatch=1), pick(speed, backend, dtype,
                                                                   microbatch=8)
         m = pick(results.get("minilm", []), backend, dtype)

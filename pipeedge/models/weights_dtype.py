@@ -2,6 +2,8 @@
 and the torch int8 path. One owner, so hosts.yml, deploy, the stage and profiling agree.
 
 - ``float32`` (default), ``float16``, ``bfloat16``: weights stored in that dtype, compute in it.
+- ``int4`` (onnx stages only): 4-bit matmul weights in blocks of 32 (onnxruntime MatMulNBits),
+  activations float32 (quantized to int8 inside the kernel).
 - ``int8``: the matmul weights (every ``nn.Linear`` but a decoder's ``lm_head``, GPT-2's
   ``Conv1D`` too) stored as int8 with one scale per output channel, activations quantized per
   call (dynamic quantization); norms, embeddings and biases stay float32.
@@ -13,8 +15,8 @@ Why torch's own ``torch.ao.quantization.quantize_dynamic`` for torch int8 (measu
 2.13 on the 2-core x86 CI machine, ViT-Base MLP, batch 8): its fbgemm/x86 int8 GEMM ran 2.5x
 faster than float32, while torchao 0.18 (PyPI) ran int8 weight-only at float32 speed
 (dequantize, then a float GEMM) and int8 dynamic-activation 2x slower than float32 (no fused CPU
-kernel); torchao's int4 needs GPU kernels (``mslk``). ``torch.ao.quantization`` is deprecated in
-favour of torchao and warns; the day it is removed, this module is the one place to change.
+kernel); torchao's int4 needs GPU kernels (``mslk``), so torch refuses int4.
+``torch.ao.quantization`` is deprecated in favour of torchao and warns; the day it is removed, this module is the one place to change.
 Its x86 kernels quantize activations to 7 bits (fbgemm's reduce_range), which costs accuracy:
 MiniLM pooled-embedding cosine 0.974-0.981 against float32 where onnxruntime's int8 (8-bit
 activations) reaches 0.993 (bench/REPORT.md); the QNNPACK engine has 8-bit activations and
@@ -32,18 +34,19 @@ from torch import nn
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.errors import PipeEdgeError
 
-NAMES = ("float32", "float16", "bfloat16", "int8")
-BACKENDS = {"torch": NAMES, "onnx": ("float32", "float16", "int8")}
+NAMES = ("float32", "float16", "bfloat16", "int8", "int4")
+BACKENDS = {"torch": ("float32", "float16", "bfloat16", "int8"),
+            "onnx": ("float32", "float16", "int8", "int4")}
 _TO_PROTO = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16,
-             "int8": pb.INT8}
+             "int8": pb.INT8, "int4": pb.INT4}
 _FROM_PROTO = {v: k for k, v in _TO_PROTO.items()}
 _FLOATS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _WHY_NOT = {
     ("onnx", "bfloat16"): "onnxruntime's CPU provider has no bfloat16 MatMul; use float16 or "
                           "int8, or backend: torch",
+    ("torch", "int4"): "torch has no CPU int4 kernel here (torchao's int4 needs GPU kernels); "
+                       "use int8, or backend: onnx (onnxruntime MatMulNBits)",
 }
-_INT4 = ("no CPU int4 kernel works with this install (torchao's int4 needs GPU kernels); use "
-         "int8, which stores weights 4x smaller than float32")
 
 
 class WeightsDtypeError(PipeEdgeError, ValueError):
@@ -54,8 +57,6 @@ def check(name, backend: str = "torch", *, where: str = "") -> str:
     """The canonical name of ``name`` for ``backend``; one-line WeightsDtypeError otherwise."""
     text = str(name).strip().lower()
     at = f" for {where}" if where else ""
-    if text == "int4":
-        raise WeightsDtypeError(f"weights_dtype int4{at}: {_INT4}")
     if text not in NAMES:
         raise WeightsDtypeError(f"weights_dtype '{name}'{at} is unknown; use one of "
                                 f"{', '.join(NAMES)}")

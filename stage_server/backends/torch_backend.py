@@ -30,7 +30,9 @@ class TorchShardBackend(ShardBackend):
         if self.wire_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"dtype {self.wire_dtype} is not a compute dtype; use float32, "
                              "float16 or bfloat16 (weights_dtype: int8 for int8 weights)")
-        self.weights_dtype = weights_dtype.from_assignment(assignment)
+        self.weights_dtype = weights_dtype.check(
+            weights_dtype.from_assignment(assignment), "torch",
+            where=f"{info.name} layers {assignment.first_layer}-{assignment.last_layer}")
         if self.weights_dtype == "int8" and self.device.type != "cpu":
             raise ValueError(f"int8 weights run on the CPU only, not {self.device}; set "
                              "device: cpu or another weights_dtype")
