@@ -1,12 +1,13 @@
 """`make bench`: the testbed benchmark report.
 
 Brings up emulated edge devices (`pipeedge.coordinator.testbed`, needs root), runs five
-sections (scaling, scheduler predictions, heterogeneous devices, slow links with compression,
-transport latency), each with its baseline measured in the same run, and writes
-bench/results.json, one PNG per section and bench/REPORT.md. A section that needs something
-not available here is skipped with the reason printed; the others still run.
+sections (scaling on 1-16 devices, scheduler predictions, heterogeneous sets of 8 and 16
+devices against three baselines, slow links with compression, transport latency), each with
+its baseline measured in the same run, plus cost growth (deploy, idle stages, solve time), and
+writes bench/results.json, one PNG per section and bench/REPORT.md. A section that needs
+something not available here is skipped with the reason printed; the others still run.
 
-    python bench/run_report.py                 # everything (~10 minutes on 2 cores)
+    python bench/run_report.py                 # everything (~25 minutes on 2 cores)
     python bench/run_report.py --quick         # tiny models: checks the report end to end
     python bench/run_report.py --quick --max-devices 2   # the CI smoke run (tests/)
     python bench/run_report.py -s scaling -s transport
@@ -47,13 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pipeedge-report-"))
     settings = Settings(out_dir=out_dir, workdir=workdir, cpu=args.cpu, priority=args.priority,
                         microbatch=args.microbatch, quick=args.quick, seed=args.seed,
-                        max_devices=args.max_devices, testbed_prefix=args.testbed_prefix,
-                        subnets=args.subnets)
+                        max_devices=args.max_devices, scale_cpu=args.scale_cpu,
+                        testbed_prefix=args.testbed_prefix, subnets=args.subnets)
     start = time.monotonic()
     results = {"generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick,
                "settings": {"cpu": args.cpu, "priority": args.priority,
                             "microbatch": args.microbatch, "seed": args.seed,
-                            "max_devices": args.max_devices},
+                            "max_devices": args.max_devices, "scale_cpu": args.scale_cpu},
                "environment": _environment(), "sections": {}}
     failed = False
     from pipeedge.coordinator.testbed import problems
@@ -144,9 +145,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--microbatch", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="Tiny models, few microbatches.")
-    p.add_argument("--max-devices", type=int, default=4, choices=(2, 3, 4),
-                   help="Emulated devices per testbed: 4 for the report, 2 for a smoke run "
-                        "(every section still runs, on 1-2 stages).")
+    p.add_argument("--max-devices", type=int, default=16, choices=(2, 3, 4, 8, 16),
+                   help="Most emulated devices of a testbed: 16 for the report (scaling to 16, "
+                        "heterogeneous sets of 8 and 16), 2 for a smoke run (every section "
+                        "still runs, on 1-2 stages).")
+    p.add_argument("--scale-cpu", type=float, default=0.1,
+                   help="Cores per device in the scaling section (16 x 0.1 leave the host 0.4 "
+                        "of 2 cores).")
     p.add_argument("--testbed-prefix", default="pe",
                    help="Testbeds are named PREFIXbench and PREFIXhet (1-3 lowercase letters "
                         "or digits, starting with a letter) [default: pe].")

@@ -9,7 +9,7 @@ payload bytes outside protobuf objects, which copied each payload four to six ti
   each payload right behind its header: one copy, into the bytes gRPC sends;
 - `parse` walks the message's top-level fields and each tensor's fields (varints only), hands
   everything but `Tensor.data` to protobuf, and keeps each payload as a view of the received
-  bytes: no copy.
+  bytes: no copy (messages up to SMALL_MESSAGE go through protobuf whole: faster there).
 
 In messages written here each payload starts 8-byte aligned (a `Tensor.padding` field of a few
 zero bytes before `data` when needed), so `codec.decode_tensor` views it without copying.

@@ -126,7 +126,8 @@ def test_quick_two_device_report_runs_every_section_and_cleans_up(tmp_path):
     assert sorted((r["model"], r["devices"]) for r in scaling) == sorted(
         (m, n) for m in ("pipeedge/tiny-vit", "pipeedge/tiny-bert") for n in (1, 2))
     for r in scaling:
-        _numbers(r, "items_per_s", "wall_items_per_s", "latency_p50_s", "speedup")
+        _numbers(r, "items_per_s", "wall_items_per_s", "latency_p50_s", "speedup", "deploy_s",
+                 "rss_mb")
         assert len(r["stage_cores"]) == r["devices"]
 
     predictions = results["sections"]["predictions"]["rows"]
@@ -135,11 +136,13 @@ def test_quick_two_device_report_runs_every_section_and_cleans_up(tmp_path):
         _numbers(r, "items_per_s", "predicted_items_per_s", "ratio")
         assert 1 <= r["devices_used"] <= r["devices_offered"]
 
-    hetero = results["sections"]["heterogeneous"]["rows"]
-    assert [r["split"] for r in hetero] == ["even", "memory-proportional", "scheduler"]
-    for r in hetero:
-        _numbers(r, "items_per_s", "vs_even")
-    _numbers(hetero[-1], "predicted_items_per_s", "ratio")
+    hetero = results["sections"]["heterogeneous"]
+    assert [r["split"] for r in hetero["rows"]] == [
+        "ours (scheduler)", "even", "memory-proportional", "compute-proportional (PipeDream)"]
+    for r in hetero["rows"]:
+        _numbers(r, "items_per_s", "vs_ours", "predicted_items_per_s", "ratio")
+    assert [r["devices"] for r in hetero["solve"]] == [4, 8, 16, 32]
+    assert "## Cost growth" in (out_dir / "REPORT.md").read_text()
 
     links = results["sections"]["slow_links"]["rows"]
     assert {(r["link_mbps"], r["encoding"]) for r in links} == {

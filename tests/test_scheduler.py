@@ -29,6 +29,7 @@ from pipeedge.coordinator.scheduler import (
     load_inputs,
     schedule,
 )
+from pipeedge.coordinator.scheduler import evaluate as evaluate_plan
 
 FIXTURES = Path("/work/shared/fixtures/pipeedge-format")
 VIT_BASE, VIT_LARGE = "google/vit-base-patch16-224", "google/vit-large-patch16-224"
@@ -234,3 +235,22 @@ def test_argument_errors_are_scheduling_errors() -> None:
         schedule(model=inst.model, devices=())
     with pytest.raises(SchedulingError, match="batch size must be"):
         schedule(model=inst.model, devices=inst.devices, batch_size=0)
+
+
+def test_evaluate_prices_a_plan_as_the_cost_model_does() -> None:
+    """evaluate(): the scheduler's own plan costs what schedule() said; a hand-computed even
+    split on two devices; a plan over a device's memory is refused by name."""
+    model = ModelProfile("m", mem_MB=(10.0, 10.0, 10.0, 10.0), parameters_in=4,
+                         parameters_out=(4, 4, 4, 4))
+    devices = [DeviceProfile("a", "fast", 100.0, 1000.0, (1.0, 1.0, 1.0, 1.0)),
+               DeviceProfile("b", "slow", 25.0, 1000.0, (3.0, 3.0, 3.0, 3.0))]
+    best = schedule(model=model, devices=devices, batch_size=1)
+    again = evaluate_plan(model=model, devices=devices, batch_size=1,
+                          plan=[(s.host, s.first_layer, s.last_layer) for s in best.stages])
+    assert again.bottleneck_s == pytest.approx(best.bottleneck_s)
+    even = evaluate_plan(model=model, devices=devices, batch_size=1,
+                         plan=[("a", 1, 2), ("b", 3, 4)])
+    assert even.bottleneck_s == pytest.approx(6.0)  # b: 2 layers x 3 s; a 1-element wire is ~0
+    with pytest.raises(SchedulingError, match="need .* MB on b, which has 25 MB"):
+        evaluate_plan(model=model, devices=devices, batch_size=1,
+                      plan=[("a", 1, 1), ("b", 2, 4)])

@@ -14,6 +14,8 @@ log = logging.getLogger(__name__)
 
 VIT = "google/vit-base-patch16-224"
 BERT = "bert-base-uncased"
+VIT_LARGE = "google/vit-large-patch16-224"
+BERT_LARGE = "bert-large-uncased"
 TINY_VIT = "pipeedge/tiny-vit"
 TINY_BERT = "pipeedge/tiny-bert"
 
@@ -31,7 +33,8 @@ class Settings:
     microbatch: int = 2
     quick: bool = False           # tiny models, few microbatches: checks the report end to end
     seed: int = 0
-    max_devices: int = 4          # emulated devices per testbed (2: the CI smoke run)
+    max_devices: int = 16         # most emulated devices of a testbed (2: the CI smoke run)
+    scale_cpu: float = 0.1        # cores per device in the 16-device sections (16 x 0.1 fit)
     testbed_prefix: str = "pe"    # testbeds are PREFIXbench and PREFIXhet (namespaces, cgroups)
     subnets: str = "10.77.10.0/23"  # first /24 for the equal devices, second for PREFIXhet
 
@@ -62,6 +65,11 @@ class Settings:
     def bert(self) -> str:
         return TINY_BERT if self.quick else BERT
 
+    @property
+    def large_models(self) -> tuple[str, ...]:
+        """The paper's scale: ViT-Large and BERT-Large shapes (tiny models with --quick)."""
+        return (TINY_VIT, TINY_BERT) if self.quick else (VIT_LARGE, BERT_LARGE)
+
     def count(self, stages: int) -> int:
         """Microbatches to stream on `stages` stages: enough past the fill for a stable rate."""
         return {1: 4, 2: 6}.get(stages, 8) if self.quick else {1: 8, 2: 16}.get(stages, 20)
@@ -81,25 +89,42 @@ class Testbeds:
 
     def get(self, key: str, doc: dict) -> Testbed:
         if key not in self._up:
+            for other in [k for k, tb in self._up.items() if tb.state.prefix == doc["name"]]:
+                self.release(other)  # same name and subnet: one of them at a time
             doc = {"state_dir": str(self.settings.workdir / "state"), **doc}
             log.info("bringing up testbed %s (%d device groups)", doc["name"], len(doc["devices"]))
             self._up[key] = Testbed.up(spec_from_dict(doc))
         return self._up[key]
 
-    def close(self) -> None:
-        for tb in self._up.values():
+    def release(self, key: str) -> None:
+        tb = self._up.pop(key, None)
+        if tb is not None:
             left = tb.down()
             if not left.empty():
                 log.warning("testbed %s left %s", tb.state.prefix, left.describe())
-        self._up.clear()
+
+    def close(self) -> None:
+        for key in list(self._up):
+            self.release(key)
 
 
 def equal_devices(settings: Settings, count: int | None = None) -> dict:
-    """Testbed A: `count` (default: max_devices) identical CPU-capped devices on fast links."""
-    count = min(count or settings.max_devices, settings.max_devices)
+    """Testbed A: `count` (default: 4) identical CPU-capped devices on fast links."""
+    count = min(count or 4, settings.max_devices)
     return {"name": settings.testbed_name("bench"), "subnet": settings.subnet(0),
             "cpu_priority": settings.priority,
             "device_types": {"edge": {"cpu": settings.cpu, "mem_mb": 2048, "bw_mbps": 1000}},
             "devices": [{"type": "edge", "count": count}],
             "deployment": {"weights": f"random:{settings.seed}",
                            "microbatch": settings.microbatch}}
+
+
+def many_devices(settings: Settings) -> dict:
+    """The scaling testbed: max_devices (16) identical devices of `scale_cpu` cores each, on
+    testbed A's name and subnet (it is brought down before A comes up, and back)."""
+    return {"name": settings.testbed_name("bench"), "subnet": settings.subnet(0),
+            "cpu_priority": settings.priority,
+            "device_types": {"edge": {"cpu": settings.scale_cpu, "mem_mb": 2048,
+                                      "bw_mbps": 1000}},
+            "devices": [{"type": "edge", "count": settings.max_devices}],
+            "deployment": {"weights": f"random:{settings.seed}", "microbatch": 1}}

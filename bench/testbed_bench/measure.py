@@ -104,3 +104,22 @@ def host_busy_seconds() -> float:
 def _own_seconds() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, MB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def idle_cores(pids: tuple[int, ...], seconds: float) -> tuple[float, ...]:
+    """CPU (cores) each process uses over `seconds` with no traffic: what a stage costs its
+    device just for being there (health checks, status polls, threads waking)."""
+    before = [cpu_seconds(p) for p in pids]
+    time.sleep(seconds)
+    return tuple((cpu_seconds(p) - b) / seconds for p, b in zip(pids, before))

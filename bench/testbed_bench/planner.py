@@ -73,3 +73,46 @@ def plan(tb: Testbed, sched_dir: Path, tag: str, model: str, devices: list[str],
                       **deployment)
     return ScheduledPlan(fixed, partition, order, float(schedule.throughput_items_s),
                          str(getattr(schedule, "method", "")))
+
+
+def _inputs(sched_dir: Path, model: str, microbatch: int):
+    from pipeedge.coordinator import scheduler
+
+    links = sched_dir / "links.yml"
+    return scheduler.load_inputs(
+        model_name=model, models_file=sched_dir / "models.yml",
+        dev_types_file=sched_dir / "device_types.yml", dev_file=sched_dir / "devices.yml",
+        links_file=links if links.is_file() else None, batch_size=microbatch,
+        dtype="torch.float32")
+
+
+def layer_times(sched_dir: Path, model: str, names: list[str],
+                microbatch: int) -> dict[str, list[float]]:
+    """Each device's profiled per-layer seconds (what a compute-only partitioner sees)."""
+    devices = {d.host: d for d in _inputs(sched_dir, model, microbatch).devices}
+    return {n: list(devices[n].time_s) for n in names}
+
+
+def predict(sched_dir: Path, model: str, order: list[str], partition: str,
+            microbatch: int) -> float:
+    """The cost model's items/s for `partition` on `order` (SchedulingError: does not fit)."""
+    from pipeedge.coordinator import scheduler
+
+    inputs = _inputs(sched_dir, model, microbatch)
+    bounds = [int(x) for x in partition.split(",")]
+    plan = [(host, bounds[2 * k], bounds[2 * k + 1]) for k, host in enumerate(order)]
+    return scheduler.evaluate(model=inputs.model, devices=inputs.devices, links=inputs.links,
+                              plan=plan, batch_size=microbatch).throughput_items_s
+
+
+def solve(sched_dir: Path, model: str, names: list[str], size: int, microbatch: int):
+    """The scheduler over `size` devices: these profiled hosts, repeated under new names
+    past their number (links: the NIC rule, so any count has them)."""
+    from dataclasses import replace
+
+    from pipeedge.coordinator import scheduler
+
+    inputs = _inputs(sched_dir, model, microbatch)
+    by_name = {d.host: d for d in inputs.devices}
+    devices = [replace(by_name[names[k % len(names)]], host=f"dev{k}") for k in range(size)]
+    return scheduler.schedule(model=inputs.model, devices=devices, batch_size=microbatch)

@@ -40,7 +40,8 @@ def _scaling(plt, result):
         by_model.setdefault(r["model"], []).append(r)
     ns = sorted({r["devices"] for r in result["rows"]})
     left.plot(ns, ns, "k--", label="ideal (N x 1 device)")
-    left.plot(ns, [0.9 * n for n in ns], ":", color="gray", label="goal 0.9 N")
+    left.plot(ns, [0.9 * n for n in ns], ":", color="gray", label="0.9 N")
+    left.plot(ns, [0.85 * n for n in ns], ":", color="silver", label="0.85 N")
     for model, rows in by_model.items():
         left.plot([r["devices"] for r in rows], [r["speedup"] for r in rows], "o-",
                   label=_short(model))
@@ -71,26 +72,22 @@ def _predictions(plt, result):
 
 
 def _hetero(plt, result):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    rows = result["rows"]
-    xs = range(len(rows))
-    ax.bar(xs, [r["items_per_s"] for r in rows],
-           color=["gray"] + ["tab:blue"] * (len(rows) - 1))
-    for i, r in enumerate(rows):
-        if "predicted_items_per_s" in r:
+    sets = sorted({r["set"] for r in result["rows"]})
+    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), squeeze=False)
+    for ax, size in zip(axes[0], sets):
+        rows = [r for r in result["rows"] if r["set"] == size]
+        xs = range(len(rows))
+        ax.bar(xs, [r["items_per_s"] for r in rows],
+               color=["tab:blue"] + ["gray"] * (len(rows) - 1), label="measured")
+        for i, r in enumerate(rows):
             ax.plot([i - 0.4, i + 0.4], [r["predicted_items_per_s"]] * 2, "r-",
-                    label="scheduler's prediction")
-        ax.annotate(r["partition"].replace(",", " "), (i, r["items_per_s"]), ha="center",
-                    va="bottom", fontsize=7)
-    ax.axhline(rows[0]["items_per_s"], color="k", linestyle="--", linewidth=0.8,
-               label="even split (baseline)")
-    ax.set_xticks(list(xs), [r["split"] for r in rows])
-    kinds = [d.get("type") for d in result["testbed"]["devices"]
-             for _ in range(int(d.get("count", 1)))]
-    ax.set(ylabel="items/s (steady state)",
-           title=f"{kinds.count('fast')} fast + {kinds.count('slow')} slow, "
-                 f"{_short(result['model'])}")
-    ax.legend(fontsize=8)
+                    label="predicted (cost model)" if i == 0 else None)
+            ax.annotate(f"x{r['vs_ours']:.2f}", (i, r["items_per_s"]), ha="center",
+                        va="bottom", fontsize=8)
+        ax.set_xticks(list(xs), [r["split"].replace(" (", "\n(") for r in rows], fontsize=7)
+        ax.set(ylabel="items/s (steady state)",
+               title=f"{size} heterogeneous devices, {_short(result['model'])}")
+        ax.legend(fontsize=8)
     return fig
 
 

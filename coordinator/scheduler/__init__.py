@@ -7,7 +7,7 @@ optional measured-links file. Re-exports only; see ``solver.schedule``.
 from .errors import SchedulingError
 from .profiles import DeviceProfile, Link, ModelProfile, NetworkLinks, Objective
 from .result import Schedule, Stage
-from .solver import ScheduleInputs, load_inputs, schedule, schedule_files
+from .solver import ScheduleInputs, evaluate, load_inputs, schedule, schedule_files
 
 __all__ = [
     "DeviceProfile",
@@ -19,6 +19,7 @@ __all__ = [
     "ScheduleInputs",
     "SchedulingError",
     "Stage",
+    "evaluate",
     "load_inputs",
     "schedule",
     "schedule_files",

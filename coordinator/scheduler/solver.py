@@ -164,6 +164,43 @@ def schedule(
     return _result(raw, devices, goal, batch_size)
 
 
+def evaluate(
+    *,
+    model: ModelProfile,
+    devices: Sequence[DeviceProfile],
+    plan: Sequence[tuple[str, int, int]],
+    links: NetworkLinks | None = None,
+    batch_size: int = 8,
+    dtype: str = DEFAULT_DTYPE,
+    buffers_in: int = 2,
+    buffers_out: int = 2,
+) -> Schedule:
+    """The cost model's prediction for a given plan: (host, first_layer, last_layer) stages
+    in pipeline order, 1-based inclusive (how baselines such as an even split are compared
+    with `schedule`'s plan).
+
+    Raises:
+        SchedulingError: an unknown host, a plan that does not cover the layers in order, or a
+            stage whose memory exceeds its host's (the message names it).
+    """
+    index = {d.host: k for k, d in enumerate(devices)}
+    problem = _problem(model, devices, links, batch_size, dtype_bytes(dtype), buffers_in,
+                       buffers_out, Objective.THROUGHPUT)
+    try:
+        stages = [_native.StagePlan(index[host], first - 1, last) for host, first, last in plan]
+        raw = _native.evaluate(problem, stages)
+    except KeyError as err:
+        raise SchedulingError(f"plan names host {err} that has no profile") from None
+    except ValueError as err:
+        raise SchedulingError(f"invalid plan: {err}") from None
+    for s in raw.stages:
+        if s.memory_MB > devices[s.device].mem_MB:
+            raise SchedulingError(
+                f"layers {s.first_layer}-{s.last_layer} need {s.memory_MB:.0f} MB on "
+                f"{devices[s.device].host}, which has {devices[s.device].mem_MB:.0f} MB")
+    return _result(raw, devices, Objective.THROUGHPUT, batch_size)
+
+
 def schedule_files(
     *,
     model_name: str = DEFAULT_MODEL,
