@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from pipeedge import codec, models
+from pipeedge import codec, encoding, models
 from pipeedge._proto import stage_pb2 as pb
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -98,7 +98,7 @@ def measure(info, state, inputs, cuts) -> tuple[dict[tuple[str, int], float], di
             raw = tail(decoded)["embeddings"]
             assert (raw - reference).abs().max().item() < 1e-5, "raw split differs from unsplit"
             for label, kind, bits, clip, per_row in ENCODINGS:
-                enc = codec.encoding_from_name(kind, bits=bits, clip=clip, per_row=per_row)
+                enc = encoding.from_name(kind, bits=bits, clip=clip, per_row=per_row)
                 frame, decoded = through_wire(mid, enc)
                 got = tail(decoded)["embeddings"]
                 cos = torch.nn.functional.cosine_similarity(got, reference, dim=1)

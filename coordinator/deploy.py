@@ -7,14 +7,14 @@ starts. The result is a `Pipeline` description that the SDK and `status` read.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 from tqdm import tqdm
 
-from pipeedge import codec, models, security
+from pipeedge import encoding as encodings
+from pipeedge import models, security
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator import epochs
 from pipeedge.coordinator.hosts import Deployment, Host
@@ -62,110 +62,11 @@ def assign_request(dep: Deployment, stage: PlannedStage, next_hop: str,
         req.pooling.CopyFrom(to_proto(dep.pooling))
     encoding = stage.host.encoding or dep.encoding
     if next_hop and encoding:
-        spec = parse_encoding(encoding, where=f"host {stage.host.name}")
+        spec = encodings.parse(encoding, where=f"host {stage.host.name}")
         if spec.encoding is not None:
             req.output_encoding.CopyFrom(spec.encoding)
         req.target_items_per_s, req.adaptive_min_bits = spec.target_items_per_s, spec.min_bits
     return req
-
-
-# -- Activation compression settings (README "Activation compression") --------------------------
-
-ENCODING_SYNTAX = ("raw | float16 | bfloat16 | uniform:BITS[:token][:CLIP] | "
-                   "adaptive:ITEMS_PER_S[:MIN_BITS][:CLIP]  (BITS 2..16, CLIP laplace|gelu, "
-                   "token = one (scale, shift) per token instead of per sample)")
-
-
-@dataclass(frozen=True)
-class EncodingSpec:
-    """A stage's output encoding as hosts.yml or `deploy -q` state it."""
-
-    encoding: pb.Encoding | None     # None = raw; adaptive: carries only the clip
-    target_items_per_s: float = 0.0  # > 0 = adaptive (AssignRequest.target_items_per_s)
-    min_bits: int = 0                # adaptive: narrowest uniform width; 0 = 2
-
-    @property
-    def bits(self) -> int:
-        """Bits per float element on the link, for link cost: raw 32, float16/bfloat16 16,
-        uniform BITS (params are left out: 8 bytes per sample, or per token with :token, i.e.
-        64 / hidden size bits per element more). Adaptive counts as 32 (it sends raw whenever the
-        link allows)."""
-        if self.encoding is None or self.target_items_per_s:
-            return 32
-        return self.encoding.bits if self.encoding.kind == pb.Encoding.UNIFORM else 16
-
-
-_GRANULARITY = {"token": True, "row": True, "sample": False}  # per-row params?
-
-
-def parse_encoding(text: str, *, where: str = "") -> EncodingSpec:
-    """Parse one encoding (see ENCODING_SYNTAX); a bare number is uniform bits, 0 or 32 raw.
-
-    After the bit width, uniform takes ``token`` (per-token params: one (scale, shift) per row of
-    the last dimension, `Encoding.PER_ROW`) and/or a clip, in either order; ``sample`` (the
-    default) and ``row`` (= token) are accepted too.
-    """
-    from pipeedge.quant import CLIPS, MAX_BITS, MIN_BITS
-
-    text = str(text).strip()
-    parts = text.lower().split(":")
-    kind, args = parts[0], parts[1:]
-
-    def fail(problem: str) -> DeployError:
-        at = f" for {where}" if where else ""
-        return DeployError(f"encoding '{text}'{at}: {problem}; use {ENCODING_SYNTAX}")
-
-    def clip_of(rest: list[str]) -> str:
-        if len(rest) > 1 or (rest and rest[0] not in CLIPS):
-            raise fail(f"unexpected '{':'.join(rest)}' (clip is laplace or gelu)")
-        return rest[0] if rest else ""
-
-    def width(value: str, what: str) -> int:
-        if not value.isdigit() or not MIN_BITS <= int(value) <= MAX_BITS:
-            raise fail(f"{what} must be {MIN_BITS}..{MAX_BITS}, got '{value}'")
-        return int(value)
-
-    if kind.isdigit():
-        if int(kind) in (0, 32) and not args:
-            return EncodingSpec(None)
-        kind, args = "uniform", parts
-    if kind in ("", "raw", "none") and not args:
-        return EncodingSpec(None)
-    if kind in ("raw", "none", "float16", "bfloat16"):
-        if args:
-            raise fail(f"{kind} takes no ':' arguments")
-        return EncodingSpec(codec.encoding_from_name(kind) if kind.endswith("16") else None)
-    if kind == "uniform":
-        if not args:
-            raise fail("uniform needs a bit width, e.g. uniform:8")
-        bits = width(args[0], "bits")
-        rest = args[1:]
-        grains = [a for a in rest if a in _GRANULARITY]
-        if len(grains) > 1:
-            raise fail(f"give one of token or sample, not '{':'.join(grains)}'")
-        rest = [a for a in rest if a not in _GRANULARITY]
-        if len(rest) > 1 or (rest and rest[0] not in CLIPS):
-            raise fail(f"unexpected '{':'.join(rest)}' (after BITS: token and/or a clip, "
-                       "laplace or gelu, e.g. uniform:8:token)")
-        return EncodingSpec(codec.encoding_from_name(
-            "uniform", bits=bits, clip=rest[0] if rest else "",
-            per_row=bool(grains) and _GRANULARITY[grains[0]]))
-    if kind == "adaptive":
-        try:
-            rate = float(args[0]) if args else 0.0
-        except ValueError:
-            rate = 0.0
-        if not (rate > 0 and math.isfinite(rate)):
-            raise fail("adaptive needs a target rate in items/s, e.g. adaptive:20")
-        rest = args[1:]
-        min_bits = width(rest.pop(0), "MIN_BITS") if rest and rest[0].isdigit() else 0
-        if any(a in _GRANULARITY for a in rest):
-            raise fail("adaptive sends per-sample params only (per-token is not supported "
-                       "there yet); use uniform:BITS:token for a fixed width")
-        clip = clip_of(rest)
-        return EncodingSpec(codec.encoding_from_name("uniform", clip=clip) if clip else None,
-                            target_items_per_s=rate, min_bits=min_bits)
-    raise fail("unknown encoding")
 
 
 def quant_per_stage(quant: str, stages: int) -> list[str]:
@@ -181,7 +82,7 @@ def quant_per_stage(quant: str, stages: int) -> list[str]:
                           f"one per stage boundary ({max(stages - 1, 0)}), optionally plus one "
                           "ignored entry for the last stage, e.g. -q 8,4,0 for 3 stages")
     for i, e in enumerate(entries[:stages - 1]):
-        parse_encoding(e, where=f"-q entry {i + 1}")
+        encodings.parse(e, where=f"-q entry {i + 1}")
     return (entries + ["raw"])[:stages]
 
 

@@ -225,11 +225,11 @@ def _on_the_wire(dep: Deployment, devices, hosts: dict[str, Host], links):
     Client legs stay as they are (the client sends raw; the last stage answers raw). Adaptive
     counts as raw, and `deploy -q` (per stage position, chosen after planning) is not seen.
     """
-    from pipeedge.coordinator.deploy import parse_encoding
+    from pipeedge import encoding as encodings
     from pipeedge.coordinator.scheduler import Link, NetworkLinks
 
     dtype_bits = torch.empty((), dtype=getattr(torch, dep.dtype)).element_size() * 8
-    speedup = {d.host: dtype_bits / min(dtype_bits, parse_encoding(
+    speedup = {d.host: dtype_bits / min(dtype_bits, encodings.parse(
         hosts[d.host].encoding or dep.encoding, where=f"host {d.host}").bits) for d in devices}
     if all(x == 1 for x in speedup.values()):
         return links

@@ -15,6 +15,7 @@ import torch
 
 from pipeedge import wire
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.encoding import granularity_name, kind_name
 from pipeedge.errors import PipeEdgeError
 
 # Received payloads are immutable `bytes`; torch warns about non-writable buffers once per call.
@@ -39,10 +40,6 @@ _TO_WIRE: dict[torch.dtype, int] = {
     torch.int8: pb.INT8,
 }
 _FROM_WIRE: dict[int, torch.dtype] = {v: k for k, v in _TO_WIRE.items()}
-_ENCODING_NAMES = {"raw": pb.Encoding.RAW, "float16": pb.Encoding.FLOAT16,
-                   "bfloat16": pb.Encoding.BFLOAT16, "uniform": pb.Encoding.UNIFORM}
-# Encoding.granularity -> pipeedge.quant's name for it.
-_GRANULARITY = {pb.Encoding.PER_SAMPLE: "sample", pb.Encoding.PER_ROW: "row"}
 
 
 class FrameFormatError(PipeEdgeError, ValueError):
@@ -63,20 +60,6 @@ def dtype_from_wire(value: int) -> torch.dtype:
     except KeyError:
         raise FrameFormatError(f"unknown wire dtype {value}; sender and receiver "
                                "must speak pipeedge.v1") from None
-
-
-def encoding_from_name(name: str, *, bits: int = 0, clip: str = "",
-                       per_row: bool = False) -> pb.Encoding:
-    """Build an Encoding from its CLI/YAML name: raw, float16, bfloat16, uniform (with bits);
-    `per_row`: uniform with one (scale, shift) per row of the last dimension (per token)."""
-    try:
-        kind = _ENCODING_NAMES[name]
-    except KeyError:
-        raise ValueError(f"unknown encoding '{name}'; use one of {sorted(_ENCODING_NAMES)}") from None
-    if per_row and kind != pb.Encoding.UNIFORM:
-        raise ValueError(f"per-row params apply only to uniform encoding, not '{name}'")
-    return pb.Encoding(kind=kind, bits=bits, clip=clip,
-                       granularity=pb.Encoding.PER_ROW if per_row else pb.Encoding.PER_SAMPLE)
 
 
 def encode_tensor(name: str, tensor: torch.Tensor, encoding: pb.Encoding | None = None,
@@ -231,15 +214,16 @@ def payload_bytes(msgs) -> int:
 
 
 def _kind_name(kind: int) -> str:
-    for name, value in _ENCODING_NAMES.items():
-        if value == kind:
-            return name
-    raise FrameFormatError(f"unknown encoding kind {kind}; use RAW, FLOAT16, BFLOAT16 or UNIFORM")
+    name = kind_name(kind)
+    if name is None:
+        raise FrameFormatError(f"unknown encoding kind {kind}; use RAW, FLOAT16, BFLOAT16 or "
+                               "UNIFORM")
+    return name
 
 
 def _granularity_name(value: int) -> str:
-    try:
-        return _GRANULARITY[value]
-    except KeyError:
+    name = granularity_name(value)
+    if name is None:
         raise FrameFormatError(f"unknown encoding granularity {value}; use PER_SAMPLE or "
-                               "PER_ROW") from None
+                               "PER_ROW")
+    return name

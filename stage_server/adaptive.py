@@ -44,6 +44,7 @@ from dataclasses import dataclass
 
 from pipeedge import wire
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.encoding import link_bits
 from pipeedge.quant import CLIPS, MAX_BITS, MIN_BITS
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,6 @@ HOLD_S = 2.0
 MAX_HOLD_S = 60.0
 _FLOAT_DTYPES = (pb.FLOAT32, pb.FLOAT16, pb.BFLOAT16)
 _DTYPE_BITS = {pb.DTYPE_UNSPECIFIED: 32, pb.FLOAT32: 32, pb.FLOAT16: 16, pb.BFLOAT16: 16}
-
-
-def encoding_bits(encoding: pb.Encoding | None, raw_bits: int = 32) -> int:
-    """Bits per float element on the wire for `encoding` (raw = the compute dtype's width)."""
-    if encoding is None or encoding.kind == pb.Encoding.RAW:
-        return raw_bits
-    if encoding.kind == pb.Encoding.UNIFORM:
-        return encoding.bits
-    return 16
 
 
 def check_assignment(assignment: pb.AssignRequest) -> None:
@@ -194,7 +186,7 @@ class OutputCompression:
         else:
             self._encoding = fixed if fixed is not None and fixed.kind != pb.Encoding.RAW \
                 else None
-            self.bits = encoding_bits(self._encoding, self._raw_bits)
+            self.bits = link_bits(self._encoding, self._raw_bits)
 
     # -- compute thread ---------------------------------------------------------------------------
     def encoding(self) -> pb.Encoding | None:

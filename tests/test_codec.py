@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeedge import codec
+from pipeedge import codec, encoding
 from pipeedge._proto import stage_pb2 as pb
 
 
@@ -69,7 +69,7 @@ def test_per_sample_frames_are_unchanged_and_old_frames_decode():
 def test_per_row_round_trip_and_wire_bytes():
     x = torch.randn(4, 9, 16)
     x[:, 0] *= 50  # a first token far outside the others' range, as in real activations
-    enc = codec.encoding_from_name("uniform", bits=8, per_row=True)
+    enc = encoding.from_name("uniform", bits=8, per_row=True)
     assert enc.granularity == pb.Encoding.PER_ROW
     frame = codec.encode_tensors(pb.Frame(), {"hidden": x, "mask": torch.ones(4, 9,
                                                                            dtype=torch.int64)},
@@ -103,7 +103,7 @@ def test_per_row_round_trip_and_wire_bytes():
 ])
 def test_bad_per_row_frames_are_rejected_with_a_reason(mutate, needle):
     msg = codec.encode_tensor("hidden", torch.randn(2, 6, 8),
-                              codec.encoding_from_name("uniform", bits=4, per_row=True))
+                              encoding.from_name("uniform", bits=4, per_row=True))
     mutate(msg)
     with pytest.raises(codec.FrameFormatError, match=needle):
         codec.decode_tensor(pb.Tensor.FromString(msg.SerializeToString()))
@@ -111,4 +111,4 @@ def test_bad_per_row_frames_are_rejected_with_a_reason(mutate, needle):
 
 def test_per_row_only_for_uniform():
     with pytest.raises(ValueError, match="only to uniform"):
-        codec.encoding_from_name("float16", per_row=True)
+        encoding.from_name("float16", per_row=True)

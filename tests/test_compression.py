@@ -22,9 +22,11 @@ from pipeedge.client import InvalidInputError, PipelineClient
 from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator import planning
 from pipeedge.coordinator.cli import main as coord_cli
-from pipeedge.coordinator.deploy import DeployError, parse_encoding
 from pipeedge.coordinator.hosts import Deployment, Host, load_deployment
 from pipeedge.coordinator.stage_control import StageControl
+from pipeedge.encoding import EncodingError
+from pipeedge.encoding import parse as parse_encoding
+from pipeedge.errors import PipeEdgeError
 from pipeedge.partition import LayerRange
 from pipeedge.stage_server import adaptive
 from pipeedge.stage_server.adaptive import LinkThrottle, OutputCompression, check_assignment
@@ -74,7 +76,7 @@ def test_encoding_syntax(text, kind, bits, clip, target, min_bits, wire_bits, pe
     ("adaptive:20:4:token", "use uniform:BITS:token for a fixed width"),
 ])
 def test_bad_encoding_syntax_names_the_fix(text, message):
-    with pytest.raises(DeployError, match=message) as err:
+    with pytest.raises(EncodingError, match=message) as err:
         parse_encoding(text, where="host b")
     assert "host b" in str(err.value) and "adaptive:ITEMS_PER_S" in str(err.value)
 
@@ -111,8 +113,8 @@ def test_assign_request_fields_per_host_and_cli_override():
     q = deploy_mod.apply_quant(stages, "adaptive:30:3,bfloat16")
     assert (req(q, 0).target_items_per_s, req(q, 0).adaptive_min_bits) == (30, 3)
     assert req(q, 1).output_encoding.kind == pb.Encoding.BFLOAT16
-    for bad in ("8", "8,8,8,8", "8,1"):
-        with pytest.raises(DeployError):
+    for bad in ("8", "8,8,8,8", "8,1"):  # counts (DeployError), a bad width (EncodingError)
+        with pytest.raises(PipeEdgeError):
             deploy_mod.apply_quant(stages, bad)
 
 
