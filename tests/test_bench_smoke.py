@@ -129,6 +129,8 @@ def test_quick_two_device_report_runs_every_section_and_cleans_up(tmp_path):
         _numbers(r, "items_per_s", "wall_items_per_s", "latency_p50_s", "speedup", "deploy_s",
                  "rss_mb")
         assert len(r["stage_cores"]) == r["devices"]
+    hops = results["sections"]["scaling"]["hops"]
+    assert [h["devices"] for h in hops] == [1, 2] and all(h["p50_ms"] > 0 for h in hops)
 
     predictions = results["sections"]["predictions"]["rows"]
     assert [r["devices_offered"] for r in predictions] == [1, 2]

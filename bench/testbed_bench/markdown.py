@@ -142,6 +142,15 @@ def _cost(results: dict) -> list[str]:
                 "quota), idle = CPU of deployed stages with no traffic.", ""] + _table(
             ["devices", "deploy s", "idle cores/stage", "idle cores total", "RSS MB/stage",
              "RSS MB max"], rows)
+    if scaling.get("status") == "ok" and scaling.get("hops"):
+        hops = scaling["hops"]
+        one = hops[0]["p50_ms"]
+        rows = [[h["devices"], f"{h['p50_ms']:.2f}",
+                 f"{(h['p50_ms'] - one) / (h['devices'] - 1):.2f}" if h["devices"] > 1 else "-"]
+                for h in hops]
+        out += ["Round trip of one 8 KB frame (a decode step's activation) through N ECHO "
+                "stages on the scaling testbed, same quotas, one request at a time (p50):",
+                ""] + _table(["stages", "round trip ms", "ms per extra hop"], rows)
     if hetero.get("status") == "ok" and hetero.get("solve"):
         rows = [[r["devices"], f"{r['solve_s']:.3f}", r["method"], r["stages"]]
                 for r in hetero["solve"]]

@@ -6,27 +6,34 @@ devices, tiny models.)
 Splits balance per-layer compute measured once on this host (`partitions.balanced`: what the
 scheduler does on equal devices with fast links), at sub-block granularity since 24 blocks do
 not split evenly over 16 stages. Beside throughput, each row records what grows with N: the
-CPU each stage got against its quota, its idle CPU and memory once deployed, and deploy time.
+CPU each stage got against its quota, its idle CPU and memory once deployed, deploy time, and
+the round trip of one 8 KB frame through N ECHO stages under the same quotas (per-hop latency
+of a decode-sized frame).
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 import tempfile
 import time
 
+import torch
+
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.stage_server.profiler import profile_layers
 from testbed_bench import partitions
 from testbed_bench.context import Settings, Testbeds, inputs_for, many_devices
 from testbed_bench.deployment import deploy_file, hosts_for, release
-from testbed_bench.measure import idle_cores, measure_stream, rss_mb
+from testbed_bench.measure import idle_cores, measure_stream, rss_mb, sequential_latencies
 
 log = logging.getLogger(__name__)
 
 TITLE = "Scaling on equal devices"
 STAGES = (1, 2, 4, 8, 16)
 IDLE_S = 3.0
+SMALL_FRAME = {"hidden": torch.zeros(1, 2048)}  # 8 KB: a decode step's activation
 
 
 def run(settings: Settings, testbeds: Testbeds) -> dict:
@@ -41,6 +48,8 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
 def _run(settings: Settings, tb, doc: dict) -> dict:
     names = [d.name for d in tb.devices]
     unassigned_mb = rss_mb(tb.device(names[0]).pid)
+    hops = [{"devices": n, "p50_ms": statistics.median(echo_round_trips(
+        tb, names[:n], 10 if settings.quick else 40)) * 1e3} for n in settings.stages(STAGES)]
     rows = []
     for model in settings.large_models:
         times = layer_times(model)
@@ -72,8 +81,25 @@ def _run(settings: Settings, tb, doc: dict) -> dict:
             print(f"  {model} x{n}: {m.items_per_s:.2f} items/s, efficiency "
                   f"{speedup / n:.2f}", flush=True)
     return {"title": TITLE, "testbed": doc, "rows": rows, "unassigned_rss_mb": unassigned_mb,
+            "hops": hops,
             "baseline": "the same model on 1 device of the same testbed, same run",
             "goal": "efficiency >= 0.9 at 8 devices and >= 0.85 at 16 (the paper: 0.74-0.80)"}
+
+
+def echo_round_trips(tb, names: list[str], requests: int) -> list[float]:
+    """Seconds per round trip of one 8 KB frame through ECHO stages on `names`, in order."""
+    controls = [StageControl(n, tb.device(n).endpoint) for n in names]
+    try:
+        for i in reversed(range(len(names))):  # each next hop is ready before its sender
+            nxt = tb.device(names[i + 1]).endpoint if i + 1 < len(names) else ""
+            controls[i].assign(pb.AssignRequest(model_name="echo", backend=pb.ECHO,
+                                                next_hop=nxt))
+        return sequential_latencies(tb.device(names[0]).endpoint, SMALL_FRAME,
+                                    requests=requests)
+    finally:
+        for c in controls:
+            c.release()
+            c.close()
 
 
 def layer_times(model: str) -> list[float]:
