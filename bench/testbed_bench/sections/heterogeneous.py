@@ -70,7 +70,8 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
     deployment = {"weights": f"random:{settings.seed}", "microbatch": MICROBATCH}
     sched_dir = settings.workdir / "sched-hetero"
     planner.profile(tb, sched_dir, "het-profile", model, **deployment)
-    sets = [n for n in SETS if n <= len(tb.devices)] or [len(tb.devices)]
+    sets = [n for n in SETS if n <= min(len(tb.devices), info.num_layers)] or [
+        min(len(tb.devices), info.num_layers)]
     rows = []
     for size in sets:
         names = device_names(size)

@@ -56,6 +56,8 @@ def _run(settings: Settings, tb, doc: dict) -> dict:
         inputs = inputs_for(model, 1, settings.seed)
         base = None
         for n in settings.stages(STAGES):
+            if n > len(times):  # a tiny model (--quick) has fewer layers than devices
+                continue
             partition = partitions.balanced([times] * n)
             hosts = hosts_for(tb, settings.workdir, f"scaling-{n}", names[:n], model=model,
                               partition=partition, microbatch=1)
