@@ -28,6 +28,8 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kSlack = 1e-9;  // rounding slack on sums of penalties (total budget 1)
+constexpr std::size_t kSeedColumns = 256;   // pooled schedules a certificate starts from
+constexpr std::size_t kPoolColumns = 4096;  // pooled schedules kept
 
 // R[j * K + v] for j = 1..L (penalties after a stage on v that ends at j); returns the least
 // penalties of a whole relaxed schedule.
@@ -85,12 +87,13 @@ double suffix_penalties(const ClassInstance& in, const ThresholdTables& t, const
   return start;
 }
 
-// Class uses of one least-penalty relaxed schedule.
+// Class uses of one least-penalty relaxed schedule, and that schedule's bottleneck.
 std::vector<double> relaxed_uses(const ClassInstance& in, const ThresholdTables& t, const std::vector<double>& lambda,
-                                 const std::vector<double>& R) {
+                                 const std::vector<double>& R, double* bottleneck = nullptr) {
   const std::size_t L = in.layers, K = in.classes;
   std::vector<double> uses(K, 0.0);
   std::size_t pos = 0, last = K;
+  double worst = 0;
   while (pos < L) {
     double best = kInf;
     std::size_t bv = K, bj = 0;
@@ -110,9 +113,12 @@ std::vector<double> relaxed_uses(const ClassInstance& in, const ThresholdTables&
     }
     if (bv == K) break;  // cannot happen when the start value is finite
     uses[bv] += 1;
+    worst = std::max({worst, in.compute_s(bv, pos, bj), pos == 0 ? in.input_s[bv] : in.transfer_s(last, bv, pos)});
+    if (bj == L) worst = std::max(worst, in.output_s[bv]);
     pos = bj;
     last = bv;
   }
+  if (bottleneck) *bottleneck = worst;
   return uses;
 }
 
@@ -367,7 +373,7 @@ double seconds_left(Clock::time_point deadline) {
 }  // namespace
 
 PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdTables& t, int iterations,
-                                       Clock::time_point stop) {
+                                       Clock::time_point stop, ColumnPool* pool) {
   const std::size_t K = in.classes;
   PenaltyCertificate best;
   double best_margin = -kInf;
@@ -386,6 +392,34 @@ PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdT
   }
   std::vector<double> lambda(K), R;
   for (std::size_t k = 0; k < K; ++k) lambda[k] = in.count[k] ? 1.0 / static_cast<double>(K * in.count[k]) : 0.0;
+  std::size_t seeded = 0;
+  if (pool) {  // the latest pooled schedules valid at T, and the master's duals over them
+    {
+      const std::lock_guard<std::mutex> hold(pool->lock);
+      for (auto it = pool->columns.rbegin(); it != pool->columns.rend() && seeded < kSeedColumns; ++it) {
+        if (it->first > t.threshold) continue;
+        column[0] = 1;
+        for (std::size_t k = 0; k < K; ++k) column[k + 1] = it->second[k];
+        master.add_column(column, 0.0);
+        ++seeded;
+      }
+    }
+    if (seeded) {
+      if (master.solve() != Simplex::Status::Optimal) return penalty_certificate(in, t, iterations, stop, nullptr);
+      const std::vector<double> y = master.duals();
+      for (std::size_t k = 0; k < K; ++k) lambda[k] = std::max(0.0, -y[k + 1]);
+    }
+  }
+  std::vector<std::pair<double, std::vector<double>>> generated;
+  auto share = [&] {
+    if (!pool || generated.empty()) return;
+    const std::lock_guard<std::mutex> hold(pool->lock);
+    for (auto& g : generated) pool->columns.push_back(std::move(g));
+    if (pool->columns.size() > kPoolColumns) {
+      pool->columns.erase(pool->columns.begin(),
+                          pool->columns.begin() + static_cast<std::ptrdiff_t>(pool->columns.size() - kPoolColumns));
+    }
+  };
   for (int it = 0; it < iterations && (it == 0 || Clock::now() < stop); ++it) {
     double budget = 0;
     for (std::size_t k = 0; k < K; ++k) budget += lambda[k] * in.count[k];
@@ -400,18 +434,27 @@ PenaltyCertificate penalty_certificate(const ClassInstance& in, const ThresholdT
     }
     if (!std::isfinite(relaxed) || relaxed > 1 + 2 * kSlack) {
       best.proven = true;
+      share();
       return best;
     }
-    const std::vector<double> uses = relaxed_uses(in, t, lambda, R);
+    double own = 0;
+    std::vector<double> uses = relaxed_uses(in, t, lambda, R, &own);
     column[0] = 1;
     for (std::size_t k = 0; k < K; ++k) column[k + 1] = uses[k];
     master.add_column(column, 0.0);
-    if (master.solve() != Simplex::Status::Optimal) break;
+    generated.emplace_back(own, std::move(uses));
+    if (master.solve() != Simplex::Status::Optimal) {
+      // Round-off in a master grown from many pooled columns: start over from this threshold's
+      // own columns (the pool is only a speed-up).
+      if (seeded) return penalty_certificate(in, t, iterations, stop, nullptr);
+      break;
+    }
     // A fractional schedule of generated paths within the counts: no penalty can prove T.
     if (master.objective() <= 1 + 1e-9) break;
     const std::vector<double> y = master.duals();
     for (std::size_t k = 0; k < K; ++k) lambda[k] = std::max(0.0, -y[k + 1]);
   }
+  share();
   return best;
 }
 
@@ -452,10 +495,11 @@ CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, 
   // Unproven certificates by value index: phase 2 would recompute the same ones.
   std::mutex lock;
   std::map<std::size_t, PenaltyCertificate> unproven;
+  ColumnPool pool;
   // Phase 1 takes at most half the time: the search needs the rest to find schedules.
   const auto phase1_stop = Clock::now() + (deadline - Clock::now()) / 2;
   auto prove = [&](std::size_t idx) {
-    PenaltyCertificate cert = penalty_certificate(in, make_tables(in, values[idx]), 2000, phase1_stop);
+    PenaltyCertificate cert = penalty_certificate(in, make_tables(in, values[idx]), 2000, phase1_stop, &pool);
     const std::lock_guard<std::mutex> hold(lock);
     ++res.checks;
     if (cert.proven) return true;
@@ -501,7 +545,7 @@ CertifiedResult certified_bottleneck(const ClassInstance& in, double incumbent, 
       if (it != unproven.end()) cert = it->second;
     }
     if (cert.lambda.empty()) {
-      cert = penalty_certificate(in, t, 2000, deadline);
+      cert = penalty_certificate(in, t, 2000, deadline, &pool);
       if (cert.proven) return Outcome::Infeasible;
     }
     const PenaltyCertificate guide = guide_penalties(in, t, 300, deadline);

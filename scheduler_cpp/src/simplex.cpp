@@ -4,21 +4,25 @@
 // Bland's after a run of degenerate pivots (these masters are very degenerate: most b_i are 0).
 #include "simplex.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
 namespace pipeedge_sched {
 namespace {
 
-constexpr double kTol = 1e-10;
+constexpr double kTol = 1e-10;       // reduced costs
+constexpr double kPivotTol = 1e-9;   // smallest pivot element (smaller ones amplify round-off)
+constexpr double kResidual = 1e-7;   // accepted |A x - b| of an answer
 constexpr std::size_t kDegenerateRun = 30;
 
 }  // namespace
 
-Simplex::Simplex(std::vector<double> b) : rows_(b.size()), rhs_(std::move(b)) {
+Simplex::Simplex(std::vector<double> b) : rows_(b.size()), b_(b), rhs_(std::move(b)) {
   for (std::size_t r = 0; r < rows_; ++r) {
     std::vector<double> e(rows_, 0.0);
     e[r] = 1.0;
+    orig_.push_back(e);
     cols_.push_back(std::move(e));
     cost_.push_back(0.0);
     basis_.push_back(r);
@@ -26,6 +30,7 @@ Simplex::Simplex(std::vector<double> b) : rows_(b.size()), rhs_(std::move(b)) {
 }
 
 std::size_t Simplex::add_column(const std::vector<double>& a, double cost) {
+  orig_.push_back(a);
   std::vector<double> col(rows_, 0.0);
   for (std::size_t i = 0; i < rows_; ++i) {
     if (a[i] == 0) continue;
@@ -85,9 +90,11 @@ bool Simplex::run(const std::vector<double>& cost, std::size_t max_pivots, bool&
         ratio = 0;
         break;
       }
-      if (c[r] <= kTol) continue;
+      if (c[r] <= kPivotTol) continue;
       const double q = rhs_[r] / c[r];
-      if (q < ratio - 1e-12 || (q <= ratio + 1e-12 && leave < rows_ && basis_[r] < basis_[leave])) {
+      // Ties: Bland's smallest index when cycling is a risk, else the larger pivot element.
+      const bool tie_wins = leave < rows_ && (bland ? basis_[r] < basis_[leave] : c[r] > c[leave]);
+      if (q < ratio - 1e-12 || (q <= ratio + 1e-12 && tie_wins)) {
         ratio = q;
         leave = r;
       }
@@ -116,7 +123,23 @@ Simplex::Status Simplex::solve(std::size_t max_pivots) {
     phase_one_done_ = true;
   }
   if (!run(cost_, max_pivots, unbounded)) return unbounded ? Status::Unbounded : Status::IterationLimit;
-  return Status::Optimal;
+  return consistent() ? Status::Optimal : Status::Numerical;
+}
+
+bool Simplex::consistent() const {
+  // The basic solution must satisfy the original rows: tableau round-off can drift from them.
+  std::vector<double> residual = b_;
+  double scale = 1;
+  for (double x : b_) scale = std::max(scale, std::fabs(x));
+  for (std::size_t r = 0; r < rows_; ++r) {
+    const std::size_t j = basis_[r];
+    if (rhs_[r] < -kResidual * scale || (j < rows_ && rhs_[r] > kResidual * scale)) return false;
+    for (std::size_t i = 0; i < rows_; ++i) residual[i] -= orig_[j][i] * rhs_[r];
+  }
+  for (double x : residual) {
+    if (std::fabs(x) > kResidual * scale) return false;
+  }
+  return true;
 }
 
 double Simplex::objective() const {

@@ -19,7 +19,9 @@ class Simplex {
   // Columns added after solve() keep the current basis (warm start).
   std::size_t add_column(const std::vector<double>& a, double cost);
 
-  enum class Status { Optimal, Infeasible, Unbounded, IterationLimit };
+  // Numerical: the final basis no longer satisfies A x = b within 1e-7 (round-off); the
+  // answer is not to be used.
+  enum class Status { Optimal, Infeasible, Unbounded, IterationLimit, Numerical };
   Status solve(std::size_t max_pivots = 5000);
 
   double objective() const;                 // c^T x at the current basis
@@ -28,9 +30,12 @@ class Simplex {
 
  private:
   void pivot(std::size_t row, std::size_t col);
+  bool consistent() const;
   bool run(const std::vector<double>& cost, std::size_t max_pivots, bool& unbounded);
 
   std::size_t rows_;
+  std::vector<double> b_;                   // the original right-hand side
+  std::vector<std::vector<double>> orig_;   // the original columns A_j (artificials first)
   std::vector<std::vector<double>> cols_;   // tableau columns B^-1 A_j (artificials first)
   std::vector<double> rhs_;                 // B^-1 b
   std::vector<double> cost_;                // per column (artificials: 0 in phase II)

@@ -95,3 +95,67 @@ TEST_CASE(simplex_matches_vertex_enumeration_warm_and_cold) {
   }
   CHECK(solved > 100);
 }
+
+// Column-generation masters (min z: sum x_p = 1, sum_p x_p uses_pk <= z count_k) with many
+// integer columns, warm-started one column at a time: every Optimal answer must carry its own
+// proof, checked here on the original data: x feasible, y dual feasible (y^T A_j <= c_j) and
+// c^T x == b^T y.
+TEST_CASE(simplex_master_answers_are_primal_dual_optimal) {
+  std::mt19937_64 rng(11);
+  int proven = 0;
+  for (int n = 0; n < 20; ++n) {
+    const std::size_t K = 8 + static_cast<std::size_t>(n) * 3;
+    std::uniform_int_distribution<int> uses(0, 6), count(1, 4);
+    std::vector<double> b(K + 1, 0.0);
+    b[0] = 1;
+    Simplex lp(b);
+    std::vector<std::vector<double>> cols;
+    std::vector<double> cost;
+    auto add = [&](std::vector<double> a, double c) {
+      lp.add_column(a, c);
+      cols.push_back(std::move(a));
+      cost.push_back(c);
+    };
+    std::vector<double> a(K + 1, 0.0);
+    for (std::size_t k = 0; k < K; ++k) a[k + 1] = -count(rng);
+    add(a, 1.0);  // z
+    for (std::size_t k = 0; k < K; ++k) {
+      std::vector<double> s(K + 1, 0.0);
+      s[k + 1] = 1;
+      add(s, 0.0);  // slacks
+    }
+    for (int p = 0; p < 300; ++p) {
+      std::vector<double> col(K + 1, 0.0);
+      col[0] = 1;
+      for (std::size_t k = 0; k < K; ++k) col[k + 1] = uses(rng) * (rng() % 3 == 0);
+      add(col, 0.0);
+      const Simplex::Status st = lp.solve();
+      if (st != Simplex::Status::Optimal) {
+        CHECK_MSG(st == Simplex::Status::Numerical, "master " << n << " column " << p << ": status " << int(st));
+        continue;
+      }
+      const std::vector<double> x = lp.primal(), y = lp.duals();
+      double primal = 0, dual = 0;
+      std::vector<double> row(K + 1, 0.0);
+      for (std::size_t j = 0; j < cols.size(); ++j) {
+        CHECK(x[j] >= -1e-9);
+        primal += cost[j] * x[j];
+        double reduced = cost[j];
+        for (std::size_t i = 0; i <= K; ++i) {
+          row[i] += cols[j][i] * x[j];
+          reduced -= y[i] * cols[j][i];
+        }
+        CHECK_MSG(reduced >= -1e-7, "master " << n << " column " << p << ": reduced cost " << reduced);
+      }
+      for (std::size_t i = 0; i <= K; ++i) {
+        CHECK_MSG(std::fabs(row[i] - b[i]) <= 1e-7, "master " << n << " row " << i << ": " << row[i]);
+        dual += y[i] * b[i];
+      }
+      CHECK_MSG(std::fabs(primal - dual) <= 1e-7 * (1 + std::fabs(primal)), "master " << n << ": " << primal
+                << " vs " << dual);
+      CHECK_NEAR(lp.objective(), primal, 1e-9);
+      ++proven;
+    }
+  }
+  CHECK(proven > 5000);
+}
