@@ -44,6 +44,8 @@ class Problem:
 class Options:
     max_search_states: int
     max_refine_states: int
+    time_limit_s: float
+    threads: int
     def __init__(self) -> None: ...
 
 class Stage:
