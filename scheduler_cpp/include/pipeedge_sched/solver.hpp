@@ -42,13 +42,14 @@
 // devices and 128 layers on one core.
 //
 // Certified search (throughput, when prod(count_k + 1) * K exceeds Options::max_search_states):
-// a bisection on the bottleneck over the stage-cost values; each threshold is refuted by a
-// Lagrangian certificate (penalties on device use that every relaxed schedule overspends) or
-// decided by a depth-first search over (position, last class, classes used) pruned by the
-// same penalties, by pooled capacity and by a table of exhausted states. Under
-// Options::time_limit_s it returns the best schedule found and the largest refuted value's
-// successor as a proven lower bound; when they meet, the bottleneck is exact (the latency
-// tie-break is then not searched). See certified.hpp.
+// a bisection on the bottleneck over the stage-cost values; each threshold is refuted by the LP
+// relaxation (column generation: a small simplex master over relaxed schedules, priced by the
+// path DP; its penalties on device use make every relaxed schedule overspend, re-checked exactly)
+// or decided by a depth-first search over (position, last class, classes used) pruned by those
+// penalties, by pooled capacity and by a table of exhausted states; on two threads when a core is
+// idle. Under Options::time_limit_s it returns the best schedule found and the largest refuted
+// value's successor as a proven lower bound; when they meet, the bottleneck is exact (the latency
+// tie-break is then not searched). See certified.hpp and docs/scheduler.md.
 //
 // Floor (every result): the plan is never worse than the even, memory-proportional and greedy
 // compute-proportional splits over the same devices (baselines.hpp); they also seed the search.
