@@ -86,7 +86,7 @@ def _scaling(s: dict) -> list[str]:
             f"RSS: its memory once deployed (an unassigned stage: "
             f"{s.get('unassigned_rss_mb', 0):.0f} MB). Goal: {s['goal']}.", ""] + _table(
         ["model", "devices", "items/s", "speedup", "efficiency", "stage cores",
-         "idle cores/stage", "RSS MB/stage", "deploy s", "other"], rows) + [
+         "idle cores/stage", "RSS MB/stage (median)", "deploy s", "other"], rows) + [
         "; ".join(verdict) + "." if verdict else "", "",
         f"Partitions: {parts}.", ""]
 
@@ -139,9 +139,11 @@ def _cost(results: dict) -> list[str]:
                  f"{r['rss_max_mb']:.0f}"] for r in scaling["rows"] if r["model"] == model]
         out += [f"Deploy and idle cost by pipeline length ({model.split('/')[-1]}, scaling "
                 "testbed): deploy = Assign on every stage (random weights generated under the "
-                "quota), idle = CPU of deployed stages with no traffic.", ""] + _table(
-            ["devices", "deploy s", "idle cores/stage", "idle cores total", "RSS MB/stage",
-             "RSS MB max"], rows)
+                "quota), idle = CPU of deployed stages with no traffic, RSS = median and max "
+                "over the stages (a stage process keeps the freed heap of an earlier, larger "
+                "shard: the max is the device that held more before).", ""] + _table(
+            ["devices", "deploy s", "idle cores/stage", "idle cores total",
+             "RSS MB/stage (median)", "RSS MB max"], rows)
     if scaling.get("status") == "ok" and scaling.get("hops"):
         hops = scaling["hops"]
         one = hops[0]["p50_ms"]
