@@ -39,40 +39,15 @@ ls "$WHEELHOUSE"/pipeedge/pipeedge-*.whl >/dev/null 2>&1 && [[ -d $WHEELHOUSE/de
 
 STATE=$(mktemp -d /tmp/pipeedge-test-docker.XXXXXX)
 WORK=$STATE/deploy
-# shellcheck source=docker/engine.sh
-source docker/engine.sh  # docker_engine, docker_engine_stop, apt_install
-COMPOSE=()
+# shellcheck source=docker/test_lib.sh
+source docker/test_lib.sh
 
 # ---------------------------------------------------------------------------------- teardown --
 cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
-  if ((${#COMPOSE[@]})); then
-    if ((rc != 0)); then
-      for d in "${DEVICES[@]}"; do
-        docker inspect "$PREFIX-$d" >/dev/null 2>&1 || continue
-        echo "---- last log lines of $PREFIX-$d ----" >&2
-        docker logs --tail 30 "$PREFIX-$d" >&2 2>&1
-      done
-    fi
-    step "teardown"
-    # In parallel; wait for these only (a plain `wait` would also wait for our dockerd).
-    local pids=()
-    for d in "${DEVICES[@]}"; do
-      stage_compose "$d" down -v --remove-orphans -t 10 >/dev/null 2>&1 &
-      pids+=($!)
-    done
-    coord_compose down -v --remove-orphans >/dev/null 2>&1 &
-    pids+=($!)
-    wait "${pids[@]}"
-  fi
-  if [[ -n ${DOCKER_OK:-} ]]; then
-    # Only images this Dockerfile labelled: replaced builds and intermediate stages.
-    for title in pipeedge pipeedge-build; do
-      docker image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null 2>&1
-    done
-  fi
+  teardown_containers "$rc" coord_compose down -v --remove-orphans
   rm -rf "$STATE"
   docker_engine_stop
   if ((rc == 0)); then
@@ -95,40 +70,13 @@ BASE=$(bash docker/base-image.sh | tail -1)
 info "base: $BASE"
 
 step "image $IMAGE from $WHEELHOUSE, no network"
-build=(docker build --network none --build-arg "BASE_IMAGE=$BASE"
-       --build-arg "PIPEEDGE_EXTRAS=$PIPEEDGE_EXTRAS" -f docker/Dockerfile)
-# The install stage gets a tag of its own, so pruning dangling images keeps it as build cache.
-"${build[@]}" --target build -t "$BUILD_CACHE_IMAGE" "$WHEELHOUSE" >"$STATE/build.log" 2>&1 \
-  || { tail -30 "$STATE/build.log" >&2; die "docker build (install stage) failed"; }
-"${build[@]}" -t "$IMAGE" "$WHEELHOUSE" >>"$STATE/build.log" 2>&1 \
-  || { tail -30 "$STATE/build.log" >&2; die "docker build failed"; }
-info "cached steps: $(grep -c 'Using cache' "$STATE/build.log" || true);" \
-     "image $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+build_image
 user=$(docker run --rm --network none "$IMAGE" id -u)
 [[ $user != 0 ]] || die "the image runs as root"
 info "runs as uid $user"
 
 # ---------------------------------------------------------------------------------- devices --
-mapfile -t PORTS < <("$PY" - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(3)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print("\n".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
-
-port_of() { local i; for i in "${!DEVICES[@]}"; do [[ ${DEVICES[$i]} == "$1" ]] && echo "${PORTS[$i]}"; done; }
-
-stage_compose() {
-  local d=$1
-  shift
-  PIPEEDGE_IMAGE=$IMAGE PIPEEDGE_CONTAINER_NAME=$PREFIX-$d PIPEEDGE_NAME=$d \
-  PIPEEDGE_HOST=127.0.0.1 PIPEEDGE_PORT=$(port_of "$d") \
-  PIPEEDGE_THREADS=1 PIPEEDGE_CPUS=1 PIPEEDGE_MEM_LIMIT=2g \
-  PIPEEDGE_HEALTH_INTERVAL=2s PIPEEDGE_LOG_FORMAT=text PIPEEDGE_GRACE=2 \
-    "${COMPOSE_CMD[@]}" -p "$PREFIX-$d" -f docker/compose.stage.yml "$@"
-}
+device_ports
 
 coord_compose() {
   PIPEEDGE_IMAGE=$IMAGE PIPEEDGE_DEPLOY_DIR=$WORK PIPEEDGE_WEIGHTS_DIR=${WEIGHTS_DIR:-$STATE} \

@@ -37,35 +37,14 @@ ls "$WHEELHOUSE"/pipeedge/pipeedge-*aarch64.whl >/dev/null 2>&1 && [[ -d $WHEELH
 [[ -f $FIXTURES/models.yml ]] || die "scheduler fixtures not found in $FIXTURES: set PIPEEDGE_SCHED_FIXTURES"
 
 STATE=$(mktemp -d /tmp/pipeedge-test-arm64.XXXXXX)
-# shellcheck source=docker/engine.sh
-source docker/engine.sh  # docker_engine, docker_engine_stop, wait_healthy
-COMPOSE=()
+# shellcheck source=docker/test_lib.sh
+source docker/test_lib.sh
 
 cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
-  if ((${#COMPOSE[@]})); then
-    if ((rc != 0)); then
-      for d in "${DEVICES[@]}"; do
-        docker inspect "$PREFIX-$d" >/dev/null 2>&1 || continue
-        echo "---- last log lines of $PREFIX-$d ----" >&2
-        docker logs --tail 30 "$PREFIX-$d" >&2 2>&1
-      done
-    fi
-    step "teardown"
-    local pids=()  # waited for by pid: a plain `wait` would also wait for our dockerd
-    for d in "${DEVICES[@]}"; do
-      stage_compose "$d" down -v --remove-orphans -t 10 >/dev/null 2>&1 &
-      pids+=($!)
-    done
-    wait "${pids[@]}"
-  fi
-  if [[ -n ${DOCKER_OK:-} ]]; then
-    for title in pipeedge pipeedge-build; do
-      docker image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null 2>&1
-    done
-  fi
+  teardown_containers "$rc"
   rm -rf "$STATE"
   docker_engine_stop
   if ((rc == 0)); then
@@ -92,16 +71,10 @@ info "base: $BASE ($((SECONDS - t))s)"
 
 step "image $IMAGE (linux/arm64) from $WHEELHOUSE, no network, emulated"
 t=$SECONDS
-build=(docker build --platform linux/arm64 --network none --build-arg "BASE_IMAGE=$BASE"
-       --build-arg "PIPEEDGE_EXTRAS=$PIPEEDGE_EXTRAS" -f docker/Dockerfile)
-"${build[@]}" --target build -t "$BUILD_CACHE_IMAGE" "$WHEELHOUSE" >"$STATE/build.log" 2>&1 \
-  || { tail -30 "$STATE/build.log" >&2; die "docker build (install stage) failed"; }
-"${build[@]}" -t "$IMAGE" "$WHEELHOUSE" >>"$STATE/build.log" 2>&1 \
-  || { tail -30 "$STATE/build.log" >&2; die "docker build failed"; }
+build_image --platform linux/arm64
 arch=$(docker image inspect -f '{{.Os}}/{{.Architecture}}' "$IMAGE")
 [[ $arch == linux/arm64 ]] || die "$IMAGE is $arch, not linux/arm64"
-info "$arch, $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')," \
-     "cached steps: $(grep -c 'Using cache' "$STATE/build.log" || true), $((SECONDS - t))s"
+info "$arch image built in $((SECONDS - t))s"
 
 step "inside the arm64 image (emulated)"
 run=(docker run --rm --platform linux/arm64 --network none)
@@ -125,26 +98,7 @@ diff "$STATE/sched-x86.json" "$STATE/sched-arm64.json" >&2 \
 info "scheduler extension: 4 fixture solves identical to x86_64 ($(grep -c '"exact": true' \
      "$STATE/sched-arm64.json") exact), $((SECONDS - t))s"
 
-# ------------------------------------------------------------------------------ arm64 devices --
-mapfile -t PORTS < <("$PY" - <<'EOF'
-import socket
-socks = [socket.socket() for _ in range(2)]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print("\n".join(str(s.getsockname()[1]) for s in socks))
-EOF
-)
-port_of() { local i; for i in "${!DEVICES[@]}"; do [[ ${DEVICES[$i]} == "$1" ]] && echo "${PORTS[$i]}"; done; }
-
-stage_compose() {
-  local d=$1
-  shift
-  PIPEEDGE_IMAGE=$IMAGE PIPEEDGE_CONTAINER_NAME=$PREFIX-$d PIPEEDGE_NAME=$d \
-  PIPEEDGE_HOST=127.0.0.1 PIPEEDGE_PORT=$(port_of "$d") \
-  PIPEEDGE_THREADS=1 PIPEEDGE_CPUS=1 PIPEEDGE_MEM_LIMIT=2g \
-  PIPEEDGE_HEALTH_INTERVAL=2s PIPEEDGE_LOG_FORMAT=text PIPEEDGE_GRACE=2 \
-    "${COMPOSE_CMD[@]}" -p "$PREFIX-$d" -f docker/compose.stage.yml "$@"
-}
+device_ports
 
 COMPOSE=("${COMPOSE_CMD[@]}")
 step "2 arm64 stage containers (${DEVICES[*]}) on 127.0.0.1:${PORTS[*]}"
