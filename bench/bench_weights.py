@@ -294,7 +294,7 @@ def write_markdown(results: dict, configs, goals: list[str], path: Path) -> None
 
 
 def table(results: dict, configs) -> str:
-    """The markdown table for README / REPORT.md: one row per backend and weights dtype."""
+    """The markdown table for bench/weights.md: one row per backend and weights dtype."""
     def pick(rows, backend, dtype, **match):
         return next((r for r in rows if r["backend"] == backend and r["dtype"] == dtype
                      and all(r.get(k) == v for k, v in match.items())), None)

@@ -6,7 +6,7 @@ path a stage uses (`codec.encode_tensors` -> wire `Tensor` messages -> `codec.de
 For each encoding it reports the mean cosine similarity of the final sentence embeddings against
 the unsplit float32 model, at a cut after each kind of sub-layer of block 3 (layers 9, 10, 11,
 12) and the worst value over all 23 cut points, plus the payload bytes of the frame crossing the
-cut after layer 9 relative to raw float32. Prints a Markdown table (pasted into README.md).
+cut after layer 9 relative to raw float32. Prints a Markdown table (pasted into docs/compression.md).
 
 Uniform rows come in both parameter granularities of the wire `Encoding`: one (scale, shift) per
 sample (the default; hosts.yml `uniform:8`) and one per token, i.e. per row of the last dimension

@@ -98,7 +98,7 @@ def apply_quant(stages: list[PlannedStage], quant: str | None) -> list[PlannedSt
 def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
            progress: bool = True, reach_timeout_s: float = 5.0) -> Pipeline:
     """Assign `stages` (last first), every one with `epoch`, which must be new: one that no
-    earlier deployment used (README "Failure model"). 0 = above what the stages hold and the
+    earlier deployment used (docs/failure-model.md). 0 = above what the stages hold and the
     clock (`coordinator.epochs`); `serve` and `deploy` pass one from their state file.
     `reach_timeout_s`: how long to wait for each stage to answer (a re-plan waits less)."""
     controls = [StageControl(s.host.name, s.host.address, security=dep.security)

@@ -1,4 +1,4 @@
-"""Deployment epochs: the fence that keeps a request inside one plan (README "Failure model").
+"""Deployment epochs: the fence that keeps a request inside one plan (docs/failure-model.md).
 
 Every deployment attempt gets an epoch larger than any used before, also across coordinator
 restarts, and every stage of that attempt is assigned with it. Stages compute only frames of

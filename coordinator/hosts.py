@@ -87,7 +87,7 @@ class Deployment:
     # stage (AssignRequest.pooling); None = the model's own head.
     pooling: Pooling | None = None
     source: Path = field(default=Path("hosts.yml"), compare=False)
-    # `tls:` / `token:` (README "Security"): the coordinator's credentials for control calls, and
+    # `tls:` / `token:` (docs/security.md): the coordinator's credentials for control calls, and
     # the client credentials deploy records in the pipeline file for SDK clients.
     security: Security | None = field(default=None, compare=False)
     client_security: Security | None = field(default=None, compare=False)

@@ -1,7 +1,7 @@
 """Start N stage servers as separate local processes on loopback ports (demo, tests, benches).
 
 Each server binds port 0 and reports the port it got through a ready file, so parallel runs
-never collide on ports. `tls=True` / `token=...` start secured stages (README "Security"): a CA
+never collide on ports. `tls=True` / `token=...` start secured stages (docs/security.md): a CA
 and certificates under workdir/certs, each stage with its own certificate and the token.
 """
 

@@ -23,7 +23,7 @@ and fixed (integer tensor) bytes per item it has seen, and picks:
   probed less and less often instead of oscillating.
 
 The clip of `output_encoding` applies to uniform widths <= CLIP_MAX_BITS (clipping costs
-accuracy at 6+ bits on MiniLM, see README "Activation compression").
+accuracy at 6+ bits on MiniLM, see docs/compression.md).
 
 Test hook, not for production: the environment variable ``PIPEEDGE_TEST_LINK_MBPS`` makes every
 sender of this process pace its frames as if the link carried that many megabits (1e6 bits) of

@@ -36,7 +36,7 @@ from pipeedge.logs import setup_logging
               help="Largest weight blob a push may announce.")
 @click.option("--max-cache-bytes", default=64 << 30, show_default=True, type=int,
               help="Pushed-weight cache size; least recently used blobs are evicted.")
-# Security (README "Security"; files from `pipeedge-coord certs hosts.yml`).
+# Security (docs/security.md; files from `pipeedge-coord certs hosts.yml`).
 @click.option("--tls-cert", envvar="PIPEEDGE_TLS_CERT", type=click.Path(path_type=Path),
               default=None, help="This stage's certificate (server, and client on its next hop).")
 @click.option("--tls-key", envvar="PIPEEDGE_TLS_KEY", type=click.Path(path_type=Path),

@@ -127,7 +127,7 @@ class StageRuntime:
         route.deliver(error_frame(frame, code, message, self.name))
 
     def _fence(self, frame: wire.Frame) -> None:
-        """Compute a frame only within its own deployment (README "Failure model").
+        """Compute a frame only within its own deployment (docs/failure-model.md).
 
         A frame carries the epoch of the pipeline its sender used; every stage of one deployment
         holds the same epoch, and every deployment a new one. Accepting only equal epochs means

@@ -360,7 +360,7 @@ def test_minilm_float16_and_uniform8_over_three_processes(cluster_factory, minil
                               models.load_shard_state(info, 1, info.num_layers, minilm_path))
     with torch.inference_mode():
         expected = full(inputs)["embeddings"]
-    # Cuts after layers 9 and 17: sub-layer 1 (hidden + residual cross). See the README table for
+    # Cuts after layers 9 and 17: sub-layer 1 (hidden + residual cross). See the docs/compression.md table for
     # the other cut kinds (8 bits after the MLP intermediate gives ~0.998).
     partition = "1,9,10,17,18,24"
     batch, seq = inputs["input_ids"].shape
@@ -428,7 +428,7 @@ def test_minilm_uniform8_per_token_at_every_cut_kind(minilm_path):
     """In process, through the codec and the wire format: uniform 8 bits with per-token params
     keeps the embeddings at cosine >= 0.999 after every kind of sub-layer (attention, attention
     out + residual, MLP intermediate, MLP out + residual), where per-sample params do not
-    everywhere (README "Activation compression"; bench/quant_accuracy.py covers all 23 cuts)."""
+    everywhere (docs/compression.md; bench/quant_accuracy.py covers all 23 cuts)."""
     from transformers import AutoTokenizer
 
     info = models.model_info(MINILM)

@@ -3,7 +3,7 @@ opened in headless Chromium (Debian's chromium + chromium-driver, driven by Sele
 dashboard of `pipeedge-coord serve`'s control plane through a re-plan.
 
 Counters on the page are checked against the stages' own Status answers; the screenshot goes to
-$PIPEEDGE_DASHBOARD_PNG when set (README's docs/dashboard.png is made that way).
+$PIPEEDGE_DASHBOARD_PNG when set (docs/dashboard.png, shown in docs/operations.md, is made that way).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """No wrong answer, ever: the regression tests of issue 13's cases, each at its awkward moment.
 
 Every result is compared with the unsplit model; a request may fail (typed, retryable) but is
-never computed by layer ranges of two deployments (README "Failure model").
+never computed by layer ranges of two deployments (docs/failure-model.md).
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def deploy(hosts_file, partition, model, microbatch, no_progress, pipeline_path,
     stages = deploy_mod.apply_quant(plan.stages, quant)  # -q: activation compression
     out = Path(pipeline_path or dep.pipeline_file)
     # A new epoch above the last one this pipeline file's deployments used, and above what
-    # the stages hold (README "Failure model").
+    # the stages hold (docs/failure-model.md).
     epoch = EpochStore(state_path_for(out)).next_epoch(
         deploy_mod.highest_epoch(dep.hosts, dep.security))
     pipeline = deploy_mod.deploy(dep, stages, epoch=epoch, progress=not no_progress)
