@@ -124,8 +124,8 @@ def many_devices(settings: Settings) -> dict:
     testbed A's name and subnet (it is brought down before A comes up, and back)."""
     return {"name": settings.testbed_name("bench"), "subnet": settings.subnet(0),
             "cpu_priority": settings.priority,
-            # 4096 MB: one device holds all of BERT-Large (1.34 GB) after a stage process has
-            # held ViT-Large, whose freed heap it keeps (2048 MB was OOM-killed there).
+            # 4096 MB: one device holds all of BERT-Large (1.34 GB of weights, ~2.3 GB RSS
+            # while loading); 2048 MB was OOM-killed in a trial.
             "device_types": {"edge": {"cpu": settings.scale_cpu, "mem_mb": 4096,
                                       "bw_mbps": 1000}},
             "devices": [{"type": "edge", "count": settings.max_devices}],
