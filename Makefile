@@ -32,7 +32,7 @@ test: test-py test-cpp
 test-py: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Debian's chromium + chromium-driver for the dashboard's browser test (tests/test_dashboard.py):
+# Debian's chromium + chromium-driver for the dashboard's browser test (tests/integration/test_dashboard.py):
 # nothing to do once installed; where apt-get cannot run, a note (that test then skips).
 .PHONY: browser
 browser:
@@ -41,9 +41,9 @@ browser:
 	    chromium chromium-driver >/dev/null; } || \
 	  echo "browser: could not install chromium chromium-driver (root and apt-get needed); the dashboard's browser test will skip"
 
-# The edit loop: in-process tests only (no stage processes, docker or namespaces), under a minute.
+# The edit loop: tests/unit/ only (in process: no stage processes, docker or namespaces), under a minute.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not integration" -n auto -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests/unit -n auto -q $(PYTEST_ARGS)
 
 test-cpp: $(STAMP)
 	cmake -S scheduler_cpp -B build/cpp-tests -DPIPEEDGE_SCHED_TESTS=ON -DCMAKE_BUILD_TYPE=Release >/dev/null

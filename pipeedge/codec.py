@@ -132,7 +132,7 @@ def _checked_header(msg: pb.Tensor) -> tuple[torch.dtype, tuple[int, ...], int]:
     if any(d < 0 for d in shape):
         raise FrameFormatError(f"tensor '{msg.name}' has negative dimension in shape {shape}")
     numel = math.prod(shape)
-    # Zero-sized dims are skipped in the bound: found by tests/test_fuzz.py, shape
+    # Zero-sized dims are skipped in the bound: found by tests/integration/test_fuzz.py, shape
     # [0, 2**62, 2**62] has 0 elements but overflows torch's stride computation (RuntimeError
     # escaping the decoder, so the request was never answered).
     if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:

@@ -458,7 +458,7 @@ class StreamDecodeGuard(grpc.ServerInterceptor):
     """Decodes request-stream messages itself, so an undecodable one ends its stream with
     INVALID_ARGUMENT (after the messages before it are answered) instead of gRPC's own abort.
 
-    Found by tests/test_fuzz.py: after gRPC-Python (1.85) aborts a streaming call because a
+    Found by tests/integration/test_fuzz.py: after gRPC-Python (1.85) aborts a streaming call because a
     message does not deserialize ("Exception deserializing request!"), `server.stop()` never
     completes, so one such message from any peer kept the stage from shutting down.
     """

@@ -105,7 +105,7 @@ class StageRuntime:
         except Exception as exc:
             # Every counted request must be answered, or its stream never ends (Infer without a
             # deadline waits forever). Decoding rejects bad frames with ValueError; anything
-            # else is a decoder bug, reported instead of hanging (found by tests/test_fuzz.py).
+            # else is a decoder bug, reported instead of hanging (found by tests/integration/test_fuzz.py).
             log.exception("decoding request %s failed", frame.request_id)
             self._reject(frame, route, grpc.StatusCode.INTERNAL,
                          f"stage {self.name} cannot decode request {frame.request_id}: "
@@ -174,7 +174,7 @@ class StageRuntime:
 
     def _check_batch(self, tensors: dict[str, torch.Tensor]) -> None:
         batch = _batch_size(tensors)
-        if tensors and batch == 0:  # found by tests/test_fuzz.py: went through every stage
+        if tensors and batch == 0:  # found by tests/integration/test_fuzz.py: went through every stage
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                "microbatch of 0 items; send at least one")
         limit = self.assignment.max_microbatch

@@ -96,7 +96,7 @@ class StageServicer(pb_grpc.StageServicer):
                               f"{request.model_name[:100]} do not fit in this device's memory; "
                               "give it fewer layers")
             except Exception as exc:  # noqa: BLE001
-                # What the checks above miss (found by tests/test_fuzz.py: a config with zero
+                # What the checks above miss (found by tests/integration/test_fuzz.py: a config with zero
                 # attention heads or patch size, negative sizes, a CUDA device this build
                 # lacks) fails this request alone, in one line; the old assignment stays.
                 log.warning("assign refused: %s: %s", type(exc).__name__, _one_line(exc))
@@ -303,7 +303,7 @@ def _give_back_memory() -> None:
 def _one_line(exc: BaseException) -> str:
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     # Clipped: messages echo request fields, and a status over gRPC's 8 KB metadata limit
-    # reaches the client as a confusing RESOURCE_EXHAUSTED (found by tests/test_fuzz.py).
+    # reaches the client as a confusing RESOURCE_EXHAUSTED (found by tests/integration/test_fuzz.py).
     return _clip(" ".join(text.split()))
 
 

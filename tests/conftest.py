@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -9,15 +11,20 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from pipeedge.coordinator.local_cluster import LocalCluster
 
-# Fixtures that start real processes: a test using one is an integration test (`make test`
-# only), like every module that sets `pytestmark = pytest.mark.integration`.
+# The two tiers are folders: tests/unit/<package>/ runs in one process (`make test-fast`, every
+# core); tests/integration/ starts real processes (stages, coordinators, docker, namespaces) and
+# runs in `make test` only. A unit test asking for a process fixture is a mistake in the tier.
+_INTEGRATION = Path(__file__).parent / "integration"
 _PROCESS_FIXTURES = {"cluster_factory"}
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if item.path.is_relative_to(_INTEGRATION):
             item.add_marker(pytest.mark.integration)
+        elif _PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(f"{item.nodeid} starts stage processes: move it to "
+                                    "tests/integration/")
 
 
 @pytest.fixture

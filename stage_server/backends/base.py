@@ -47,7 +47,7 @@ MAX_QUEUE = 1024
 
 def check_target(assignment: pb.AssignRequest) -> None:
     """Reject an unknown backend or device before anything is loaded (found by
-    tests/test_fuzz.py: backend 99 silently ran torch; device "meta" was accepted as a shard
+    tests/integration/test_fuzz.py: backend 99 silently ran torch; device "meta" was accepted as a shard
     that cannot compute, replacing a working assignment; "tpu" failed with a bare traceback)."""
     if assignment.backend not in _KNOWN_BACKENDS:
         raise ValueError(f"backend {assignment.backend} is unknown; use TORCH, ONNX or ECHO")

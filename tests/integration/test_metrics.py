@@ -35,8 +35,6 @@ from pipeedge.energy import RaplMeter, open_meter
 from pipeedge.partition import parse_partition
 from pipeedge.pipeline_file import StageInfo
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 prom_parser = pytest.importorskip("prometheus_client.parser")
 
 TINY = "pipeedge/tiny-vit"

@@ -26,8 +26,6 @@ from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.pipeline_file import Pipeline, StageInfo
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 Image = pytest.importorskip("PIL.Image")
 
 TINY_VIT = "pipeedge/tiny-vit"

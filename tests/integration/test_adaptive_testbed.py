@@ -33,8 +33,7 @@ from pipeedge.stage_server.adaptive import MAX_HOLD_S
 
 _PROBLEMS = problems()
 pytestmark = [pytest.mark.skipif(bool(_PROBLEMS), reason=_PROBLEMS[0] if _PROBLEMS else ""),
-              pytest.mark.timeout(300),
-              pytest.mark.integration]  # starts real processes: not in `make test-fast`
+              pytest.mark.timeout(300)]
 
 MODEL = "pipeedge/tiny-bert"
 PARTITION = "1,4,5,8"

@@ -31,9 +31,7 @@ from pipeedge.coordinator.testbed.cgroups import detect
 from pipeedge.coordinator.testbed.shaping import tbf_params
 from pipeedge.stage_server.links import measure_link
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
-EXAMPLE = Path(__file__).parents[1] / "coordinator" / "testbed" / "testbed.example.yml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "coordinator" / "testbed" / "testbed.example.yml"
 _PROBLEMS = problems()
 needs_root = pytest.mark.skipif(bool(_PROBLEMS), reason=_PROBLEMS[0] if _PROBLEMS else "")
 TINY = "pipeedge/tiny-vit"

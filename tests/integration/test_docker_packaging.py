@@ -18,9 +18,7 @@ from pipeedge.stage_server.server import build_server
 from pipeedge.stage_server.servicer import StageServicer
 from pipeedge.stage_server.weight_cache import WeightCache
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 
 

@@ -16,7 +16,7 @@ from pipeedge.coordinator.scheduler.cli import main
 
 FIXTURES = Path("/work/shared/fixtures/pipeedge-format")
 EXAMPLE_LINKS = (
-    Path(__file__).resolve().parents[1] / "coordinator" / "scheduler" / "links.example.yml"
+    Path(__file__).resolve().parents[4] / "coordinator" / "scheduler" / "links.example.yml"
 )
 
 

@@ -20,8 +20,6 @@ from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.partition import parse_partition
 from pipeedge.pipeline_file import Pipeline
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 NEW_TOKENS = 32
 # Same shapes as pipeedge/tiny-llama; only hyper-parameters differ from its shipped config.
 TINY_LLAMA = {"vocab_size": 320, "hidden_size": 64, "intermediate_size": 160,

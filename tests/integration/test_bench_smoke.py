@@ -24,9 +24,7 @@ import pytest
 
 from pipeedge.coordinator.testbed import down, leftovers, problems
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REPORT = ROOT / "bench" / "run_report.py"
 SECTIONS = ("scaling", "predictions", "heterogeneous", "slow_links", "transport")
 RUN_TIMEOUT_S = 540  # ~1 minute on a loaded 2-core host; generous for a slower one

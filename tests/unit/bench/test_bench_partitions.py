@@ -8,7 +8,7 @@ import random
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 
 from testbed_bench.partitions import balanced  # noqa: E402 (after sys.path)
 

@@ -27,8 +27,6 @@ from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 GPT = "pipeedge/tiny-gpt2"
 PARTITION = "1,4,5,8,9,12"
 TOKEN = "dashboard-test-token"

@@ -21,8 +21,6 @@ from pipeedge.coordinator.inputs import text_inputs
 from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.partition import parse_partition
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 openai = pytest.importorskip("openai")
 
 GPT = "pipeedge/tiny-gpt2"

@@ -15,8 +15,6 @@ from pipeedge.coordinator import planning
 from pipeedge.coordinator.control_plane import ControlPlane, start_server
 from pipeedge.coordinator.hosts import load_deployment
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 MODEL = "pipeedge/tiny-vit"
 
 

@@ -27,8 +27,6 @@ from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.partition import parse_partition
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 MODEL = "pipeedge/tiny-vit"
 PARTITION = "1,4,5,8,9,12"
 

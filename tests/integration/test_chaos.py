@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SEED = 13
 CLIENTS = 24
 FAULT_SECONDS = 90

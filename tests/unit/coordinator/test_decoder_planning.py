@@ -1,6 +1,6 @@
-"""Planning decoders for generation: hosts.yml's sessions x context, KV cache in each layer's
-memory, decode-step costs from the Profile rpc (pure planning on hand-written files, then the
-real profile -> plan path on stage processes)."""
+"""Planning decoders for generation, in process on hand-written files: hosts.yml's sessions x
+context, KV cache in each layer's memory, decode-step costs driving the plan. The real Profile
+rpc -> plan path is tests/integration/test_decoder_profiling.py."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import logging
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
 from pipeedge import models
 from pipeedge.coordinator import planning
-from pipeedge.coordinator.cli import main
 from pipeedge.coordinator.hosts import HostsFileError, load_deployment
 from pipeedge.coordinator.scheduler import SchedulingError
 from pipeedge.models.kv_cache import KVCache, cache_capacity
 
 MODEL = "pipeedge/tiny-gpt2"  # 12 sub-layers, attention in 1, 5, 9; 64 wide; 256 positions
+
+
 LAYERS = 12
 
 
@@ -117,24 +117,3 @@ def test_decode_step_profiles_drive_the_plan_else_prefill_with_a_note(tmp_path, 
         plan = planning.plan(dep)
     assert plan.stages[0].host.name == "small" and "prefill times" in plan.how
     assert "no decode-step profile" in caplog.text
-
-
-def test_profile_rpc_measures_decode_steps_and_plan_uses_them(cluster_factory):
-    cluster = cluster_factory(1)
-    hosts = cluster.hosts_file(MODEL, microbatch=2, sessions=2, context=64)
-    runner = CliRunner()
-    result = runner.invoke(main, ["profile", str(hosts), "--no-progress"],
-                           catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert "ms per decode step at 64 cached tokens" in result.output
-    folder = hosts.parent
-    entry = yaml.safe_load((folder / "models.yml").read_text())[MODEL]
-    assert entry["step_parameters_in"] == 1
-    assert entry["step_parameters_out"][:4] == [128, 64, 256, 64]  # one token: 64-wide cuts
-    assert entry["step_parameters_out"][-1] == 320  # last-position logits
-    run = yaml.safe_load((folder / "device_types.yml").read_text())["stage0"][
-        "model_profiles"][MODEL][-1]
-    assert run["step_context"] == 64 and len(run["step_time_s"]) == LAYERS
-    assert all(t > 0 for t in run["step_time_s"] + run["time_s"])
-    result = runner.invoke(main, ["plan", str(hosts), "--no-progress"], catch_exceptions=False)
-    assert result.exit_code == 0 and "decode-step times" in result.output, result.output

@@ -36,10 +36,8 @@ from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.security import Security, SecurityError
 from pipeedge.stage_server.weight_cache import WeightCache, WeightPushError
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 MODEL = "pipeedge/tiny-vit"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

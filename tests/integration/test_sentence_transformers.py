@@ -24,8 +24,6 @@ from pipeedge.models.hf_config import ConfigError
 from pipeedge.models.sentence_transformers import Pooling, from_proto, read_pooling, to_proto
 from pipeedge.partition import parse_partition
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 TINY_BERT = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128,
              "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 80}

@@ -23,8 +23,6 @@ from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.partition import parse_partition
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 NEW_TOKENS = 64
 
 

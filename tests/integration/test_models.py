@@ -42,8 +42,6 @@ from pipeedge.models import (
     write_vit_npz,
 )
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SENTENCES = [
     "A man is playing a guitar.",

@@ -19,7 +19,7 @@ from pipeedge.coordinator.scheduler.seed_files import load_devices, load_model
 
 FIXTURES = Path("/work/shared/fixtures/pipeedge-format")
 EXAMPLE_LINKS = (
-    Path(__file__).resolve().parents[1] / "coordinator" / "scheduler" / "links.example.yml"
+    Path(__file__).resolve().parents[4] / "coordinator" / "scheduler" / "links.example.yml"
 )
 VIT_BASE = "google/vit-base-patch16-224"
 

@@ -9,8 +9,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-pytestmark = pytest.mark.integration  # starts real processes: not in `make test-fast`
-
 pytest.importorskip("onnxruntime")
 
 from pipeedge import models  # noqa: E402
