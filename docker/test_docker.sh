@@ -43,21 +43,7 @@ WORK=$STATE/deploy
 source docker/test_lib.sh
 
 # ---------------------------------------------------------------------------------- teardown --
-cleanup() {
-  local rc=$?
-  set +e
-  trap - EXIT INT TERM
-  teardown_containers "$rc" coord_compose down -v --remove-orphans
-  rm -rf "$STATE"
-  docker_engine_stop
-  if ((rc == 0)); then
-    step "test-docker passed in $((SECONDS - T0))s"
-  else
-    printf '[test-docker %4ds] FAILED (exit %d)\n' "$((SECONDS - T0))" "$rc" >&2
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
+trap 'finish test-docker coord_compose down -v --remove-orphans' EXIT
 trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------------------- docker engine --

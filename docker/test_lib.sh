@@ -13,6 +13,8 @@
 #   wait_healthy NAME [SECONDS]  waits for a container's health status to be healthy.
 #   teardown_containers RC [CMD..]  device logs if RC != 0, then every device (and CMD) down in
 #                        parallel, and our dangling images pruned.
+#   finish NAME [CMD..]  the EXIT trap: teardown_containers (with CMD), STATE removed, our dockerd
+#                        stopped, then NAME's verdict and the script's exit status.
 
 STARTED_DOCKERD=""
 COMPOSE=()  # set to the compose command once devices may exist (teardown_containers needs it)
@@ -146,4 +148,20 @@ teardown_containers() {  # RC [CMD..]
       docker image prune -f --filter "label=org.opencontainers.image.title=$title" >/dev/null 2>&1
     done
   fi
+}
+
+finish() {  # NAME [CMD..]; as the EXIT trap: `trap 'finish test-x' EXIT`
+  local rc=$? name=$1
+  shift
+  set +e
+  trap - EXIT INT TERM
+  teardown_containers "$rc" "$@"
+  rm -rf "$STATE"
+  docker_engine_stop
+  if ((rc == 0)); then
+    step "$name passed in $((SECONDS - T0))s"
+  else
+    printf '[%s %4ds] FAILED (exit %d)\n' "$name" "$((SECONDS - T0))" "$rc" >&2
+  fi
+  exit "$rc"
 }

@@ -40,21 +40,7 @@ STATE=$(mktemp -d /tmp/pipeedge-test-arm64.XXXXXX)
 # shellcheck source=docker/test_lib.sh
 source docker/test_lib.sh
 
-cleanup() {
-  local rc=$?
-  set +e
-  trap - EXIT INT TERM
-  teardown_containers "$rc"
-  rm -rf "$STATE"
-  docker_engine_stop
-  if ((rc == 0)); then
-    step "test-arm64 passed in $((SECONDS - T0))s"
-  else
-    printf '[test-arm64 %4ds] FAILED (exit %d)\n' "$((SECONDS - T0))" "$rc" >&2
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
+trap 'finish test-arm64' EXIT
 trap 'exit 130' INT TERM
 
 step "aarch64 emulation (qemu-user-static, binfmt_misc)"
