@@ -49,7 +49,7 @@ class FileSource:
             p = Pipeline.load(self.path)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             return None, 0, [], f"cannot read {self.path}: {exc}"
-        return p, int(p.extra.get("version", 0)), [], ""
+        return p, p.version, [], ""
 
 
 class PlaneSource:

@@ -34,9 +34,9 @@ class EmbeddingService:
         self.info = pipeline.model_info()
         if self.info.is_decoder:
             raise ValueError(f"{pipeline.model} is a decoder; serve it for completions")
-        kind, _, path = pipeline.weights.partition(":")
-        self.tokenizer_dir = tokenizer or (path if kind in ("local", "push") else None)
-        self.model_name = model_name or pipeline.model or str(path)
+        directory = pipeline.weights_directory
+        self.tokenizer_dir = tokenizer or directory
+        self.model_name = model_name or pipeline.model or str(directory or "")
         self.microbatch = max(1, pipeline.microbatch)
         self.created = int(time.time())
         self.client = AsyncPipelineClient(pipeline_file=pipeline_file, timeout_s=timeout_s)

@@ -32,8 +32,9 @@ from pipeedge.coordinator import deploy as deploy_mod
 from pipeedge.coordinator.hosts import load_deployment
 from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
-from pipeedge.partition import LayerRange, format_partition
+from pipeedge.partition import format_partition
 from pipeedge.pipeline_file import Pipeline
+from pipeedge.records import LayerRange, PlannedStage
 
 
 def decode_costs(info: models.ModelInfo) -> list[float]:
@@ -77,7 +78,7 @@ def deploy(cluster: LocalCluster, model: str, stages: int) -> tuple[str, str]:
     ranges = balanced_partition(decode_costs(info), stages)
     partition = format_partition(ranges)
     dep = load_deployment(cluster.hosts_file(model, partition=partition, microbatch=1))
-    planned = [deploy_mod.PlannedStage(h, r) for h, r in zip(dep.ordered_hosts(), ranges)]
+    planned = [PlannedStage(h, r) for h, r in zip(dep.ordered_hosts(), ranges)]
     pipeline = deploy_mod.deploy(dep, planned, progress=False)
     path = cluster.workdir / f"pipeline-{stages}.json"
     pipeline.save(path)

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent import futures
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -34,7 +34,8 @@ from pipeedge.coordinator import planning
 from pipeedge.coordinator.epochs import EpochStore, state_path_for
 from pipeedge.coordinator.hosts import Deployment, Host
 from pipeedge.coordinator.stage_control import StageControl
-from pipeedge.pipeline_file import Pipeline, StageInfo
+from pipeedge.pipeline_file import Pipeline
+from pipeedge.records import StageInfo
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class ControlPlane:
         self.check_timeout_s = check_timeout_s
         self.failures_to_down = failures_to_down
         self.store = EpochStore(state_path or state_path_for(self.pipeline_path))
-        self.probes = {h.name: _HostProbe(h, dep.security) for h in dep.hosts}
+        self.probes = {h.name: _HostProbe(h, dep.control_security) for h in dep.hosts}
         self.down: set[str] = set()
         self.pipeline: Pipeline | None = None
         self.version = 0  # the published pipeline's epoch
@@ -114,21 +115,20 @@ class ControlPlane:
         if not saved or not epoch:
             return None
         try:
-            pipeline = Pipeline(**{**saved, "stages": tuple(StageInfo(**s)
-                                                            for s in saved["stages"])})
-        except (TypeError, KeyError):
+            pipeline = Pipeline.from_dict(saved)
+        except (TypeError, KeyError, ValueError):
             return None
-        if pipeline.model != self.dep.model or int(pipeline.extra.get("version", 0)) != epoch:
+        if pipeline.model != self.dep.model or pipeline.version != epoch:
             return None
         by_address = {p.host.address: p for p in self.probes.values()}
         for s in pipeline.stages:
             probe = by_address.get(s.address)
             if probe is None or not _holds(probe.status(self.check_timeout_s), s, epoch):
                 return None
-        self._publish(pipeline, epoch)
+        published = self._publish(pipeline, epoch)
         log.info("adopted pipeline epoch %d from %s: every stage still holds it", epoch,
                  self.store.path, extra={"event": "adopt", "version": epoch})
-        return self.pipeline
+        return published
 
     def deploy(self, reason: str = "initial deployment") -> Pipeline:
         """(Re)deploy over the hosts that are up, each attempt under a new epoch."""
@@ -156,7 +156,7 @@ class ControlPlane:
                                 extra={"event": "deploy_error", "reason": reason})
                     if not self._mark_unhealthy(hosts):
                         raise
-            self._publish(pipeline, epoch)
+            published = self._publish(pipeline, epoch)
             self._release_left_out(pipeline, epoch)
         took = time.monotonic() - start
         self.replans.append({"version": epoch, "reason": reason, "seconds": took,
@@ -167,7 +167,7 @@ class ControlPlane:
                  extra={"event": "replan" if len(self.replans) > 1 else "deploy",
                         "version": epoch, "seconds": round(took, 3), "reason": reason,
                         "stages": ",".join(self.replans[-1]["stages"])})
-        return self.pipeline
+        return published
 
     def _mark_unhealthy(self, hosts: list[Host]) -> bool:
         changed = False
@@ -188,14 +188,16 @@ class ControlPlane:
             except grpc.RpcError:
                 pass  # unreachable now: released when it comes back (see _check)
 
-    def _publish(self, pipeline: Pipeline, epoch: int) -> None:
+    def _publish(self, pipeline: Pipeline, epoch: int) -> Pipeline:
+        published = replace(pipeline, version=epoch)
         with self._cond:
             self.version = epoch
-            self.pipeline = replace(pipeline, extra={**pipeline.extra, "version": epoch})
-            self.pipeline.save(self.pipeline_path)
-            self.store.record(pipeline=asdict(self.pipeline))
+            self.pipeline = published
+            published.save(self.pipeline_path)
+            self.store.record(pipeline=published.to_dict())
             self.problem = ""
             self._cond.notify_all()
+        return published
 
     def info(self, newer_than: int = 0, timeout_s: float = 0.0) -> cpb.PipelineInfo:
         with self._cond:
@@ -212,9 +214,7 @@ class ControlPlane:
             return cpb.PipelineInfo(
                 version=self.version, model=p.model, entry=p.entry, down=sorted(self.down),
                 problem=self.problem,
-                stages=[cpb.PipelineStage(name=s.name, address=s.address,
-                                          first_layer=s.first_layer, last_layer=s.last_layer)
-                        for s in p.stages])
+                stages=[s.to_proto() for s in p.stages])
 
     # -- watching ---------------------------------------------------------------------------------
     def start_watching(self) -> None:
@@ -287,7 +287,7 @@ class ControlPlane:
             self._pending = None
             return
         try:
-            self.deploy(reason=reason)
+            self.deploy(reason=reason or "re-plan")
         except Exception as exc:  # noqa: BLE001 - retried with backoff until it succeeds
             self.problem = (f"re-plan ({reason}) failed: {' '.join(str(exc).split())[:300]}; "
                             f"retrying in {self._backoff:.1f}s")

@@ -7,7 +7,7 @@ starts. The result is a `Pipeline` description that the SDK and `status` read.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -17,12 +17,12 @@ from pipeedge import encoding as encodings
 from pipeedge import models, security
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator import epochs
-from pipeedge.coordinator.hosts import Deployment, Host
+from pipeedge.coordinator.hosts import Deployment
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.errors import PipeEdgeError
 from pipeedge.models import weights_dtype
-from pipeedge.partition import LayerRange
-from pipeedge.pipeline_file import Pipeline, StageInfo
+from pipeedge.pipeline_file import Pipeline
+from pipeedge.records import CredentialPaths, PlannedStage
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,6 @@ BACKENDS = {"torch": pb.TORCH, "onnx": pb.ONNX}
 
 class DeployError(PipeEdgeError):
     """Deployment failed; the message names the host or setting and the fix."""
-
-
-@dataclass(frozen=True)
-class PlannedStage:
-    host: Host
-    layers: LayerRange
 
 
 def assign_request(dep: Deployment, stage: PlannedStage, next_hop: str,
@@ -101,13 +95,13 @@ def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
     earlier deployment used (docs/failure-model.md). 0 = above what the stages hold and the
     clock (`coordinator.epochs`); `serve` and `deploy` pass one from their state file.
     `reach_timeout_s`: how long to wait for each stage to answer (a re-plan waits less)."""
-    controls = [StageControl(s.host.name, s.host.address, security=dep.security)
+    controls = [StageControl(s.host.name, s.host.address, security=dep.control_security)
                 for s in stages]
     try:
         for c in controls:
             c.check_serving(reach_timeout_s)
         if not epoch:
-            epoch = epochs.fresh_epoch(highest_epoch([s.host for s in stages], dep.security))
+            epoch = epochs.fresh_epoch(highest_epoch([s.host for s in stages], dep.control_security))
         sources = _weight_sources(dep, stages, controls, progress)
         replies: list[pb.AssignReply | None] = [None] * len(stages)
         bar = tqdm(total=len(stages), desc="assign", unit="stage", disable=not progress)
@@ -116,12 +110,12 @@ def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
             req = assign_request(dep, stages[i], next_hop, sources[i])
             req.epoch = epoch
             try:
-                replies[i] = controls[i].assign(req)
+                reply = replies[i] = controls[i].assign(req)
             except grpc.RpcError as exc:
                 raise DeployError(f"host {stages[i].host.name} refused layers "
                                   f"{stages[i].layers}: {exc.details()}") from None
             log.info("assigned %s layers %s (%.1f MB)", stages[i].host.name, stages[i].layers,
-                     replies[i].parameter_bytes / 1e6,
+                     reply.parameter_bytes / 1e6,
                      extra={"event": "assign", "host": stages[i].host.name,
                             "layers": str(stages[i].layers), "next_hop": next_hop})
             bar.update()
@@ -131,18 +125,12 @@ def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
             c.close()
     pipeline = Pipeline(
         model=dep.model, microbatch=dep.microbatch, dtype=dep.dtype,
-        model_config_json=dep.model_config_json,
-        weights=dep.weights.describe(),
-        stages=tuple(StageInfo(name=s.host.name, address=s.host.address,
-                               first_layer=s.layers.first, last_layer=s.layers.last,
-                               backend=s.host.backend or dep.backend,
-                               device_type=s.host.device_type) for s in stages),
-        extra={"version": epoch,  # the deployment's epoch: clients stamp it on every frame
-               "parameter_bytes": [r.parameter_bytes for r in replies],
-               # Credential files (not their contents) for status/release and SDK clients.
-               **({"security": {"coordinator": dep.security.paths(),
-                                "client": dep.client_security.paths()}}
-                  if dep.security else {})})
+        model_config_json=dep.model_config_json, weights=dep.weights,
+        stages=tuple(s.deployed(dep.backend) for s in stages),
+        version=epoch, parameter_bytes=tuple(r.parameter_bytes for r in replies if r is not None),
+        # Credential files (not their contents) for status/release and SDK clients.
+        credentials=CredentialPaths(dep.security.paths(), dep.client_security.paths())
+        if dep.security and dep.client_security else None)
     return pipeline
 
 

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pipeedge._proto import stage_pb2 as pb
 from pipeedge.errors import PipeEdgeError
+from pipeedge.records import WeightsSource, WeightsSourceError
 from pipeedge.security import Security, SecurityError
-from pipeedge.security import set_default as set_default_security
 
 if TYPE_CHECKING:
     from pipeedge.models.sentence_transformers import Pooling
@@ -42,29 +41,10 @@ class Host:
 
 
 @dataclass(frozen=True)
-class Weights:
-    """Where stages get weights: random (seeded), local (path on each device) or push."""
-
-    kind: str
-    path: str = ""
-    seed: int = 0
-
-    def describe(self) -> str:
-        return f"random:{self.seed}" if self.kind == "random" else f"{self.kind}:{self.path}"
-
-    def to_proto(self, pushed_sha256: str = "") -> pb.WeightSource:
-        if self.kind == "random":
-            return pb.WeightSource(random_seed=self.seed)
-        if self.kind == "local":
-            return pb.WeightSource(local_path=self.path)
-        return pb.WeightSource(pushed_sha256=pushed_sha256)
-
-
-@dataclass(frozen=True)
 class Deployment:
     model: str
     hosts: tuple[Host, ...]
-    weights: Weights = Weights("random")
+    weights: WeightsSource = WeightsSource("random")
     partition: str = ""          # seed syntax "1,24,25,48"; empty = automatic (scheduler)
     order: tuple[str, ...] = ()  # host names in stage order; default = the hosts list order
     backend: str = "torch"
@@ -99,6 +79,12 @@ class Deployment:
         return models.model_info(self.model, self.model_config_json or None,
                                  pooling=self.pooling)
 
+    @property
+    def control_security(self) -> Security:
+        """What every control call to the stages uses: hosts.yml's tls:/token:, else plaintext
+        (explicitly: never the PIPEEDGE_TLS_* variables a stage or SDK client reads)."""
+        return self.security or Security()
+
     def generation_load(self, info) -> tuple[int, int]:
         """(sessions, context tokens) for this decoder `info`, defaults filled in."""
         return self.sessions or 1, self.context or info.max_positions
@@ -125,27 +111,12 @@ class Deployment:
         return [by_name[n] for n in self.order]
 
 
-def parse_weights(value) -> Weights:
-    """`random`, `random:SEED`, `local:/path/on/devices`, `push:/path/here`, or a mapping."""
-    if value is None:
-        return Weights("random")
-    if isinstance(value, dict):
-        kind = str(value.get("source", "random"))
-        return _weights(kind, str(value.get("path", "")), int(value.get("seed", 0)))
-    text = str(value)
-    kind, _, rest = text.partition(":")
-    if kind == "random":
-        return Weights("random", seed=int(rest or 0))
-    return _weights(kind, rest, 0)
-
-
-def _weights(kind: str, path: str, seed: int) -> Weights:
-    if kind not in ("random", "local", "push"):
-        raise HostsFileError(f"weights source '{kind}' is unknown; use random[:SEED], "
-                             "local:/path/on/each/device or push:/path/on/coordinator")
-    if kind != "random" and not path:
-        raise HostsFileError(f"weights '{kind}' needs a path, e.g. {kind}:/models/vit-base")
-    return Weights(kind, path, seed)
+def parse_weights(value) -> WeightsSource:
+    """hosts.yml `weights:` (`WeightsSource.parse`), its errors as hosts-file errors."""
+    try:
+        return WeightsSource.parse(value)
+    except WeightsSourceError as exc:
+        raise HostsFileError(str(exc)) from None
 
 
 def _positive_int(data: dict, key: str, path: Path, example: str) -> int:
@@ -158,7 +129,7 @@ def _positive_int(data: dict, key: str, path: Path, example: str) -> int:
     return value
 
 
-def resolve_model(model, weights: Weights, path: Path) -> dict[str, Any]:
+def resolve_model(model, weights: WeightsSource, path: Path) -> dict[str, Any]:
     """`model:` (a registry name, or omitted) and a weights directory the coordinator can read ->
     the model name, the directory's config.json text (`pipeedge.models.checkpoint.resolve`) and
     its sentence-transformers pooling (`resolve_pooling`). A `local:` path only the devices have
@@ -166,7 +137,7 @@ def resolve_model(model, weights: Weights, path: Path) -> dict[str, Any]:
     from pipeedge.models.checkpoint import resolve, resolve_pooling
     from pipeedge.models.hf_config import ConfigError
 
-    directory = weights.path if weights.kind in ("local", "push") and weights.path else None
+    directory = weights.path if weights.directory is not None else None
     if directory is not None and not Path(directory).is_dir():
         directory = None  # a file, or a path that exists only on the devices
     try:
@@ -258,7 +229,8 @@ def parse_security(tls, token, source: Path) -> dict[str, Any]:
 
 def load_deployment(path: str | Path, *, with_security: bool = True, **overrides) -> Deployment:
     """Parse hosts.yml. `with_security=False` skips tls:/token: (for `certs`, which creates
-    those files) and leaves the process' default credentials alone."""
+    those files). The credentials are `dep.security` (control calls) and `dep.client_security`;
+    every control-plane call passes them explicitly (no process default is set)."""
     path = Path(path)
     if not path.is_file():
         raise HostsFileError(f"hosts file {path} not found; start from "
@@ -302,8 +274,4 @@ def load_deployment(path: str | Path, *, with_security: bool = True, **overrides
         **parse_generation_load(data, path, model),
         **(parse_security(data.get("tls"), data.get("token"), path) if with_security else {}))
     check_weights_dtypes(dep)
-    if with_security:
-        # This process now acts for this deployment: every control channel it opens without
-        # explicit credentials (deploy, profile, serve, monitors) uses hosts.yml's tls:/token:.
-        set_default_security(dep.security)
     return dep

@@ -22,8 +22,8 @@ def _info(model: str | models.ModelInfo) -> models.ModelInfo:
 
 def weights_directory(pipeline) -> Path | None:
     """The pipeline's local/push weights directory, when this machine has it."""
-    kind, _, path = pipeline.weights.partition(":")
-    return Path(path) if kind in ("local", "push") and Path(path).is_dir() else None
+    directory = pipeline.weights_directory
+    return directory if directory is not None and directory.is_dir() else None
 
 
 def random_inputs(model: str | models.ModelInfo, batch: int, *,

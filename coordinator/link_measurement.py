@@ -22,7 +22,7 @@ MBIT = 2**20  # the scheduler's (and the seed's) binary megabit
 def measure_links(dep: Deployment, *, payload_bytes: int = 4_000_000, repeats: int = 3,
                   progress: bool = True) -> dict:
     hosts = list(dep.hosts)
-    controls = {h.name: StageControl(h.name, h.address) for h in hosts}
+    controls = {h.name: StageControl(h.name, h.address, security=dep.control_security) for h in hosts}
     pairs = [(a, b) for a in hosts for b in hosts if a.name != b.name]
     bar = tqdm(total=len(pairs) + len(hosts), desc="measure links", unit="link",
                disable=not progress)

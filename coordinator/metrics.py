@@ -105,7 +105,8 @@ class ControlPlaneCollector:
     def _control(self, name: str, address: str) -> StageControl:
         key = (name, address)
         if key not in self._controls:
-            self._controls[key] = StageControl(name, address, security=self.plane.dep.security)
+            self._controls[key] = StageControl(name, address,
+                                               security=self.plane.dep.control_security)
         return self._controls[key]
 
     def close(self) -> None:

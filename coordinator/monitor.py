@@ -18,7 +18,8 @@ import grpc
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.coordinator.tables import render
-from pipeedge.pipeline_file import Pipeline, StageInfo
+from pipeedge.pipeline_file import Pipeline
+from pipeedge.records import StageInfo
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
-from pipeedge.coordinator.deploy import PlannedStage, assign_request
+from pipeedge.coordinator.deploy import assign_request
 from pipeedge.coordinator.hosts import Deployment
 from pipeedge.errors import PipeEdgeError
 from pipeedge.models import weights_dtype
+from pipeedge.records import PlannedStage
 
 log = logging.getLogger(__name__)
 

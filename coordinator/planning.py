@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from pipeedge import models
-from pipeedge.coordinator.deploy import PlannedStage
 from pipeedge.coordinator.hosts import Deployment, Host
-from pipeedge.partition import LayerRange, PartitionError, even_partition, parse_partition
+from pipeedge.partition import PartitionError, even_partition, parse_partition
+from pipeedge.records import LayerRange, PlannedStage
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,15 @@ def have_profiles(dep: Deployment) -> bool:
     folder = scheduler_dir(dep)
     if not all((folder / f"{k}.yml").is_file() for k in SCHEDULER_FILES):
         return False
-    import yaml
+    from pipeedge.coordinator.scheduler.seed_files import load_doc
 
-    if dep.model not in (yaml.safe_load((folder / "models.yml").read_text()) or {}):
+    if dep.model not in load_doc(folder / "models.yml"):
         return False
     # A host listed under another type (e.g. its weights_dtype changed: `pi4@int8`) needs new
     # profiles.
     from pipeedge.coordinator.profiling import device_type
 
-    listed = yaml.safe_load((folder / "devices.yml").read_text()) or {}
+    listed = load_doc(folder / "devices.yml")
     return all(h.name in (listed.get(device_type(h, dep)) or ()) for h in dep.hosts)
 
 
@@ -138,15 +138,14 @@ def _weights_memory(dep: Deployment, model, devices, folder: Path):
     hosts.yml `weights_dtype`). One size for all: it becomes the model's. Mixed: the model gets
     the smallest size of each layer and each device's capacity shrinks by its worst ratio to
     it, so a plan never overfills a device (it may be pessimistic for the larger dtypes)."""
-    import yaml
+    from pipeedge.coordinator.scheduler.seed_files import last_run, load_doc
 
-    doc = yaml.safe_load((folder / "device_types.yml").read_text()) or {}
+    doc = load_doc(folder / "device_types.yml")
     sizes = {}
     for name in {d.device_type for d in devices}:
-        runs = ((doc.get(name) or {}).get("model_profiles") or {}).get(dep.model) or []
-        match = [r for r in runs if isinstance(r, dict) and r.get("batch_size") == dep.microbatch
-                 and str(r.get("dtype")) == f"torch.{dep.dtype}"]
-        mem = match[-1].get("layer_mem_MB") if match else None
+        run = last_run(doc, name, dep.model, dtype=f"torch.{dep.dtype}",
+                       batch_size=dep.microbatch)
+        mem = run.get("layer_mem_MB") if run is not None else None
         if not mem or len(mem) != model.layers:
             return model, devices  # profiled before weights dtypes: models.yml's sizes
         sizes[name] = tuple(float(m) for m in mem)
@@ -196,24 +195,23 @@ def _step_profiles(dep: Deployment, model, types: set[str], folder: Path):
     """Decode-step (times per device type, parameters_in, parameters_out, contexts profiled) from
     the scheduler files, or None unless models.yml and every device type in `types` have them
     for this batch size and dtype (the seed's rule: the last matching run)."""
-    import yaml
+    from pipeedge.coordinator.scheduler.seed_files import last_run, load_doc
 
-    entry = (yaml.safe_load((folder / "models.yml").read_text()) or {}).get(dep.model) or {}
+    entry = load_doc(folder / "models.yml").get(dep.model) or {}
     params_out = entry.get("step_parameters_out")
     if not params_out or len(params_out) != model.layers:
         return None
-    doc = yaml.safe_load((folder / "device_types.yml").read_text()) or {}
+    doc = load_doc(folder / "device_types.yml")
     times, contexts = {}, set()
     for name in types:
-        runs = ((doc.get(name) or {}).get("model_profiles") or {}).get(dep.model) or []
-        match = [r for r in runs if isinstance(r, dict) and r.get("batch_size") == dep.microbatch
-                 and str(r.get("dtype")) == f"torch.{dep.dtype}"]
-        step = match[-1].get("step_time_s") if match else None
+        run = last_run(doc, name, dep.model, dtype=f"torch.{dep.dtype}",
+                       batch_size=dep.microbatch)
+        step = run.get("step_time_s") if run is not None else None
         if not step or len(step) != model.layers:
             return None
         times[name] = tuple(float(t) for t in step)
-        if match[-1].get("step_context"):
-            contexts.add(int(match[-1]["step_context"]))
+        if run is not None and run.get("step_context"):
+            contexts.add(int(run["step_context"]))
     return (times, int(entry.get("step_parameters_in", 1)),
             tuple(int(p) for p in params_out), contexts)
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import yaml
 from tqdm import tqdm
 
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.deploy import BACKENDS, DTYPES
 from pipeedge.coordinator.hosts import Deployment, Host
+from pipeedge.coordinator.scheduler import seed_files
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.models import weights_dtype
 
@@ -74,7 +74,7 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
     decode_context = dep.generation_load(info)[1] if info.is_decoder else 0
 
     def work(i: int, host: Host) -> None:
-        ctl = StageControl(host.name, host.address)
+        ctl = StageControl(host.name, host.address, security=dep.control_security)
         bar = tqdm(desc=f"profile {host.name}", unit="layer", position=i, leave=True,
                    disable=not progress)
         try:
@@ -126,8 +126,8 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
     """Merge measurements into models.yml / device_types.yml and write devices.yml."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {k: out_dir / f"{k}.yml" for k in ("models", "device_types", "devices")}
-    models_doc = _load(paths["models"])
-    types_doc = _load(paths["device_types"])
+    models_doc = seed_files.load_doc(paths["models"])
+    types_doc = seed_files.load_doc(paths["device_types"])
     # models.yml's sizes: a host at the deployment's own weights dtype, else the first.
     first = next((p for p in profiles if not dep.weights_suffix(p.host)), profiles[0])
     models_doc[dep.model] = {"layers": len(first.time_s), "mem_MB": list(first.mem_mb),
@@ -149,10 +149,6 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
         nics = [p.nic_mbps for p in group]
         entry["bw_Mbps"] = (host.bw_mbps or (min(nics) if all(nics) else 0)
                             or entry.get("bw_Mbps", DEFAULT_BW_MBPS))
-        profiles_doc = entry.setdefault("model_profiles", {}) or {}
-        entry["model_profiles"] = profiles_doc
-        runs = [r for r in profiles_doc.get(dep.model, [])
-                if not (r.get("batch_size") == batch and r.get("dtype") == dtype_key)]
         # Several hosts of one type: average them, layer by layer.
         times = [sum(p.time_s[i] for p in group) / len(group) for i in range(len(first.time_s))]
         # Weight memory per layer as this type stores it (weights_dtype); planning reads it.
@@ -162,18 +158,11 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
             run["step_time_s"] = [sum(p.step_time_s[i] for p in group) / len(group)
                                   for i in range(len(first.time_s))]
             run["step_context"] = group[0].step_context
-        runs.append(run)
-        profiles_doc[dep.model] = runs
+        seed_files.put_run(types_doc, dtype_name, dep.model, run)
     devices_doc: dict[str, list[str]] = {}
     for h in dep.hosts:
         devices_doc.setdefault(device_type(h, dep), []).append(h.name)
     for key, doc in (("models", models_doc), ("device_types", types_doc),
                      ("devices", devices_doc)):
-        paths[key].write_text(yaml.safe_dump(doc, sort_keys=False, width=100))
+        seed_files.write_doc(paths[key], doc)
     return paths
-
-
-def _load(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    return yaml.safe_load(path.read_text()) or {}

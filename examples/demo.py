@@ -42,7 +42,7 @@ def deploy(cluster: LocalCluster, model: str, partition: str, **kw):
     print(render(["stage", "host", "layers", "weights MB"],
                  [[i + 1, s.name, f"{s.first_layer}-{s.last_layer}", f"{b / 1e6:.1f}"]
                   for i, (s, b) in enumerate(zip(pipeline.stages,
-                                                 pipeline.extra["parameter_bytes"]))]))
+                                                 pipeline.parameter_bytes))]))
     return pipeline
 
 

@@ -5,26 +5,12 @@ Layers are 1-based and inclusive, 4 per transformer block (ViT-Base: 12 blocks -
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pipeedge.errors import PipeEdgeError
+from pipeedge.records import LayerRange
 
 
 class PartitionError(PipeEdgeError, ValueError):
     """A partition that cannot be deployed; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class LayerRange:
-    first: int  # 1-based, inclusive
-    last: int   # 1-based, inclusive
-
-    def __str__(self) -> str:
-        return f"{self.first}-{self.last}"
-
-    @property
-    def count(self) -> int:
-        return self.last - self.first + 1
 
 
 def parse_partition(text: str | list[int], num_layers: int) -> list[LayerRange]:

@@ -276,8 +276,8 @@ def from_paths(paths: dict | None, **overrides) -> Security | None:
 
 def for_pipeline(pipeline, role: str = "client") -> Security | None:
     """The credentials deploy recorded in the pipeline file for `role` (client or coordinator)."""
-    entry = (getattr(pipeline, "extra", None) or {}).get("security") or {}
-    return from_paths(entry.get(role) or entry.get("coordinator"))
+    recorded = pipeline.credentials
+    return from_paths(recorded.for_role(role)) if recorded is not None else None
 
 
 def use_pipeline(pipeline) -> None:

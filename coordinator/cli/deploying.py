@@ -44,12 +44,12 @@ def deploy(hosts_file, partition, model, microbatch, no_progress, pipeline_path,
     # A new epoch above the last one this pipeline file's deployments used, and above what
     # the stages hold (docs/failure-model.md).
     epoch = EpochStore(state_path_for(out)).next_epoch(
-        deploy_mod.highest_epoch(dep.hosts, dep.security))
+        deploy_mod.highest_epoch(dep.hosts, dep.control_security))
     pipeline = deploy_mod.deploy(dep, stages, epoch=epoch, progress=not no_progress)
     pipeline.save(out)
     rows = [[i + 1, s.name, s.address, f"{s.first_layer}-{s.last_layer}", s.backend,
              f"{b / 1e6:.1f}"] for i, (s, b) in
-            enumerate(zip(pipeline.stages, pipeline.extra["parameter_bytes"]))]
+            enumerate(zip(pipeline.stages, pipeline.parameter_bytes))]
     click.echo(render(["stage", "host", "address", "layers", "backend", "weights MB"], rows))
     click.echo(f"\n{pipeline.model} deployed on {len(rows)} stage(s) ({plan.how}); entry "
                f"{pipeline.entry}; pipeline file {out}")

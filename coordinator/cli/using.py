@@ -75,7 +75,7 @@ def infer(pipeline_path, texts, images, random_batch, tokenizer, timeout):
     use_credentials(pipeline)  # tls:/token: recorded by deploy
     info, directory = pipeline.model_info(), inputs_mod.weights_directory(pipeline)
     if texts:
-        tok = tokenizer or Path(pipeline.weights.partition(":")[2])
+        tok = tokenizer or pipeline.weights_directory or Path()
         batch = inputs_mod.text_inputs(list(texts), tok, info)
     elif images:
         batch = inputs_mod.image_inputs(list(images), info, directory)
@@ -166,7 +166,7 @@ def eval_cmd(dataset, pipeline_path, task, batch, window, limit, seed, classes_f
             examples = load_cola(dataset)
             if limit:
                 examples = examples[:limit]
-            tok = tokenizer or Path(pipeline.weights.partition(":")[2])
+            tok = tokenizer or pipeline.weights_directory or Path()
             result = eval_mod.evaluate_cola(client, examples, tok, batch=batch,
                                             window=window, progress=not no_progress,
                                             model=pipeline.model_info())

@@ -1,8 +1,11 @@
-"""Reading the seed scheduler's three YAML files (models, device types, devices).
+"""The seed scheduler's three YAML files (models, device types, devices): the one module that
+reads and writes them.
 
 Formats are the seed's (README_Scheduler.md), parsed with ``yaml.safe_load``. Device types
 without a profile for the model, dtype and batch size are skipped with a warning, as the seed
-does; other inconsistencies raise SchedulingError naming the file and the fix.
+does; other inconsistencies raise SchedulingError naming the file and the fix. Profiling
+writes them (`load_doc`, `put_run`, `write_doc`); planning reads the keys the seed's tools
+ignore (`layer_mem_MB`, `step_time_s`, ...) through `last_run` and `load_doc`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import yaml
 from .errors import SchedulingError
 from .profiles import DeviceProfile, ModelProfile
 
-__all__ = ["load_devices", "load_model", "read_yaml"]
+__all__ = ["last_run", "load_devices", "load_doc", "load_model", "put_run", "read_yaml",
+           "write_doc"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,48 @@ def read_yaml(path: str | Path, what: str, flag: str) -> Any:
         raise SchedulingError(
             f"{what} file {str(path)!r} is not valid YAML ({line}); fix its syntax"
         ) from None
+
+
+def load_doc(path: str | Path) -> dict[str, Any]:
+    """One file's mapping, {} when the file is missing or empty (profiling merges into it)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    doc = read_yaml(path, path.stem, "--out")
+    if doc is not None and not isinstance(doc, Mapping):
+        raise SchedulingError(f"{path} must be a mapping; fix it or delete it to re-profile")
+    return dict(doc or {})
+
+
+def write_doc(path: str | Path, doc: Mapping[str, Any]) -> None:
+    Path(path).write_text(yaml.safe_dump(dict(doc), sort_keys=False, width=100))
+
+
+def _matches(run: Any, dtype: str, batch_size: int) -> bool:
+    return (isinstance(run, Mapping) and str(run.get("dtype")) == dtype
+            and run.get("batch_size") == batch_size)
+
+
+def last_run(dev_types: Mapping[str, Any], dev_type: str, model: str, *, dtype: str,
+             batch_size: int) -> Mapping[str, Any] | None:
+    """A device type's profile run of `model` at `dtype` and `batch_size` in a parsed
+    device_types.yml, or None; the seed's rule: the last one that matches."""
+    entry = dev_types.get(dev_type)
+    runs = ((entry.get("model_profiles") or {}).get(model) if isinstance(entry, Mapping)
+            else None) or []
+    match = [r for r in runs if _matches(r, dtype, batch_size)]
+    return match[-1] if match else None
+
+
+def put_run(dev_types: dict[str, Any], dev_type: str, model: str, run: dict[str, Any]) -> None:
+    """Record `run` (with its `dtype` and `batch_size`) for a device type in a parsed
+    device_types.yml, replacing the runs it supersedes."""
+    entry = dev_types.setdefault(dev_type, {})
+    profiles = entry.get("model_profiles") or {}
+    entry["model_profiles"] = profiles
+    runs = [r for r in profiles.get(model, [])
+            if not _matches(r, str(run["dtype"]), run["batch_size"])]
+    profiles[model] = [*runs, run]
 
 
 def load_model(models: Any, name: str, *, source: str = "models.yml") -> ModelProfile:
@@ -105,15 +151,8 @@ def _profile_times(
     source: str,
 ) -> tuple[float, ...] | None:
     """The type's per-layer times for this model, dtype and batch size, or None if unprofiled."""
-    profiles = (entry.get("model_profiles") or {}).get(model.name)
-    times = None
-    for p in profiles or []:  # the seed keeps the last match
-        if (
-            isinstance(p, Mapping)
-            and str(p.get("dtype")) == dtype
-            and p.get("batch_size") == batch_size
-        ):
-            times = p.get("time_s")
+    run = last_run({dev_type: entry}, dev_type, model.name, dtype=dtype, batch_size=batch_size)
+    times = run.get("time_s") if run is not None else None
     if times is None:
         return None
     if len(times) != model.layers:

@@ -28,6 +28,7 @@ from pipeedge.coordinator import deploy as deploy_mod  # noqa: E402
 from pipeedge.coordinator.hosts import load_deployment  # noqa: E402
 from pipeedge.coordinator.local_cluster import LocalCluster  # noqa: E402
 from pipeedge.partition import parse_partition  # noqa: E402
+from pipeedge.records import PlannedStage  # noqa: E402
 
 MODELS = ("pipeedge/tiny-bert", "pipeedge/tiny-vit", "pipeedge/tiny-gpt2")
 NEW_TOKENS = 16
@@ -48,7 +49,7 @@ def deploy(model: str, hosts: list[dict], hf_dir: Path, workdir: Path):
         "hosts": hosts}, sort_keys=False))
     dep = load_deployment(path)
     ranges = parse_partition(partition, info.num_layers)
-    stages = [deploy_mod.PlannedStage(h, r) for h, r in zip(dep.ordered_hosts(), ranges)]
+    stages = [PlannedStage(h, r) for h, r in zip(dep.ordered_hosts(), ranges)]
     pipeline = deploy_mod.deploy(dep, stages, progress=False)
     return pipeline, pipeline.save(workdir / f"pipeline-{model.split('/')[-1]}.json")
 

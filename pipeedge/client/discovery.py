@@ -42,7 +42,7 @@ class PipelineFileSource(PipelineSource):
 
     def entry(self) -> tuple[str, int]:
         pipeline = Pipeline.load(self.path)
-        return pipeline.entry, int(pipeline.extra.get("version", 0))
+        return pipeline.entry, pipeline.version
 
     def wait_newer(self, version: int, timeout_s: float) -> tuple[str, int] | None:
         deadline = time.monotonic() + timeout_s

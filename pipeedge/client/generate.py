@@ -313,8 +313,7 @@ class TextGenerator:
             if model in (None, pipeline.model) and model_config_json is None:
                 info = pipeline.model_info()  # a directory's own config, as deployed
             model = model or pipeline.model
-            kind, _, path = pipeline.weights.partition(":")
-            weights_dir = path if kind in ("local", "push") else None
+            weights_dir = pipeline.weights_directory
         self.info = info or models.model_info(model, model_config_json)
         if not self.info.is_decoder:
             raise ValueError(f"{model} is not a decoder (text-generation) model; use "

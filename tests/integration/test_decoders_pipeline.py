@@ -169,7 +169,7 @@ def test_sessions_are_freed_on_every_stage(cluster, monkeypatch):
         for stage, tensors in zip(pipeline.stages, [{"input_ids": torch.ones(1, 1).long()},
                                                     hidden, hidden]):
             with pytest.raises(grpc.RpcError) as err:
-                _direct_step(stage.address, sid, tensors, epoch=pipeline.extra["version"])
+                _direct_step(stage.address, sid, tensors, epoch=pipeline.version)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND, stage.name
             assert "unknown to stage" in err.value.details()
     # A decode step of a session the stage never saw is refused with a one-line reason.

@@ -24,7 +24,8 @@ from pipeedge.coordinator.cli import main
 from pipeedge.coordinator.inputs import image_inputs, text_inputs
 from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
-from pipeedge.pipeline_file import Pipeline, StageInfo
+from pipeedge.pipeline_file import Pipeline
+from pipeedge.records import StageInfo, WeightsSource
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -58,7 +59,8 @@ def assign_chain(cluster, model, ranges, *, config_json="", seed=0, microbatch=8
                                     weights=pb.WeightSource(random_seed=seed)))
         ctl.close()
         next_hop = s.address
-    pipeline = Pipeline(model=model, microbatch=microbatch, weights=f"random:{seed}",
+    pipeline = Pipeline(model=model, microbatch=microbatch,
+                        weights=WeightsSource("random", seed=seed),
                         stages=tuple(StageInfo(s.name, s.address, a, b)
                                      for s, (a, b) in zip(stages, ranges)),
                         model_config_json=config_json)

@@ -80,7 +80,7 @@ def test_a_stage_computes_only_frames_of_its_own_epoch(cluster_factory, referenc
     cluster = cluster_factory(3)
     dep = load_deployment(cluster.hosts_file(MODEL, partition=PARTITION, microbatch=2))
     old = deploy_mod.deploy(dep, planning.plan(dep).stages, progress=False)
-    epoch = old.extra["version"]
+    epoch = old.version
     x = models.example_inputs(info, 2, seed=1)
     # In its own epoch (or unknown: epoch 0 is stamped by the layer-1 stage) it is correct.
     for sent in (epoch, 0):

@@ -33,7 +33,7 @@ from pipeedge.coordinator.monitor import (
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.energy import RaplMeter, open_meter
 from pipeedge.partition import parse_partition
-from pipeedge.pipeline_file import StageInfo
+from pipeedge.records import StageInfo
 
 prom_parser = pytest.importorskip("prometheus_client.parser")
 

@@ -80,8 +80,8 @@ def test_vit_three_stages_equal_unsplit_and_keep_order(cluster_factory):
     # Parameter memory follows the shard: the stages together hold exactly one model.
     full = models.parameter_bytes(models.build_shard(
         info, 1, 48, models.load_shard_state(info, 1, 48, 0)))
-    assert sum(pipeline.extra["parameter_bytes"]) == full
-    assert max(pipeline.extra["parameter_bytes"]) < 0.7 * full
+    assert sum(pipeline.parameter_bytes) == full
+    assert max(pipeline.parameter_bytes) < 0.7 * full
 
 
 def test_async_client_and_status_counters(cluster_factory):

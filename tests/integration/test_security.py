@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _forget_default_credentials():
-    """load_deployment makes a secured hosts.yml the process default; later tests start clean."""
+    """Tests that use the process default (use_pipeline, environment) start clean."""
     yield
     security.reset_default()
 
@@ -138,7 +138,8 @@ def test_hosts_yml_tls_and_token_fields(tmp_path, monkeypatch):
         "coordinator.crt")  # no client_cert given: clients use the same files
     monkeypatch.setenv("PE_TEST_TOKEN", "t0k3n-from-env")
     assert load(token="env:PE_TEST_TOKEN").security.token == "t0k3n-from-env"
-    assert security.default().token == "t0k3n-from-env"  # the coordinator acts with it
+    # Loading hosts.yml sets no process default: control calls pass `dep.control_security`.
+    assert security.default() is None
     with pytest.raises(HostsFileError, match="unknown tls field.*'certificate'"):
         load(tls={"certificate": "x"})
     with pytest.raises(HostsFileError, match="missing/ca.crt not found.*pipeedge-coord certs"):

@@ -74,7 +74,7 @@ def test_minilm_mixed_float32_int8_stages_over_real_servers(cluster_factory, min
     log = cluster.stages[2].log_path.read_text()
     assert "from cache" in log and "exported" not in log
     float32_bytes = models.parameter_bytes(models.build_shard(info, 9, 18, None))
-    assert pipeline.extra["parameter_bytes"][1] < 0.4 * float32_bytes  # 4x on the matmuls
+    assert pipeline.parameter_bytes[1] < 0.4 * float32_bytes  # 4x on the matmuls
     with PipelineClient(pipeline.entry) as client:
         got = client.infer(inputs)["embeddings"]
     assert got.dtype == torch.float32
@@ -90,7 +90,7 @@ def test_minilm_mixed_float32_int8_stages_over_real_servers(cluster_factory, min
         with pytest.raises(grpc.RpcError) as refused:
             control.assign(pb.AssignRequest(model_name=MINILM, first_layer=19, last_layer=24,
                                             backend=pb.ONNX, weights_dtype=pb.BFLOAT16,
-                                            epoch=pipeline.extra["version"] + 1))
+                                            epoch=pipeline.version + 1))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "use float16 or int8" in refused.value.details()
         assert control.status().assigned

@@ -47,3 +47,24 @@ def test_weight_shorthands():
     assert parse_weights({"source": "local", "path": "/m"}).path == "/m"
     with pytest.raises(HostsFileError, match="needs a path"):
         parse_weights("local")
+
+
+def test_credentials_are_the_deployments_not_the_process(tmp_path, monkeypatch):
+    from pipeedge import security
+
+    (tmp_path / "token").write_text("s3cr3t-token\n")
+    monkeypatch.setenv("PIPEEDGE_TOKEN_FILE", str(tmp_path / "token"))  # a stage's/client's
+    security.reset_default()
+    try:
+        secured, plain = tmp_path / "secured.yml", tmp_path / "plain.yml"
+        secured.write_text("model: pipeedge/tiny-vit\ntoken: file:token\n"
+                           "hosts:\n  - {address: '127.0.0.1:1'}\n")
+        plain.write_text("model: pipeedge/tiny-vit\nhosts:\n  - {address: '127.0.0.1:1'}\n")
+        assert load_deployment(secured).control_security.token == "s3cr3t-token"
+        # Plaintext hosts.yml: control calls stay plaintext, whatever the environment holds.
+        assert not load_deployment(plain).control_security.enabled
+        # Loading set no process default: channels opened without credentials still read the
+        # environment, as they did before any hosts.yml was loaded.
+        assert security.default().token == "s3cr3t-token"
+    finally:
+        security.reset_default()

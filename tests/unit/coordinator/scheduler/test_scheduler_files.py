@@ -187,3 +187,46 @@ def test_yaml_syntax_error(tmp_path: Path) -> None:
     bad.write_text("m: [1, 2\n")
     with pytest.raises(SchedulingError, match="not valid YAML"):
         load_inputs(model_name="m", models_file=bad)
+
+
+def test_profiling_merges_into_the_seeds_files_and_the_seeds_reader_sees_it(tmp_path: Path):
+    """write_scheduler_files (profiling) into the seed's own files: other models and device
+    types stay as the seed wrote them, a re-profile replaces its run, and the seed's reader and
+    planning's `last_run` both read what was written."""
+    import shutil
+
+    import yaml
+
+    from pipeedge.coordinator.hosts import Deployment, Host
+    from pipeedge.coordinator.profiling import LayerProfile, write_scheduler_files
+    from pipeedge.coordinator.scheduler.seed_files import last_run, load_doc
+
+    if not FIXTURES.is_dir():
+        pytest.skip(f"seed fixtures not found at {FIXTURES}")
+    for name in ("models", "device_types", "devices"):
+        shutil.copy(FIXTURES / f"{name}.yml", tmp_path / f"{name}.yml")
+    seed_types = yaml.safe_load((FIXTURES / "device_types.yml").read_text())
+    host = Host("mb-9", "127.0.0.1:1", device_type="Minnowboard-E3845")
+    dep = Deployment(model="pipeedge/tiny-vit", hosts=(host,))
+
+    def profile(t: float) -> LayerProfile:
+        return LayerProfile(host, (t, t, 2 * t), (1.0, 2.0, 3.0), (10, 10, 4), 5, 512.0)
+
+    for t in (0.5, 0.25):  # the second run replaces the first (same batch and dtype)
+        write_scheduler_files(dep, [profile(t)], tmp_path, batch=4, dtype="float32")
+    write_scheduler_files(dep, [profile(9.0)], tmp_path, batch=8, dtype="float32")
+    types = load_doc(tmp_path / "device_types.yml")
+    runs = types["Minnowboard-E3845"]["model_profiles"]["pipeedge/tiny-vit"]
+    assert [(r["batch_size"], r["time_s"]) for r in runs] == [(4, [0.25, 0.25, 0.5]),
+                                                             (8, [9.0, 9.0, 18.0])]
+    for name, entry in seed_types.items():  # what the seed wrote is all still there
+        for model, seed_runs in (entry.get("model_profiles") or {}).items():
+            assert types[name]["model_profiles"][model] == seed_runs
+    run = last_run(types, "Minnowboard-E3845", "pipeedge/tiny-vit", dtype="torch.float32",
+                   batch_size=4)
+    assert run is not None and run["layer_mem_MB"] == [1.0, 2.0, 3.0]
+    model = load_model(load_doc(tmp_path / "models.yml"), "pipeedge/tiny-vit")
+    assert model.parameters_out == (10, 10, 4) and model.mem_MB == (1.0, 2.0, 3.0)
+    (device,) = load_devices(types, load_doc(tmp_path / "devices.yml"), model,
+                             dtype="torch.float32", batch_size=4)
+    assert (device.host, device.time_s, device.mem_MB) == ("mb-9", (0.25, 0.25, 0.5), 512.0)
