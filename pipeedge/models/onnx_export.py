@@ -104,7 +104,7 @@ def export_shard(shard: ShardModule, path: Path, *, opset: int = DEFAULT_OPSET,
     try:
         signature = shard_signature(shard)
         _export(shard, signature, Path(path), opset, external_data_bytes)
-        convert(Path(path), weights_dtype)
+        convert(Path(path), weights_dtype, _kept_float(shard, weights_dtype))
     except OnnxExportError:
         raise
     except Exception as exc:  # the exporter raises many types; all mean the same to the caller
@@ -112,6 +112,17 @@ def export_shard(shard: ShardModule, path: Path, *, opset: int = DEFAULT_OPSET,
         raise OnnxExportError(f"ONNX export of {what} (opset {opset}) failed: {reason}; try "
                               "another opset (PIPEEDGE_ONNX_OPSET) or backend torch") from exc
     return signature
+
+
+def _kept_float(shard: ShardModule, weights_dtype: str) -> list:
+    """The (in, out) weights of the Linears int8 keeps float32 (``weights_dtype.keep_float``)."""
+    if weights_dtype != "int8":
+        return []
+    from .weights_dtype import keep_float
+
+    names = keep_float(shard, shard.info.intermediate_size)
+    return [m.weight.detach().T.contiguous().numpy() for n, m in shard.named_modules()
+            if n in names]
 
 
 def _export(shard: ShardModule, signature: GraphSignature, path: Path, opset: int,

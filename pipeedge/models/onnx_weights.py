@@ -3,7 +3,9 @@
 - ``int8``: ``onnxruntime.quantization.quantize_dynamic`` on the MatMul/Gemm nodes (int8
   weights with one scale per output channel, activations quantized per call to uint8:
   DynamicQuantizeLinear + MatMulInteger, run by MLAS); the rest of the graph stays float32.
-  Per-channel scales lift MiniLM's pooled-embedding cosine from 0.96-0.98 to 0.993.
+  Per-channel scales lift MiniLM's pooled-embedding cosine from 0.96-0.98 to 0.991; the
+  first block's FFN down-projection stays float32 as on torch stages (``weights_dtype.keep_float``
+  says why), found by its weights since exported node names carry no block index: 0.995.
 - ``int4``: ``MatMulNBitsQuantizer`` (blocks of 32 weights, symmetric; needs ``onnx-ir``):
   MatMul weights 4-bit, about 6x smaller than float32, less accurate than int8.
 - ``float16``: ``onnxruntime.transformers.float16.convert_float_to_float16`` with float32 graph
@@ -17,13 +19,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 _LARGE = 1 << 30  # as onnx_export.EXTERNAL_DATA_BYTES: past it the weights go to a .data file
 
 
-def convert(path: Path, weights_dtype: str) -> None:
-    """Rewrite the float32 ONNX model at ``path`` (and its ``.data``) with ``weights_dtype``."""
+def convert(path: Path, weights_dtype: str, keep_float: Sequence[np.ndarray] = ()) -> None:
+    """Rewrite the float32 ONNX model at ``path`` (and its ``.data``) with ``weights_dtype``;
+    int8 leaves the MatMuls whose weights equal one of ``keep_float`` ((in, out)) in float32."""
     if weights_dtype == "float32":
         return
     convert_to = {"int8": _int8, "float16": _float16, "int4": _int4}.get(weights_dtype)
@@ -34,7 +40,10 @@ def convert(path: Path, weights_dtype: str) -> None:
     # Written under the same file name in a scratch dir, so a .data file keeps its location.
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".convert-") as tmp:
         staged = Path(tmp) / path.name
-        convert_to(path, staged)
+        if weights_dtype == "int8":
+            _int8(path, staged, keep_float)
+        else:
+            convert_to(path, staged)
         data = path.with_name(path.name + ".data")
         data.unlink(missing_ok=True)
         for f in (staged, staged.with_name(staged.name + ".data")):
@@ -42,12 +51,28 @@ def convert(path: Path, weights_dtype: str) -> None:
                 os.replace(f, path.parent / f.name)
 
 
-def _int8(src: Path, dst: Path) -> None:
+def _int8(src: Path, dst: Path, keep_float: Sequence[np.ndarray] = ()) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul", "Gemm"],
+                     nodes_to_exclude=_nodes_using(src, keep_float),
                      use_external_data_format=_large(src))
+
+
+def _nodes_using(src: Path, weights: Sequence[np.ndarray]) -> list[str]:
+    """Names of the MatMul/Gemm nodes whose weight initializer equals one of ``weights``."""
+    if not len(weights):
+        return []
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(src)).graph
+    shapes = {w.shape for w in weights}
+    kept = {i.name for i in graph.initializer if tuple(i.dims) in shapes
+            and any(np.array_equal(numpy_helper.to_array(i), w) for w in weights)}
+    return [n.name for n in graph.node
+            if n.op_type in ("MatMul", "Gemm") and kept.intersection(n.input)]
 
 
 def _int4(src: Path, dst: Path) -> None:

@@ -16,16 +16,30 @@ Why torch's own ``torch.ao.quantization.quantize_dynamic`` for torch int8 (measu
 faster than float32, while torchao 0.18 (PyPI) ran int8 weight-only at float32 speed
 (dequantize, then a float GEMM) and int8 dynamic-activation 2x slower than float32 (no fused CPU
 kernel); torchao's int4 needs GPU kernels (``mslk``), so torch refuses int4.
-``torch.ao.quantization`` is deprecated in favour of torchao and warns; the day it is removed, this module is the one place to change.
-Its x86 kernels quantize activations to 7 bits (fbgemm's reduce_range), which costs accuracy:
-MiniLM pooled-embedding cosine 0.974-0.981 against float32 where onnxruntime's int8 (8-bit
-activations) reaches 0.993 (bench/REPORT.md); the QNNPACK engine has 8-bit activations and
-0.993 too, but ran slower than float32 on x86, so it is not used.
-ONNX stages use onnxruntime's own tooling (``pipeedge.models.onnx_weights``).
+``torch.ao.quantization`` is deprecated in favour of torchao and warns; the day it is removed,
+this module is the one place to change.
+
+Accuracy (MiniLM pooled embeddings, cosine vs float32 transformers; docs/weights.md): the loss is
+in the activations, which dynamic quantization scales per tensor. Two choices fix it:
+
+- 8-bit activations. torch's dynamic Linear hard-codes fbgemm's ``reduce_range`` (7-bit
+  activations: without VNNI, x86's u8*s8 pair sums saturate int16 at 8 bits); where a one-off
+  probe shows this CPU's int8 GEMM exact at 8 bits (VNNI), ``_Linear8`` asks for the full range.
+  MiniLM cosine min 0.969 -> 0.990.
+- The first block's FFN down-projection stays float32 (``keep_float``). Its input, the GELU
+  output, has the most extreme outliers of the model (max/std 80 in MiniLM blocks 0-1, 13-17 for
+  q/k/v), so a per-tensor scale leaves the bulk of its values a level or two, and its error runs
+  through every later block (Bondarenko et al., EMNLP 2021, found the same in BERT's FFNs and
+  kept them in higher precision). Alone it is the layer that loses most (0.992 when only it is
+  quantized); in float32 the whole model reaches 0.9937. It is 1/12 of a block's weights, in one
+  block of the model (MiniLM +1.8 MB; a shard without block 0 is unaffected).
+ONNX stages use onnxruntime's own tooling (``pipeedge.models.onnx_weights``), same choices.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import warnings
 
 import torch
@@ -33,6 +47,10 @@ from torch import nn
 
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.errors import PipeEdgeError
+
+with warnings.catch_warnings():  # torch.ao's deprecation notice
+    warnings.simplefilter("ignore")
+    from torch.ao.nn.quantized import dynamic as _dynamic
 
 NAMES = ("float32", "float16", "bfloat16", "int8", "int4")
 BACKENDS = {"torch": ("float32", "float16", "bfloat16", "int8"),
@@ -86,6 +104,17 @@ def build_dtype(name: str) -> torch.dtype:
     return _FLOATS.get(name, torch.float32)
 
 
+def keep_float(module: nn.Module, intermediate_size: int | None) -> set[str]:
+    """Names of the Linears that int8 keeps float32: the model's first block's FFN
+    down-projection (in_features = the intermediate size, the first index in its name 0), when
+    this shard holds it. See the module docstring for why."""
+    if not intermediate_size:
+        return set()
+    return {n for n, m in module.named_modules()
+            if isinstance(m, nn.Linear) and m.in_features == intermediate_size
+            and (first := re.search(r"\.(\d+)\.", f".{n}.")) and first.group(1) == "0"}
+
+
 def quantize(module: nn.Module, name: str) -> nn.Module:
     """Turn a shard built in ``build_dtype(name)`` into its ``name`` form, in place."""
     if name != "int8":
@@ -96,14 +125,54 @@ def quantize(module: nn.Module, name: str) -> nn.Module:
         for child_name, child in list(parent.named_children()):
             if hasattr(child, "as_linear"):
                 setattr(parent, child_name, child.as_linear())
+    info = getattr(module, "info", None)
+    keep = keep_float(module, getattr(info, "intermediate_size", None))
     # lm_head's weight is read directly (tied to the embeddings): it stays float32.
     spec = {n: per_channel_dynamic_qconfig for n, m in module.named_modules()
-            if isinstance(m, nn.Linear) and not n.endswith("lm_head")}
+            if isinstance(m, nn.Linear) and not n.endswith("lm_head") and n not in keep}
     if not spec:
         return module
+    linear = _Linear8 if full_range_activations() else _dynamic.Linear
     with warnings.catch_warnings():  # torch.ao's deprecation notice, once per shard
         warnings.simplefilter("ignore")
-        return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True,
+                                mapping={nn.Linear: linear})
+
+
+@functools.cache
+def full_range_activations() -> bool:
+    """Whether this CPU's int8 GEMM is exact with 8-bit activations (no int16 saturation).
+
+    The probe is the worst case: every activation 255 and every weight 127, whose pair sums
+    (64770) overflow int16 where the kernel has no VNNI; a saturating kernel returns about half.
+    """
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    float_linear = nn.Linear(64, 4, bias=False)
+    nn.init.ones_(float_linear.weight)
+    float_linear.qconfig = default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe = _Linear8.from_float(float_linear)
+    try:
+        with torch.inference_mode():
+            out = probe(torch.ones(2, 64))
+    except RuntimeError:
+        return False
+    return bool(torch.allclose(out, torch.full_like(out, 64.0), rtol=1e-2))
+
+
+class _Linear8(_dynamic.Linear):
+    """torch's dynamic int8 Linear with 8-bit activations (its own forward hard-codes
+    ``reduce_range=True``)."""
+
+    def forward(self, x):
+        y = torch.ops.quantized.linear_dynamic(x, self._packed_params._packed_params,
+                                               reduce_range=False)
+        return y.to(x.dtype)
+
+    def _get_name(self):
+        return "DynamicQuantizedLinear8"
 
 
 def weight_bytes(module: nn.Module) -> int:

@@ -4,6 +4,9 @@ pipelines are tests/integration/test_weights_dtype_pipeline.py."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -12,6 +15,8 @@ from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.hosts import HostsFileError, load_deployment
 from pipeedge.stage_server.backends import load_backend
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 
 # Max |got - float32 reference| / max |reference| allowed per weights dtype (tiny random models:
 # measured worst 0.0012 / 0.010 / 0.033; onnx int4, blocks of 32: 0.149).
@@ -75,8 +80,8 @@ def test_torch_weights_dtypes_match_float32_transformers(name, references, tmp_p
         assert relative_error(got, expected) <= tolerance, dtype
         if dtype != "int8":
             assert [2 * b for b in held] == float32_bytes
-        else:  # norms, embeddings and biases stay float32; the matmul weights shrink 4x
-            assert sum(held) < 0.6 * sum(float32_bytes)
+        else:  # norms, embeddings, biases and block 0's FFN down-projection stay float32
+            assert sum(held) < 0.7 * sum(float32_bytes)  # (half of tiny models' FFNs: 0.64)
 
 
 @pytest.mark.parametrize("name", ["pipeedge/tiny-vit", "pipeedge/tiny-bert"])
@@ -91,6 +96,38 @@ def test_onnx_weights_dtypes_match_float32_transformers(name, references, tmp_pa
     # One cache entry per weights dtype (float32 entries keep their old names).
     stems = sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx"))
     assert len(stems) == 6 and sum(s.endswith(".int4.onnx") for s in stems) == 2
+
+
+@pytest.mark.parametrize("backend", [pb.TORCH, pb.ONNX], ids=["torch", "onnx"])
+def test_minilm_int8_keeps_cosine_and_retrieval_of_float32_transformers(backend, minilm_path,
+                                                                         tmp_path):
+    """The issue's accuracy goal on real weights: int8 pooled embeddings of the bench's
+    retrieval set (8 queries, 8 passages, padded as one batch) within cosine 0.99 of unsplit
+    float32 transformers, each query keeping its top-1 passage. Measured min: torch 0.9937,
+    onnx 0.9918 (7-bit activations and block 0's FFN down-projection in int8: 0.969)."""
+    if backend == pb.ONNX:
+        pytest.importorskip("onnxruntime")
+    from bench_weights import MINILM, PASSAGES, QUERIES
+    from transformers import AutoTokenizer
+
+    info = models.model_info(MINILM)
+    enc = AutoTokenizer.from_pretrained(str(minilm_path))(QUERIES + PASSAGES, padding=True,
+                                                           return_tensors="pt")
+    inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    expected = models.build_reference(info, minilm_path)(inputs)["embeddings"]
+    req = pb.AssignRequest(model_name=MINILM, first_layer=1, last_layer=info.num_layers,
+                           backend=backend, weights_dtype=pb.INT8)
+    stage = load_backend(req, models.load_shard_state(info, 1, info.num_layers, minilm_path),
+                         cache_dir=tmp_path)
+    got = stage.run(inputs)["embeddings"]
+    cosine = torch.nn.functional.cosine_similarity(got, expected, dim=-1)
+    assert cosine.min().item() >= 0.99, cosine
+    assert (got - expected).abs().max().item() > 1e-4  # quantized for real
+
+    def top1(e):
+        return (e[:len(QUERIES)] @ e[len(QUERIES):].T).argmax(dim=1)
+
+    assert torch.equal(top1(got), top1(expected))
 
 
 def write_hosts(tmp_path, hosts, **top):
