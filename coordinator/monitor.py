@@ -20,6 +20,7 @@ from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.coordinator.tables import render
 from pipeedge.pipeline_file import Pipeline
 from pipeedge.records import StageInfo
+from pipeedge.security import Security
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,7 @@ class PipelineMonitor:
                  security=None) -> None:
         self.pipeline = pipeline
         self.timeout_s = timeout_s
-        # security None: the process default (`use_credentials`)
+        # security None: the process default (PIPEEDGE_TLS_* variables, else plaintext)
         self.controls = [StageControl(s.name, s.address, security=security)
                          for s in pipeline.stages]
         self.trackers = [StageTracker(window) for _ in pipeline.stages]
@@ -284,13 +285,14 @@ class EnergyProbe:
     timeout_s: float = 3.0
     source: str = ""
     note: str = ""
+    security: Security | None = None  # None: the process default
     _start: dict[str, float] | None = field(default=None, repr=False)
 
     def _read(self) -> dict[str, float] | None:
         per_machine: dict[str, float] = {}
         sources = set()
         for s in self.pipeline.stages:
-            ctl = StageControl(s.name, s.address)
+            ctl = StageControl(s.name, s.address, security=self.security)
             try:
                 st = ctl.status(timeout_s=self.timeout_s)
             except grpc.RpcError:

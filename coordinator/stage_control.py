@@ -24,7 +24,8 @@ class StageControl:
     def __init__(self, name: str, address: str, *, security: Security | None = None) -> None:
         self.name = name
         self.address = address
-        # None: the process default (the credentials of the hosts.yml this process loaded).
+        # None: the process default (PIPEEDGE_TLS_* variables, else plaintext); the coordinator
+        # passes hosts.yml's (`Deployment.control_security`) or the pipeline file's.
         self._security = security if security is not None else default_security()
         self._channel = channels.open_channel(address, security=self._security)
         self.stub = pb_grpc.StageStub(self._channel)

@@ -50,7 +50,7 @@ def open_channel(address: str, *, security: Security | None = None) -> grpc.Chan
 
     `security` (see pipeedge.security): TLS with this party's certificate when it has a CA or
     certificate, and its bearer token on every call when it has one. None = the process default
-    (`pipeedge.security.set_default`, or PIPEEDGE_TLS_* variables; plaintext when neither);
+    (`pipeedge.security.default`: PIPEEDGE_TLS_* variables, plaintext without them);
     `Security()` = plaintext.
     """
     if security is None:

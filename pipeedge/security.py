@@ -235,24 +235,19 @@ def _warn_if_readable(path: Path) -> None:
 
 
 # -- the process default -------------------------------------------------------------------------
-# What `channels.open_channel(address)` uses when the caller passes no `security`: set by
-# `set_default` (the coordinator sets it when it loads hosts.yml), else read once from the
-# environment (PIPEEDGE_TLS_CA, PIPEEDGE_TLS_CERT, PIPEEDGE_TLS_KEY, PIPEEDGE_TOKEN_FILE), else
-# None (plaintext). An explicit `Security()` forces plaintext.
+# What `channels.open_channel(address)` uses when the caller passes no `security`: read once
+# from the environment (PIPEEDGE_TLS_CA, PIPEEDGE_TLS_CERT, PIPEEDGE_TLS_KEY, PIPEEDGE_TOKEN_FILE),
+# else None (plaintext). An explicit `Security()` forces plaintext. The coordinator never relies
+# on it: hosts.yml's credentials (`Deployment.control_security`) and the pipeline file's
+# (`for_pipeline`) are passed to each channel.
 _UNSET = object()
 _default: object = _UNSET
 ENV_VARS = {"ca": "PIPEEDGE_TLS_CA", "cert": "PIPEEDGE_TLS_CERT", "key": "PIPEEDGE_TLS_KEY",
             "token_file": "PIPEEDGE_TOKEN_FILE"}
 
 
-def set_default(security: Security | None) -> None:
-    """Credentials for every channel opened without explicit `security` in this process."""
-    global _default
-    _default = security if security is None or security.enabled else None
-
-
 def reset_default() -> None:
-    """Forget `set_default`; the environment is read again on next use (tests)."""
+    """Forget what was read; the environment is read again on next use (tests)."""
     global _default
     _default = _UNSET
 
@@ -278,13 +273,6 @@ def for_pipeline(pipeline, role: str = "client") -> Security | None:
     """The credentials deploy recorded in the pipeline file for `role` (client or coordinator)."""
     recorded = pipeline.credentials
     return from_paths(recorded.for_role(role)) if recorded is not None else None
-
-
-def use_pipeline(pipeline) -> None:
-    """Act with the coordinator credentials deploy recorded in this pipeline file (if any)."""
-    recorded = for_pipeline(pipeline, "coordinator")
-    if recorded is not None:
-        set_default(recorded)
 
 
 def client_security(security: Security | None = None, *, token: str | None = None,

@@ -38,12 +38,13 @@ def user_errors(command):
     return run
 
 
-def use_credentials(pipeline) -> None:
-    """Open channels with the credentials deploy recorded in the pipeline file (README
-    "Security"); nothing changes for a deployment without tls:/token:."""
-    from pipeedge.security import use_pipeline
+def pipeline_credentials(pipeline):
+    """The coordinator credentials deploy recorded in the pipeline file (docs/security.md), for
+    every channel a command opens; None when none were recorded (a deployment without tls:/
+    token:): channels then use the process default (PIPEEDGE_TLS_* variables, else plaintext)."""
+    from pipeedge.security import for_pipeline
 
-    use_pipeline(pipeline)
+    return for_pipeline(pipeline, "coordinator")
 
 
 def plan_for(hosts_file, partition, model, microbatch, progress):

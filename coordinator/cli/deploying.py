@@ -11,7 +11,6 @@ from pipeedge.coordinator.cli.common import (
     PIPELINE_OPT,
     plan_for,
     plan_options,
-    use_credentials,
     user_errors,
 )
 
@@ -134,8 +133,7 @@ def release(pipeline_path):
     from pipeedge.pipeline_file import Pipeline
 
     pipeline = Pipeline.load(pipeline_path)
-    use_credentials(pipeline)  # tls:/token: recorded by deploy
-    for name, released in release_all(pipeline):
+    for name, released in release_all(pipeline):  # with the credentials deploy recorded
         click.echo(f"{name}: {'released' if released else 'nothing to release or unreachable'}")
 
 

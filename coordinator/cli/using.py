@@ -9,7 +9,7 @@ import click
 
 from pipeedge.coordinator.cli.common import (
     PIPELINE_OPT,
-    use_credentials,
+    pipeline_credentials,
     user_errors,
 )
 
@@ -32,9 +32,9 @@ def status(pipeline_path, watch, window, count):
     from pipeedge.pipeline_file import Pipeline
 
     pipeline = Pipeline.load(pipeline_path)
-    use_credentials(pipeline)  # tls:/token: recorded by deploy
+    creds = pipeline_credentials(pipeline)  # tls:/token: recorded by deploy
     live = watch is not None and sys.stdout.isatty()
-    with PipelineMonitor(pipeline, window=window) as monitor:
+    with PipelineMonitor(pipeline, window=window, security=creds) as monitor:
         refreshes = 0
         try:
             while True:
@@ -72,7 +72,7 @@ def infer(pipeline_path, texts, images, random_batch, tokenizer, timeout):
     from pipeedge.pipeline_file import Pipeline
 
     pipeline = Pipeline.load(pipeline_path)
-    use_credentials(pipeline)  # tls:/token: recorded by deploy
+    creds = pipeline_credentials(pipeline)  # tls:/token: recorded by deploy
     info, directory = pipeline.model_info(), inputs_mod.weights_directory(pipeline)
     if texts:
         tok = tokenizer or pipeline.weights_directory or Path()
@@ -81,7 +81,7 @@ def infer(pipeline_path, texts, images, random_batch, tokenizer, timeout):
         batch = inputs_mod.image_inputs(list(images), info, directory)
     else:
         batch = inputs_mod.random_inputs(info, random_batch or pipeline.microbatch)
-    with PipelineClient(pipeline.entry, timeout_s=timeout) as client:
+    with PipelineClient(pipeline.entry, timeout_s=timeout, security=creds) as client:
         outputs = client.infer(batch)
     click.echo(describe_outputs(outputs, texts=list(texts), labels=info.labels))
 
@@ -104,10 +104,10 @@ def bench(pipeline_path, microbatches, batch, window, no_progress):
     from pipeedge.pipeline_file import Pipeline
 
     pipeline = Pipeline.load(pipeline_path)
-    use_credentials(pipeline)  # tls:/token: recorded by deploy
+    creds = pipeline_credentials(pipeline)  # tls:/token: recorded by deploy
     inputs = random_inputs(pipeline.model_info(), batch or pipeline.microbatch)
-    probe = EnergyProbe(pipeline)  # stage energy counters around the timed run
-    with PipelineClient(pipeline.entry) as client:
+    probe = EnergyProbe(pipeline, security=creds)  # stage energy counters around the timed run
+    with PipelineClient(pipeline.entry, security=creds) as client:
         r = run_bench(client, inputs, microbatches=microbatches, window=window,
                       progress=not no_progress, energy=probe)
     click.echo(f"{pipeline.model} on {len(pipeline.stages)} stage(s): {r.items_per_s:.2f} items/s "
@@ -149,11 +149,11 @@ def eval_cmd(dataset, pipeline_path, task, batch, window, limit, seed, classes_f
     from pipeedge.pipeline_file import Pipeline
 
     pipeline = Pipeline.load(pipeline_path)
-    use_credentials(pipeline)  # tls:/token: recorded by deploy
+    creds = pipeline_credentials(pipeline)  # tls:/token: recorded by deploy
     if task == "auto":
         task = "cola" if dataset.is_file() else "imagenet"
     batch = batch or pipeline.microbatch
-    with PipelineClient(pipeline.entry, timeout_s=timeout) as client:
+    with PipelineClient(pipeline.entry, timeout_s=timeout, security=creds) as client:
         if task == "imagenet":
             root = dataset / "val" if (dataset / "val").is_dir() else dataset
             folder = ImageFolder.open(root, classes_file=classes_file).subset(limit,

@@ -198,6 +198,20 @@ def test_secured_pipeline_serves_clients_with_certificate_and_token(secured):
     assert st.assigned and st.frames_processed >= 5
 
 
+def test_cli_commands_pass_the_pipeline_files_credentials(secured):
+    """status and infer on a secured pipeline use the credentials deploy recorded, passed to
+    each channel (no process default is set: a plaintext channel would be refused)."""
+    cluster, _ = secured
+    pfile = str(cluster.workdir / "pipeline.json")
+    status = CliRunner().invoke(coord_cli, ["status", "--pipeline", pfile])
+    assert status.exit_code == 0, status.output
+    # Without the recorded credentials both stages show DOWN (Status refused).
+    assert [line.split()[2] for line in status.output.splitlines()[2:4]] == ["up", "up"]
+    infer = CliRunner().invoke(coord_cli, ["infer", "--pipeline", pfile, "--random", "2"])
+    assert infer.exit_code == 0, infer.output
+    assert security.default() is None  # nothing was installed for the process
+
+
 def test_control_calls_only_from_the_coordinator_identity(secured):
     cluster, pipeline = secured
     address = cluster.stages[0].address
