@@ -176,14 +176,19 @@ def highest_epoch(hosts, security, timeout_s: float = 2.0) -> int:
 
 
 def release(pipeline: Pipeline) -> list[tuple[str, bool]]:
-    out = []
-    for s in pipeline.stages:
+    """Release every stage at once: each Release waits for the microbatch its stage is
+    computing, so one after another a busy pipeline took the sum of those, not the longest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(s) -> tuple[str, bool]:
         c = StageControl(s.name, s.address, security=security.for_pipeline(pipeline,
                                                                            "coordinator"))
         try:
-            out.append((s.name, c.release().released))
+            return s.name, c.release().released
         except grpc.RpcError:
-            out.append((s.name, False))
+            return s.name, False
         finally:
             c.close()
-    return out
+
+    with ThreadPoolExecutor(max_workers=max(1, len(pipeline.stages))) as pool:
+        return list(pool.map(one, pipeline.stages))

@@ -20,7 +20,7 @@ import time
 from pipeedge import models
 from pipeedge.coordinator.scheduler import SchedulingError
 from testbed_bench import partitions, planner
-from testbed_bench.context import Settings, Skipped, Testbeds, inputs_for
+from testbed_bench.context import Settings, Skipped, Testbeds, inputs_for, local_weights
 from testbed_bench.deployment import deploy_file, hosts_for, release
 from testbed_bench.measure import measure_stream
 
@@ -67,7 +67,7 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
     model = settings.vit
     info = models.model_info(model)
     inputs = inputs_for(model, MICROBATCH, settings.seed)
-    deployment = {"weights": f"random:{settings.seed}", "microbatch": MICROBATCH}
+    deployment = {"weights": local_weights(settings, model), "microbatch": MICROBATCH}
     sched_dir = settings.workdir / "sched-hetero"
     planner.profile(tb, sched_dir, "het-profile", model, **deployment)
     sets = [n for n in SETS if n <= min(len(tb.devices), info.num_layers)] or [
@@ -95,8 +95,8 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
             pipeline = deploy_file(hosts)
             n = len(order)
             try:
-                m = measure_stream(pipeline.entry, inputs, microbatches=_count(settings, n),
-                                   window=n + 2, skip=n, warmup=0,  # the fill absorbs it
+                m = measure_stream(pipeline.entry, inputs, window=n + 2,
+                                   steady=settings.steady(),
                                    pids=tuple(tb.device(s).pid for s in order))
             finally:
                 release(pipeline)
@@ -131,7 +131,3 @@ def solve_times(sched_dir, model: str, microbatch: int, names: list[str]) -> lis
         out.append({"devices": size, "solve_s": time.perf_counter() - start,
                     "exact": bool(s.exact), "method": str(s.method), "stages": len(s.stages)})
     return out
-
-
-def _count(settings: Settings, stages: int) -> int:
-    return stages + (4 if settings.quick else 6)

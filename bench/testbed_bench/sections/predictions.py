@@ -11,7 +11,14 @@ from __future__ import annotations
 import logging
 
 from testbed_bench import planner
-from testbed_bench.context import Settings, Skipped, Testbeds, equal_devices, inputs_for
+from testbed_bench.context import (
+    Settings,
+    Skipped,
+    Testbeds,
+    equal_devices,
+    inputs_for,
+    local_weights,
+)
 from testbed_bench.deployment import deploy_file, release
 from testbed_bench.measure import measure_stream
 
@@ -30,18 +37,19 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
     names = [d.name for d in tb.devices]
     model = settings.vit
     sched_dir = settings.workdir / "sched-equal"
-    planner.profile(tb, sched_dir, "pred-profile", model, weights=f"random:{settings.seed}",
+    weights = local_weights(settings, model)
+    planner.profile(tb, sched_dir, "pred-profile", model, weights=weights,
                     microbatch=settings.microbatch)
     inputs = inputs_for(model, settings.microbatch, settings.seed)
     rows = []
     for n in settings.stages(STAGES):
         p = planner.plan(tb, sched_dir, f"pred-{n}", model, names[:n],
-                         weights=f"random:{settings.seed}", microbatch=settings.microbatch)
+                         weights=weights, microbatch=settings.microbatch)
         pipeline = deploy_file(p.hosts_file)
         used = len(p.order)
         try:
-            m = measure_stream(pipeline.entry, inputs, microbatches=settings.count(used),
-                               window=used + 2, skip=used,
+            m = measure_stream(pipeline.entry, inputs, window=used + 2,
+                               steady=settings.steady(target_s=10.0),
                                pids=tuple(tb.device(s).pid for s in p.order))
         finally:
             release(pipeline)

@@ -13,6 +13,7 @@ of a decode-sized frame).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import tempfile
@@ -24,9 +25,16 @@ from pipeedge._proto import stage_pb2 as pb
 from pipeedge.coordinator.stage_control import StageControl
 from pipeedge.stage_server.profiler import profile_layers
 from testbed_bench import partitions
-from testbed_bench.context import Settings, Testbeds, inputs_for, many_devices
+from testbed_bench.context import (
+    Settings,
+    Testbeds,
+    inputs_for,
+    local_weights,
+    many_devices,
+)
 from testbed_bench.deployment import deploy_file, hosts_for, release
 from testbed_bench.measure import idle_cores, measure_stream, rss_mb, sequential_latencies
+from testbed_bench.serving import served
 
 log = logging.getLogger(__name__)
 
@@ -54,41 +62,78 @@ def _run(settings: Settings, tb, doc: dict) -> dict:
     for model in settings.large_models:
         times = layer_times(model)
         inputs = inputs_for(model, 1, settings.seed)
+        weights = local_weights(settings, model)
+        # The last model's rows stream with `pipeedge-coord serve` watching (control plane CPU
+        # by N); every row of one model the same way, so its speedups compare like with like.
+        watched = model == settings.large_models[-1]
         base = None
+        most = max(n for n in settings.stages(STAGES) if n <= len(times))
         for n in settings.stages(STAGES):
             if n > len(times):  # a tiny model (--quick) has fewer layers than devices
                 continue
             partition = partitions.balanced([times] * n)
-            hosts = hosts_for(tb, settings.workdir, f"scaling-{n}", names[:n], model=model,
-                              partition=partition, microbatch=1)
+            tag = f"scaling-{n}"
+            hosts = hosts_for(tb, settings.workdir, tag, names[:n], model=model,
+                              partition=partition, microbatch=1, weights=weights)
             pids = tuple(tb.device(s).pid for s in names[:n])
             start = time.monotonic()
             pipeline = deploy_file(hosts)
             deploy_s = time.monotonic() - start
+            coord: dict = {}
+            narrow = None
             try:
                 idle = idle_cores(pids, 1.0 if settings.quick else IDLE_S)
+                with (served(hosts, pipeline, settings.workdir / f"pipeline-{tag}.json")
+                      if watched else contextlib.nullcontext({})) as coord:
+                    # No warm-up request: at 0.1 core one is a full trip (~20 s for
+                    # ViT-Large), and the fill left out of the rate absorbs first-run costs.
+                    # 1 item takes ~19 s on 1 device: 3 intervals there.
+                    m = measure_stream(pipeline.entry, inputs, window=in_flight(n),
+                                       steady=settings.steady(3), pids=pids,
+                                       watch=(coord["pid"],) if coord else ())
+                if n > 1 and n == most and model == settings.large_models[0]:
+                    # The same deployment with only n + 2 in flight (the earlier reports'
+                    # window): what the window costs at the most stages.
+                    narrow = measure_stream(pipeline.entry, inputs, window=n + 2,
+                                            steady=settings.steady(3), pids=pids)
+                # While serving: the weights are mapped from the checkpoint as they are used.
                 memory = [rss_mb(p) for p in pids]
-                # No warm-up request: at 0.1 core one is a full trip (~20 s for ViT-Large),
-                # and the fill left out of the rate already absorbs first-run costs.
-                m = measure_stream(pipeline.entry, inputs, microbatches=_count(settings, n),
-                                   window=n + 2, skip=n, warmup=0, pids=pids)
             finally:
                 release(pipeline)
             base = base or m.items_per_s
             speedup = m.items_per_s / base
-            rows.append({"model": model, "devices": n, "partition": partition,
-                         **m.to_dict(), "speedup": speedup, "efficiency": speedup / n,
-                         "quota": settings.scale_cpu, "deploy_s": deploy_s,
-                         "idle_cores": sum(idle) / n,
-                         # median: a process keeps the freed heap of earlier, larger shards
-                         "rss_mb": statistics.median(memory), "rss_max_mb": max(memory)})
+            row = {"model": model, "devices": n, "partition": partition, "in_flight": in_flight(n),
+                   **m.to_dict(), "speedup": speedup, "efficiency": speedup / n,
+                   "quota": settings.scale_cpu, "deploy_s": deploy_s,
+                   "idle_cores": sum(idle) / n,
+                   # median: a process keeps the freed heap of earlier, larger shards
+                   "rss_mb": statistics.median(memory), "rss_max_mb": max(memory)}
+            if coord:
+                row.update(coordinator_cores=m.watched_cores[0], replans=coord["replans"])
+            if narrow is not None:
+                row["narrow"] = {**narrow.to_dict(), "in_flight": n + 2,
+                                 "efficiency": narrow.items_per_s / base / n}
+                print(f"  {model} x{n} with {n + 2} in flight: {narrow.items_per_s:.3f} "
+                      f"items/s, efficiency {narrow.items_per_s / base / n:.2f}", flush=True)
+            rows.append(row)
             log.info("scaling %s on %d: %.2f items/s (x%.2f)", model, n, m.items_per_s, speedup)
-            print(f"  {model} x{n}: {m.items_per_s:.2f} items/s, efficiency "
-                  f"{speedup / n:.2f}", flush=True)
+            print(f"  {model} x{n}: {m.items_per_s:.3f} items/s, efficiency "
+                  f"{speedup / n:.2f} (halves {m.halves[0]:.3f}/{m.halves[1]:.3f}, "
+                  f"{m.microbatches} items, steady {m.steady_s:.0f} s, fill {m.fill_s:.0f} s, "
+                  f"deploy {deploy_s:.1f} s"
+                  + (f", coordinator {m.watched_cores[0]:.3f} cores" if coord else "") + ")",
+                  flush=True)
     return {"title": TITLE, "testbed": doc, "rows": rows, "unassigned_rss_mb": unassigned_mb,
             "hops": hops,
             "baseline": "the same model on 1 device of the same testbed, same run",
             "goal": "efficiency >= 0.9 at 8 devices and >= 0.85 at 16 (the paper: 0.74-0.80)"}
+
+
+def in_flight(stages: int) -> int:
+    """Microbatches the client keeps in flight: two per stage plus two. With n + 2 (the
+    earlier reports), every hop's transfer and every stall under the 0.1-core quotas idled a
+    stage (ViT-Large x16: stages at 0.047-0.061 of 0.1 core, efficiency 0.72)."""
+    return 2 * stages + 2
 
 
 def echo_round_trips(tb, names: list[str], requests: int) -> list[float]:
@@ -128,9 +173,3 @@ def layer_times(model: str) -> list[float]:
     return [times[i] if i in (0, len(times) - 1) else typical[i % partitions.BLOCK]
             for i in range(len(times))]
 
-
-def _count(settings: Settings, stages: int) -> int:
-    """Microbatches per run: the fill (one per stage) plus enough steady completions."""
-    if settings.quick:
-        return stages + 4
-    return {1: 4, 2: 6}.get(stages, stages + 6)

@@ -14,7 +14,7 @@ import torch
 from pipeedge import models
 from pipeedge.client import PipelineClient
 from testbed_bench import partitions
-from testbed_bench.context import Settings, Testbeds, equal_devices, inputs_for
+from testbed_bench.context import Settings, Testbeds, equal_devices, inputs_for, local_weights
 from testbed_bench.deployment import deploy_file, hosts_for, release
 from testbed_bench.measure import measure_stream
 
@@ -35,20 +35,20 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
     partition = partitions.even(info.num_layers, 2)
     inputs = inputs_for(model, settings.microbatch, settings.seed)
     cut_bytes = _cut_bytes(model, partition, inputs)
+    weights = local_weights(settings, model)
     runs = [(BASELINE_MBPS, *ENCODINGS[0])] + [(bw, *e) for bw in LINKS_MBPS for e in ENCODINGS]
     rows, reference = [], None
     try:
         for bw, label, encoding, bits in runs:
             tb.set_bandwidth(second, bw)
             hosts = hosts_for(tb, settings.workdir, f"links-{int(bw)}-{bits}", [first, second],
-                              model=model, partition=partition,
+                              model=model, partition=partition, weights=weights,
                               per_host={first: {"encoding": encoding}})
             pipeline = deploy_file(hosts)
             try:
                 with PipelineClient(pipeline.entry) as client:
                     logits = client.infer(inputs)["logits"]
-                m = measure_stream(pipeline.entry, inputs, microbatches=settings.count(2),
-                                   window=4, skip=2,
+                m = measure_stream(pipeline.entry, inputs, window=4, steady=settings.steady(target_s=10.0),
                                    pids=(tb.device(first).pid, tb.device(second).pid))
             finally:
                 release(pipeline)
