@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -9,6 +10,8 @@ import torch
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.errors import PipeEdgeError
+from pipeedge.models import weights_dtype
+from pipeedge.models.weights import lazy_safetensors, lazy_shard_state
 from pipeedge.stage_server.weight_cache import WeightCache
 
 
@@ -26,11 +29,17 @@ def assignment_info(assignment: pb.AssignRequest) -> models.ModelInfo:
                              pooling=from_proto(assignment.pooling) if last else None)
 
 
-def load_shard_state(assignment: pb.AssignRequest, cache: WeightCache) -> dict[str, torch.Tensor]:
+def load_shard_state(assignment: pb.AssignRequest,
+                     cache: WeightCache) -> Mapping[str, torch.Tensor]:
     if assignment.backend == pb.ECHO:
         return {}  # echo stages hold no model
     info = assignment_info(assignment)
     source = assignment.weights.WhichOneof("source")
+    # A torch int8 shard quantizes each matmul as it is read: tensors come one at a time, so the
+    # stage never holds the float32 shard whole (it could not on a device sized for int8).
+    streams = (assignment.backend in (pb.BACKEND_UNSPECIFIED, pb.TORCH)
+               and weights_dtype.from_assignment(assignment) == "int8")
+    load = lazy_shard_state if streams else models.load_shard_state
     first, last = assignment.first_layer, assignment.last_layer
     if source == "pushed_sha256":
         sha = assignment.weights.pushed_sha256
@@ -41,6 +50,8 @@ def load_shard_state(assignment: pb.AssignRequest, cache: WeightCache) -> dict[s
             raise WeightsNotFound(f"cached weights {sha[:12]} no longer match their sha256 "
                                   "(changed on disk) and were deleted; push them again "
                                   "(pipeedge-coord deploy does this)")
+        if streams:
+            return lazy_safetensors(cache.path(sha))
         from safetensors.torch import load_file
 
         return load_file(str(cache.path(sha)))
@@ -49,6 +60,6 @@ def load_shard_state(assignment: pb.AssignRequest, cache: WeightCache) -> dict[s
         if not path.exists():
             raise WeightsNotFound(f"weights path {path} does not exist on this device; copy the "
                                   "model there or set weights: push in hosts.yml")
-        return models.load_shard_state(info, first, last, path)
+        return load(info, first, last, path)
     seed = assignment.weights.random_seed if source == "random_seed" else 0
-    return models.load_shard_state(info, first, last, int(seed))
+    return load(info, first, last, int(seed))

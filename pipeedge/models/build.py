@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -85,6 +85,51 @@ def build_shard(
     return module.eval()
 
 
+def build_shard_streaming(
+    info: ModelInfo,
+    first_layer: int,
+    last_layer: int,
+    state: Mapping[str, torch.Tensor],
+    convert: Callable[[str, nn.Module], nn.Module | None],
+) -> ShardModule:
+    """Build the shard (float32) one module at a time: each module takes its tensors from
+    ``state`` and goes through ``convert(name, module)`` (a replacement, or None to keep it)
+    before the next is read, so with a lazy ``state`` (``weights.lazy_shard_state``) the float
+    shard never exists whole (int8: ``weights_dtype.build_int8``)."""
+    from .weights import WeightsMismatchError, select_tensors
+
+    check_layer_range(info, first_layer, last_layer)
+    module = _meta_shard(info, first_layer, last_layer)
+    expected = module.state_dict()
+    owners: dict[str, list[str]] = {}
+    for name in expected:
+        owners.setdefault(name.rpartition(".")[0], []).append(name)
+    for owner in [n for n, _ in module.named_modules()]:  # names only: no float module kept
+        names = owners.pop(owner, None)
+        if not names:
+            continue
+        sub = module.get_submodule(owner)
+        tensors = select_tensors(info, names, state, where="the given state dict")
+        for name, t in tensors.items():
+            if t.shape != expected[name].shape:
+                raise WeightsMismatchError(
+                    f"tensor {name!r} has shape {tuple(t.shape)} but {info.name} expects "
+                    f"{tuple(expected[name].shape)}; is the state from a checkpoint of "
+                    f"{info.name}?")
+        # Its own tensors only (pre-order: none of its children is converted yet).
+        cut = len(owner) + 1 if owner else 0
+        sub.load_state_dict({k[cut:]: v.float() for k, v in tensors.items()}, strict=False,
+                            assign=True)
+        del tensors
+        replacement = convert(owner, sub)
+        del sub
+        if replacement is not None:
+            parent, _, leaf = owner.rpartition(".")
+            setattr(module.get_submodule(parent), leaf, replacement)
+    module.requires_grad_(False)
+    return module.eval()
+
+
 def parameter_bytes(module: nn.Module) -> int:
     """Bytes held by the module's parameters and buffers."""
     tensors = [*module.parameters(), *module.buffers()]
@@ -111,7 +156,8 @@ def example_inputs(
     max_pos = info.max_positions
     if not 1 <= seq_len <= max_pos:
         raise ValueError(f"seq_len {seq_len} is out of range for {info.name}: use 1..{max_pos}")
-    vocab, pad = info.vocab_size, info.hp.pad_token_id
+    hp = info.encoder
+    vocab, pad = info.vocab_size, hp.pad_token_id
     ids = torch.randint(1, vocab, (batch_size, seq_len), generator=g)
     lengths = torch.randint(1, seq_len + 1, (batch_size,), generator=g)
     lengths[0] = seq_len
@@ -120,9 +166,9 @@ def example_inputs(
     positions = torch.arange(seq_len)
     mask = (positions[None, :] < lengths[:, None]).long()  # (B, T), 1 = real token
     token_types = ((positions[None, :] >= (lengths[:, None] // 2)) & mask.bool()).long()
-    if info.hp.type_vocab_size < 2:  # RoBERTa: one segment only
+    if hp.type_vocab_size < 2:  # RoBERTa: one segment only
         token_types = torch.zeros_like(token_types)
     out = {"input_ids": ids.masked_fill(mask == 0, pad), "attention_mask": mask}
-    if info.hp.type_vocab_size:  # DistilBERT takes no token types
+    if hp.type_vocab_size:  # DistilBERT takes no token types
         out["token_type_ids"] = token_types
     return out

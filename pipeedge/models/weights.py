@@ -84,7 +84,7 @@ def candidate_keys(info: ModelInfo, name: str) -> list[str]:
 
 def _tied_head(info: ModelInfo, name: str) -> bool:
     """``name`` is a decoder's LM head that shares the input embedding (tie_word_embeddings)."""
-    return info.is_decoder and name == "lm_head.weight" and info.hp.tie_word_embeddings
+    return info.is_decoder and name == "lm_head.weight" and info.decoder.tie_word_embeddings
 
 
 def _missing(info: ModelInfo, where: str, name: str) -> MissingTensorError:
@@ -364,6 +364,58 @@ def load_shard_state(
     return state
 
 
+class LazyState(Mapping):
+    """Tensors read one at a time when asked for (``lazy_shard_state``)."""
+
+    def __init__(self, names, read: Callable[[str], torch.Tensor]) -> None:
+        self._names, self._read = list(names), read
+        self._known = set(self._names)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._known:
+            raise KeyError(name)
+        return self._read(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._known
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def lazy_safetensors(path: str | os.PathLike) -> LazyState:
+    """The tensors of one safetensors file, each read from disk when asked for."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+
+    def read(key: str) -> torch.Tensor:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(key)
+
+    return LazyState(keys, read)
+
+
+def lazy_shard_state(
+    info: ModelInfo, first_layer: int, last_layer: int, source: int | str | os.PathLike
+) -> Mapping[str, torch.Tensor]:
+    """``load_shard_state`` that reads each tensor only when asked for: seeded random weights
+    (the same values) or a ``.safetensors`` file; other sources load whole. For builders that
+    convert as they go (``build_shard_streaming``), so a float32 copy of the shard never exists
+    whole."""
+    if isinstance(source, int) and not isinstance(source, bool):
+        shapes = shard_tensor_shapes(info, first_layer, last_layer)
+        return LazyState(shapes, lambda n: random_tensor(info, n, shapes[n], source))
+    path = Path(source)
+    if path.suffix == ".safetensors" and path.is_file():
+        return lazy_safetensors(path)
+    return load_shard_state(info, first_layer, last_layer, source)
+
+
 def _read_path(info: ModelInfo, names: list[str], path: Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise WeightsNotFoundError(
@@ -443,5 +495,5 @@ def write_vit_npz(info: ModelInfo, source: WeightsSource, path: str | os.PathLik
         arrays[key] = np.ascontiguousarray(a)
     out = Path(path)
     with out.open("wb") as f:  # a file object keeps numpy from appending ".npz" to the name
-        np.savez(f, **arrays)
+        np.savez(f, allow_pickle=False, **arrays)  # numeric arrays: pickle is never used
     return out

@@ -38,7 +38,9 @@ ONNX stages use onnxruntime's own tooling (``pipeedge.models.onnx_weights``), sa
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import re
 import warnings
 
@@ -100,43 +102,68 @@ def from_assignment(req) -> str:
 
 
 def build_dtype(name: str) -> torch.dtype:
-    """The dtype to build the shard in before ``quantize`` (int8 starts from float32)."""
+    """The dtype a float shard is built in (int8: ``build_int8``)."""
     return _FLOATS.get(name, torch.float32)
 
 
 def keep_float(module: nn.Module, intermediate_size: int | None) -> set[str]:
     """Names of the Linears that int8 keeps float32: the model's first block's FFN
-    down-projection (in_features = the intermediate size, the first index in its name 0), when
-    this shard holds it. See the module docstring for why."""
-    if not intermediate_size:
-        return set()
-    return {n for n, m in module.named_modules()
-            if isinstance(m, nn.Linear) and m.in_features == intermediate_size
-            and (first := re.search(r"\.(\d+)\.", f".{n}.")) and first.group(1) == "0"}
+    down-projection, when this shard holds it. See the module docstring for why."""
+    return {n for n, m in module.named_modules() if _kept_float(n, m, intermediate_size)}
 
 
-def quantize(module: nn.Module, name: str) -> nn.Module:
-    """Turn a shard built in ``build_dtype(name)`` into its ``name`` form, in place."""
-    if name != "int8":
-        return module
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+def _kept_float(name: str, module: nn.Module, intermediate_size: int | None) -> bool:
+    """Block 0's FFN down-projection: in_features = the intermediate size, first index 0."""
+    first = re.search(r"\.(\d+)\.", f".{name}.")
+    return (bool(intermediate_size) and isinstance(module, nn.Linear)
+            and module.in_features == intermediate_size
+            and first is not None and first.group(1) == "0")
 
-    for parent in list(module.modules()):  # GPT-2's Conv1D -> the nn.Linear it is
-        for child_name, child in list(parent.named_children()):
-            if hasattr(child, "as_linear"):
-                setattr(parent, child_name, child.as_linear())
-    info = getattr(module, "info", None)
-    keep = keep_float(module, getattr(info, "intermediate_size", None))
-    # lm_head's weight is read directly (tied to the embeddings): it stays float32.
-    spec = {n: per_channel_dynamic_qconfig for n, m in module.named_modules()
-            if isinstance(m, nn.Linear) and not n.endswith("lm_head") and n not in keep}
-    if not spec:
-        return module
+
+def build_int8(info, first_layer: int, last_layer: int, state) -> nn.Module:
+    """The int8 shard, each matmul quantized as soon as its weights are read, so with a lazy
+    ``state`` (``weights.lazy_shard_state``) the stage peaks at its int8 weights plus one float32
+    matmul, not a whole float32 shard (ViT-Large, 6 blocks: 666 -> see docs/weights.md).
+
+    Quantized: every ``nn.Linear`` (GPT-2's ``Conv1D`` as the Linear it is) but a decoder's
+    ``lm_head`` (read directly: tied to the embeddings) and ``keep_float``'s."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    from .build import build_shard_streaming
+
     linear = _Linear8 if full_range_activations() else _dynamic.Linear
-    with warnings.catch_warnings():  # torch.ao's deprecation notice, once per shard
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True,
-                                mapping={nn.Linear: linear})
+    dropped = [0]  # float bytes released since the heap was last handed back
+
+    def convert(name: str, module: nn.Module) -> nn.Module | None:
+        swapped = module.as_linear() if hasattr(module, "as_linear") else None
+        module = swapped or module
+        if (not isinstance(module, nn.Linear) or name.endswith("lm_head")
+                or _kept_float(name, module, info.intermediate_size)):
+            return swapped
+        module.qconfig = per_channel_dynamic_qconfig
+        with warnings.catch_warnings():  # torch.ao's deprecation notice
+            warnings.simplefilter("ignore")
+            quantized = linear.from_float(module)
+        dropped[0] += module.weight.numel() * 4
+        del module, swapped
+        if dropped[0] > 32 << 20:  # the dropped float Linears sit in reference cycles
+            dropped[0] = 0
+            _give_back_memory()
+        return quantized
+
+    module = build_shard_streaming(info, first_layer, last_layer, state, convert)
+    _give_back_memory()
+    return module
+
+
+def _give_back_memory() -> None:
+    """Free the dropped float matmuls and hand the heap back to the OS (glibc; elsewhere
+    nothing), as the stage does after a Release (stage_server/servicer.py)."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 @functools.cache

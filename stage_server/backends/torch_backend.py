@@ -36,10 +36,14 @@ class TorchShardBackend(ShardBackend):
         if self.weights_dtype == "int8" and self.device.type != "cpu":
             raise ValueError(f"int8 weights run on the CPU only, not {self.device}; set "
                              "device: cpu or another weights_dtype")
-        self.module = models.build_shard(info, assignment.first_layer, assignment.last_layer,
-                                         state, dtype=weights_dtype.build_dtype(self.weights_dtype))
-        self.module.to(self.device).eval()
-        weights_dtype.quantize(self.module, self.weights_dtype)
+        if self.weights_dtype == "int8":  # quantized as it is read (stage_server/shard_loader.py)
+            self.module = weights_dtype.build_int8(info, assignment.first_layer,
+                                                   assignment.last_layer, state)
+        else:
+            self.module = models.build_shard(info, assignment.first_layer,
+                                             assignment.last_layer, state,
+                                             dtype=weights_dtype.build_dtype(self.weights_dtype))
+            self.module.to(self.device).eval()
         self.parameter_bytes = weights_dtype.weight_bytes(self.module)
         self._spec = self.module.input_spec()
         # Decoder-only models: per-session KV cache of this shard's layers (sessions.py).

@@ -33,3 +33,30 @@ def test_release_returns_the_shard_memory(tmp_path):
             released = _rss_mb(stage.process.pid)
             assert released < idle + 0.5 * shard_mb, (idle, assigned, released, shard_mb)
         ctl.close()
+
+
+def _peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_int8_assign_never_holds_the_float32_shard(tmp_path):
+    """A torch int8 stage quantizes each matmul as its weights are read (docs/weights.md), so its
+    peak stays far below idle + the float32 shard: a device sized for int8 can load it. Before,
+    the whole float32 state came first (ViT-Large 6 blocks: peak 666 MB for 72 MB int8)."""
+    model, first, last = "google/vit-large-patch16-224", 25, 48  # 6 blocks, 288 MB float32
+    with LocalCluster(1, workdir=tmp_path) as cluster:
+        stage = cluster.stages[0]
+        ctl = StageControl(stage.name, stage.address)
+        idle = _rss_mb(stage.process.pid)
+        reply = ctl.assign(pb.AssignRequest(model_name=model, first_layer=first, last_layer=last,
+                                            epoch=1, weights_dtype=pb.INT8,
+                                            weights=pb.WeightSource(random_seed=0)))
+        float32_mb = 4 * 12 * 1024 * 1024 * 6 / 2**20  # 12 h^2 matmul weights per block
+        int8_mb = reply.parameter_bytes / 2**20
+        peak = _peak_mb(stage.process.pid)
+        assert int8_mb < 0.3 * float32_mb
+        assert peak < idle + int8_mb + 0.4 * float32_mb, (idle, peak, int8_mb, float32_mb)
+        ctl.close()
