@@ -29,7 +29,7 @@ MAX_RANK = 16
 # float32), so a frame under the message limit could otherwise ask for gigabytes.
 MAX_DECODED_BYTES = 1 << 30
 
-_TO_WIRE: dict[torch.dtype, int] = {
+_TO_WIRE: dict[torch.dtype, pb.DType] = {
     torch.float32: pb.FLOAT32,
     torch.float16: pb.FLOAT16,
     torch.bfloat16: pb.BFLOAT16,
@@ -46,7 +46,7 @@ class FrameFormatError(PipeEdgeError, ValueError):
     """A wire tensor that cannot be decoded; the message names the tensor and what is wrong."""
 
 
-def dtype_to_wire(dtype: torch.dtype) -> int:
+def dtype_to_wire(dtype: torch.dtype) -> pb.DType:
     try:
         return _TO_WIRE[dtype]
     except KeyError:
@@ -78,7 +78,7 @@ def encode_tensor(name: str, tensor: torch.Tensor, encoding: pb.Encoding | None 
 
 
 def _encode(name: str, tensor: torch.Tensor,
-            encoding: pb.Encoding | None) -> tuple[pb.Tensor, object]:
+            encoding: pb.Encoding | None) -> tuple[pb.Tensor, bytes | memoryview]:
     """(header without data, payload bytes-like); a raw payload is a view of the (contiguous)
     tensor's memory."""
     tensor = tensor.detach()
@@ -87,7 +87,7 @@ def _encode(name: str, tensor: torch.Tensor,
     if encoding is None or encoding.kind == pb.Encoding.RAW or not tensor.is_floating_point():
         if not contiguous.numel():
             return header, b""
-        return header, memoryview(contiguous.reshape(-1).view(torch.uint8).numpy())
+        return header, contiguous.reshape(-1).view(torch.uint8).numpy().data  # a memoryview
     from pipeedge import quant  # compression is optional on the hot path: load it when used
 
     data, params = quant.encode(contiguous, kind=_kind_name(encoding.kind), bits=encoding.bits,

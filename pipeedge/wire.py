@@ -48,7 +48,7 @@ class Tensor:
 
     __slots__ = ("header", "data")
 
-    def __init__(self, header: pb.Tensor, data=b"") -> None:
+    def __init__(self, header: pb.Tensor, data: bytes | memoryview = b"") -> None:
         self.header = header
         self.data = data
 
@@ -145,11 +145,11 @@ def parse(buf: bytes) -> Frame:
     DecodeError if malformed."""
     if len(buf) <= SMALL_MESSAGE:
         msg = pb.Frame.FromString(buf)
-        tensors = [Tensor(pb.Tensor(name=t.name, dtype=t.dtype, shape=t.shape,
+        small = [Tensor(pb.Tensor(name=t.name, dtype=t.dtype, shape=t.shape,
                                     encoding=t.encoding if t.HasField("encoding") else None),
                           t.data) for t in msg.tensors]
         msg.ClearField("tensors")
-        return Frame(msg, tensors)
+        return Frame(msg, small)
     view = memoryview(buf)
     end = len(buf)
     rest: list[bytes] = []  # every top-level field but the tensors, for protobuf
@@ -174,7 +174,7 @@ def _parse_tensor(buf: bytes, view: memoryview, pos: int, end: int) -> Tensor:
     as they are."""
     kept: list[bytes] = []
     segment = pos
-    data = b""
+    data: bytes | memoryview = b""
     while pos < end:
         start = pos
         key, pos = _read_key(buf, pos, end)

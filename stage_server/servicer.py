@@ -9,6 +9,7 @@ import queue
 import threading
 import time
 import uuid
+from typing import NoReturn
 
 import grpc
 
@@ -36,6 +37,12 @@ MAX_STREAMS = 128
 CONTROL_THREADS = 16
 # Largest Ping reply and link probe (link measurement sends 4 MB by default).
 MAX_PING_BYTES = 16 * 1024 * 1024
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    """``context.abort``, which always raises (grpc ships no type information that says so)."""
+    context.abort(code, details)
+    raise AssertionError("grpc.ServicerContext.abort returned")
 
 
 class StageServicer(pb_grpc.StageServicer):
@@ -153,7 +160,7 @@ class StageServicer(pb_grpc.StageServicer):
         try:
             return pb.HasWeightsReply(cached=self.cache.has(request.sha256))
         except WeightPushError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     # -- data path --------------------------------------------------------------------------------
     def Forward(self, request_iterator, context):
@@ -182,7 +189,7 @@ class StageServicer(pb_grpc.StageServicer):
         finally:
             self.data_calls.add(-1)
         if result is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"stage {self.name} stopped")
+            _abort(context, grpc.StatusCode.UNAVAILABLE, f"stage {self.name} stopped")
         if result.error.code:
             context.abort(status_from_int(result.error.code),
                           f"[{result.error.stage}] {result.error.message}")
@@ -277,9 +284,9 @@ class StageServicer(pb_grpc.StageServicer):
             return measure_link(request.peer, payload_bytes=request.payload_bytes or 4_000_000,
                                 repeats=request.repeats or 3, security=self.security)
         except grpc.RpcError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE,
-                          f"stage {self.name} cannot reach peer {request.peer}: {exc.code().name}; "
-                          "check that address from this device")
+            _abort(context, grpc.StatusCode.UNAVAILABLE,
+                   f"stage {self.name} cannot reach peer {request.peer}: {exc.code().name}; "
+                   "check that address from this device")
 
     def shutdown(self) -> None:
         with self._assign_lock:

@@ -12,9 +12,17 @@ import asyncio
 import contextlib
 import functools
 import threading
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Coroutine,
+    Iterable,
+    Mapping,
+)
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -113,7 +121,10 @@ def _sync_inputs(batches: AsyncIterable, loop: asyncio.AbstractEventLoop,
     it = batches.__aiter__()
     while not stop.is_set():
         try:
-            yield asyncio.run_coroutine_threadsafe(it.__anext__(), loop).result()
+            # __anext__ gives a coroutine (async def) or an async generator's asend object, which
+            # is one too; collections.abc only promises an Awaitable.
+            step = cast(Coroutine[Any, Any, Any], it.__anext__())
+            yield asyncio.run_coroutine_threadsafe(step, loop).result()
         except StopAsyncIteration:
             return
 
@@ -148,7 +159,7 @@ class AsyncTextGenerator:
 
 
 async def iterate_in_thread(make_iterator, executor: ThreadPoolExecutor | None = None
-                            ) -> AsyncIterator:
+                            ) -> AsyncGenerator:
     """The items of a blocking iterator, made and driven on a worker thread (of `executor`,
     else its own), as they come; its exceptions are raised here. Closing this ends the worker
     at its next item, which then closes the iterator (ending its calls or sessions)."""

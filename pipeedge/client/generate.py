@@ -160,18 +160,18 @@ class _Mux:
             if self._closed:
                 raise StageUnavailableError(f"generator for {self.address} is closed",
                                             code=grpc.StatusCode.UNAVAILABLE)
-            if self._outbox is None:
-                self._open()
+            outbox = self._outbox if self._outbox is not None else self._open()
             self._waiters[frame.request_id] = fut
-            self._outbox.put(frame)
+            outbox.put(frame)
         return fut
 
-    def _open(self) -> None:
+    def _open(self) -> queue.SimpleQueue:
         outbox: queue.SimpleQueue = queue.SimpleQueue()
         call = self._stub.Forward(iter(outbox.get, _CLOSE))
         self._outbox, self._call = outbox, call
         threading.Thread(target=self._receive, args=(call, outbox), name="generate-receive",
                          daemon=True).start()
+        return outbox
 
     def _receive(self, call, outbox: queue.SimpleQueue) -> None:
         error: BaseException | None = None

@@ -223,14 +223,15 @@ class _Stream:
         self.order: deque[str] = deque()                  # request ids in input order
         self.pending: OrderedDict[str, wire.Frame] = OrderedDict()  # id'd, not yet answered
         self.to_send: deque[str] = deque()                # pending ids the current stream owes
-        self.ready: dict[str, object] = {}                # answered, waiting for their turn
+        # answered, waiting for their turn
+        self.ready: dict[str, dict[str, torch.Tensor] | PipelineError] = {}
         self.attempts: dict[str, int] = {}
         self.exhausted = False
         self.pulling = False                              # a stream is pulling the next input
         self.cond = threading.Condition()
         self.generation = 0                               # bumped at every (re-)open
         self.epoch = 0                                    # the current stream's pipeline
-        self.call = None
+        self.call: grpc.Call | None = None
         self.failed_at: float | None = None
         self._stopped = False
 

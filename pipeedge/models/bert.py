@@ -19,7 +19,17 @@ from torch import nn
 
 from .family import FamilySpec, register
 from .hf_config import EncoderConfig, encoder_fields, one_of, refuse
-from .layers import ACTIVATIONS, Flow, Namespace, SelfAttention, activation
+from .layers import (
+    ACTIVATIONS,
+    Dense,
+    DenseNorm,
+    Encoder,
+    EncoderBlock,
+    Flow,
+    Namespace,
+    SelfAttention,
+    activation,
+)
 from .registry import ModelInfo
 from .sentence_transformers import Pooling
 from .shard import ShardModule
@@ -64,7 +74,7 @@ class Embeddings(nn.Module):
 
     def __init__(self, info: ModelInfo) -> None:
         super().__init__()
-        hp, h = info.hp, info.hidden_size
+        hp, h = info.encoder, info.hidden_size
         self.word_embeddings = nn.Embedding(hp.vocab_size, h)
         self.position_embeddings = nn.Embedding(hp.max_positions, h)
         if hp.type_vocab_size:
@@ -95,24 +105,31 @@ class Embeddings(nn.Module):
         return self.LayerNorm(x + self.position_embeddings(positions))  # (B, T, H)
 
 
-class Block(nn.Module):
+class Attention(Namespace):
+    """``attention``: ``self`` (sub-layer 1) and ``output`` (2), as in the checkpoint."""
+
+    self: SelfAttention
+    output: DenseNorm
+
+
+class Block(EncoderBlock):
     """One encoder block, holding only the sub-layers in ``sublayers`` (1..4)."""
 
     def __init__(self, info: ModelInfo, sublayers: list[int]) -> None:
         super().__init__()
         h, i, eps = info.hidden_size, info.intermediate_size, info.layer_norm_eps
         self.act = activation(info.hp.hidden_act)
-        self.attention = Namespace()
+        self.attention = Attention()
         if 1 in sublayers:
             self.attention.self = SelfAttention(info)
         if 2 in sublayers:
-            self.attention.output = Namespace(
+            self.attention.output = DenseNorm(
                 dense=nn.Linear(h, h), LayerNorm=nn.LayerNorm(h, eps=eps)
             )
         if 3 in sublayers:
-            self.intermediate = Namespace(dense=nn.Linear(h, i))
+            self.intermediate = Dense(dense=nn.Linear(h, i))
         if 4 in sublayers:
-            self.output = Namespace(dense=nn.Linear(i, h), LayerNorm=nn.LayerNorm(h, eps=eps))
+            self.output = DenseNorm(dense=nn.Linear(i, h), LayerNorm=nn.LayerNorm(h, eps=eps))
 
     def sublayer(self, k: int, flow: Flow, attn_bias: torch.Tensor | None) -> Flow:
         x, residual = flow
@@ -126,7 +143,20 @@ class Block(nn.Module):
         return self.output.LayerNorm(self.output.dense(x) + residual), None
 
 
-class Backbone(nn.Module):
+class EncoderBackbone(nn.Module):
+    """What ``BertShard`` uses of a backbone (BERT's, RoBERTa's, DistilBERT's)."""
+
+    pooler_heads: tuple[str, ...] = ()  # heads with a pooler
+    embeddings: Embeddings  # on the first shard
+    pooler: Dense  # on the last, for ``pooler_heads``
+
+    def __init__(
+        self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool
+    ) -> None:
+        super().__init__()
+
+
+class Backbone(EncoderBackbone):
     """``bert.*``: embeddings on the first shard, blocks, the pooler on the last if used."""
 
     embeddings_class: type[Embeddings] = Embeddings
@@ -135,22 +165,23 @@ class Backbone(nn.Module):
     def __init__(
         self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool
     ) -> None:
-        super().__init__()
+        super().__init__(info, blocks, first, last)
         if first:
             self.embeddings = self.embeddings_class(info)
         # Keys are global block indices, so names read encoder.layer.<i>... as in the checkpoint.
-        self.encoder = Namespace(
+        self.encoder = Encoder(
             layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
         )
         if last and info.head in self.pooler_heads and info.pooling is None:
             h = info.hidden_size
-            self.pooler = Namespace(dense=nn.Linear(h, h))
+            self.pooler = Dense(dense=nn.Linear(h, h))
 
 
 class BertShard(ShardModule):
     """A BERT-family shard: ids and mask into the first shard, head outputs out of the last."""
 
-    backbone_class: type[Backbone] = Backbone
+    backbone_class: type[EncoderBackbone] = Backbone
+    classifier: nn.Module  # sequence-classification: the family's head (add_classifier)
 
     def __init__(self, info: ModelInfo, first_layer: int, last_layer: int) -> None:
         super().__init__(info, first_layer, last_layer)
@@ -158,6 +189,12 @@ class BertShard(ShardModule):
                 self.backbone_class(info, self.plan, self.is_first, self.is_last))
         if self.is_last and info.head == "sequence-classification":
             self.add_classifier(info)
+
+    @property
+    def backbone(self) -> EncoderBackbone:
+        backbone = super().backbone
+        assert isinstance(backbone, EncoderBackbone)  # __init__ sets one of backbone_class
+        return backbone
 
     def add_classifier(self, info: ModelInfo) -> None:
         """BertForSequenceClassification: one linear layer on the pooled [CLS] token."""
@@ -195,7 +232,7 @@ class BertShard(ShardModule):
             TensorSpec("input_ids", torch.int64, ids),
             TensorSpec("attention_mask", torch.int64, ids),
         ]
-        if self.info.hp.type_vocab_size:  # DistilBERT takes no token types
+        if self.info.encoder.type_vocab_size:  # DistilBERT takes no token types
             specs.append(TensorSpec("token_type_ids", torch.int64, ids, optional=True))
         return specs
 

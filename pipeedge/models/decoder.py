@@ -41,7 +41,8 @@ class StepContext:
     cache: KVCache | None
     mask: torch.Tensor | None             # (T, past + T) bool, True = may attend; None = see below
     causal: bool                          # use SDPA's is_causal (past == 0 and T > 1)
-    extra: dict = field(default_factory=dict)  # family-specific (e.g. Llama's cos/sin)
+    # family-specific (Llama's cos/sin)
+    extra: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: StepContext,
@@ -84,6 +85,13 @@ def decoder_example_inputs(info: ModelInfo, batch_size: int, seq_len: int,
     if not 1 <= seq_len <= max_pos:
         raise ValueError(f"seq_len {seq_len} is out of range for {info.name}: use 1..{max_pos}")
     return {"input_ids": torch.randint(3, info.vocab_size, (batch_size, seq_len), generator=g)}
+
+
+class DecoderBlock(nn.Module):
+    """Base of the decoder families' blocks: what ``DecoderShard.forward`` calls per sub-layer."""
+
+    def sublayer(self, k: int, flow: Flow, ctx: StepContext, block: int) -> Flow:
+        raise NotImplementedError
 
 
 class DecoderShard(ShardModule):
@@ -158,7 +166,9 @@ class DecoderShard(ShardModule):
         blocks = self.blocks
         for block, subs in self.plan.items():
             for k in subs:
-                flow = blocks[str(block)].sublayer(k, flow, ctx, block)
+                layer = blocks[str(block)]
+                assert isinstance(layer, DecoderBlock)  # the decoder families' blocks
+                flow = layer.sublayer(k, flow, ctx, block)
         if cache is not None:
             cache.advance(T)
 

@@ -19,7 +19,7 @@ from torch import nn
 from . import bert
 from .family import FamilySpec, register
 from .hf_config import EncoderConfig, encoder_fields, one_of, refuse
-from .layers import ACTIVATIONS, Flow, Namespace, SelfAttention, activation
+from .layers import ACTIVATIONS, Encoder, EncoderBlock, Flow, Namespace, SelfAttention, activation
 from .registry import ModelInfo
 
 # DistilBertConfig's field names -> the BertConfig names encoder_fields reads.
@@ -48,16 +48,33 @@ def read_config(model: str, c: Mapping[str, Any]) -> EncoderConfig:
         pad_token_id=0 if pad is None else int(pad))
 
 
-class Block(nn.Module):
+class Attention(SelfAttention):
+    """``attention``: q_lin/k_lin/v_lin (sub-layer 1) and ``out_lin`` (2), as on disk."""
+
+    out_lin: nn.Linear
+
+
+class AttentionOutput(Namespace):
+    """``attention`` of a block without sub-layer 1: ``out_lin`` alone."""
+
+    out_lin: nn.Linear
+
+
+class FFN(Namespace):
+    lin1: nn.Linear
+    lin2: nn.Linear
+
+
+class Block(EncoderBlock):
     """One DistilBERT block, holding only the sub-layers in ``sublayers`` (1..4)."""
 
     def __init__(self, info: ModelInfo, sublayers: list[int]) -> None:
         super().__init__()
         h, i, eps = info.hidden_size, info.intermediate_size, info.layer_norm_eps
         self.act = activation(info.hp.hidden_act)
-        self.attention = (SelfAttention(info, ("q_lin", "k_lin", "v_lin")) if 1 in sublayers
-                          else Namespace())
-        self.ffn = Namespace()
+        self.attention: Attention | AttentionOutput = (
+            Attention(info, ("q_lin", "k_lin", "v_lin")) if 1 in sublayers else AttentionOutput())
+        self.ffn = FFN()
         if 2 in sublayers:
             self.attention.out_lin = nn.Linear(h, h)
             self.sa_layer_norm = nn.LayerNorm(h, eps=eps)
@@ -78,7 +95,7 @@ class Block(nn.Module):
         return self.output_layer_norm(self.ffn.lin2(x) + residual), None
 
 
-class Backbone(nn.Module):
+class Backbone(bert.EncoderBackbone):
     """``distilbert.*``: embeddings on the first shard, then blocks; no pooler."""
 
     pooler_heads: tuple[str, ...] = ()
@@ -86,11 +103,11 @@ class Backbone(nn.Module):
     def __init__(
         self, info: ModelInfo, blocks: dict[int, list[int]], first: bool, last: bool
     ) -> None:
-        super().__init__()
+        super().__init__(info, blocks, first, last)
         if first:
             self.embeddings = bert.Embeddings(info)  # type_vocab_size 0: word + position
         # Keys are global block indices, so names read transformer.layer.<i>... as on disk.
-        self.transformer = Namespace(
+        self.transformer = Encoder(
             layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
         )
 
@@ -100,7 +117,9 @@ class DistilBertShard(bert.BertShard):
 
     @property
     def blocks(self) -> nn.ModuleDict:
-        return self.backbone.transformer.layer
+        backbone = self.backbone
+        assert isinstance(backbone, Backbone)  # backbone_class
+        return backbone.transformer.layer
 
     def add_classifier(self, info: ModelInfo) -> None:
         """DistilBertForSequenceClassification: pre_classifier + ReLU + classifier."""

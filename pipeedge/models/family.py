@@ -12,9 +12,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .hf_config import ConfigError, HParams
+
+if TYPE_CHECKING:  # shard imports torch; families register lazily
+    from .shard import ShardModule
 
 Head = Literal["image-classification", "sequence-classification", "base", "mean-pooling",
                "causal-lm"]
@@ -30,14 +33,14 @@ class FamilySpec:
     name: str                                   # "llama"; ModelInfo.family
     kind: Kind
     read_config: Callable[[str, Mapping[str, Any]], HParams]  # (model name, config.json) -> typed
-    shard_class: type                           # a ShardModule subclass
+    shard_class: type[ShardModule]
     prefix: str                                 # backbone's checkpoint prefix, e.g. "model."
     # transformers class for each head this family serves (reference, write_hf_directory).
     hf_classes: Mapping[str, str]
     # config.json ``architectures`` entries -> the head they mean.
-    architectures: Mapping[str, str]
+    architectures: Mapping[str, Head]
     model_types: tuple[str, ...]                # config.json ``model_type`` values
-    default_head: str                           # head for a config naming only a model_type
+    default_head: Head                          # head for a config naming only a model_type
     embedding: str = ""                         # decoders: input embedding a tied head shares
     # Image models: the preprocessor_config.json a directory without one is read with
     # (``preprocessing.image_preprocessing``), as a function of the model (its input size).
@@ -89,7 +92,7 @@ def supported_architectures() -> list[str]:
     return sorted(a for s in all_families() for a in s.architectures)
 
 
-def family_for_config(model: str, config: Mapping[str, Any]) -> tuple[FamilySpec, str]:
+def family_for_config(model: str, config: Mapping[str, Any]) -> tuple[FamilySpec, Head]:
     """(family, head) a config.json selects: its first known ``architectures`` entry, else its
     ``model_type`` with the family's default head. ConfigError (naming what it found and what is
     supported) when neither is known."""

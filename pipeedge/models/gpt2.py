@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .decoder import DecoderShard, StepContext, attend
+from .decoder import DecoderBlock, DecoderShard, StepContext, attend
 from .family import FamilySpec, register
 from .hf_config import DecoderConfig, check_heads, one_of, refuse
 from .layers import ACTIVATIONS, Flow, Namespace, activation
@@ -70,17 +70,31 @@ def read_config(model: str, c: Mapping[str, Any]) -> DecoderConfig:
         bos_token_id=c.get("bos_token_id"))
 
 
-class Block(nn.Module):
+class Attention(Namespace):
+    """``attn``: ``c_attn`` (sub-layer 1) and ``c_proj`` (2)."""
+
+    c_attn: Conv1D
+    c_proj: Conv1D
+
+
+class MLP(Namespace):
+    """``mlp``: ``c_fc`` (sub-layer 3) and ``c_proj`` (4)."""
+
+    c_fc: Conv1D
+    c_proj: Conv1D
+
+
+class Block(DecoderBlock):
     """One GPT-2 block, holding only the sub-layers in ``sublayers`` (1..4)."""
 
     def __init__(self, info: ModelInfo, sublayers: list[int]) -> None:
         super().__init__()
         h, i = info.hidden_size, info.intermediate_size
-        eps = info.hp.norm_eps
+        eps = info.decoder.norm_eps
         self.num_heads = info.num_heads
         self.act = activation(info.hp.hidden_act)
-        self.attn = Namespace()
-        self.mlp = Namespace()
+        self.attn = Attention()
+        self.mlp = MLP()
         if 1 in sublayers:
             self.ln_1 = nn.LayerNorm(h, eps=eps)
             self.attn.c_attn = Conv1D(h, 3 * h)
@@ -118,14 +132,14 @@ class Backbone(nn.Module):
             self.wpe = nn.Embedding(info.max_positions, h)
         self.h = nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
         if last:
-            self.ln_f = nn.LayerNorm(h, eps=info.hp.norm_eps)
+            self.ln_f = nn.LayerNorm(h, eps=info.decoder.norm_eps)
 
 
 class GPT2Shard(DecoderShard):
     def __init__(self, info: ModelInfo, first_layer: int, last_layer: int) -> None:
         super().__init__(info, first_layer, last_layer)
         self.transformer = Backbone(info, self.plan, self.is_first, self.is_last)
-        self.tied = info.hp.tie_word_embeddings
+        self.tied = info.decoder.tie_word_embeddings
         # A shard holding both ends shares wte with the head instead of keeping a second copy.
         if self.is_last and not (self.tied and self.is_first):
             self.lm_head = nn.Linear(info.hidden_size, info.vocab_size, bias=False)

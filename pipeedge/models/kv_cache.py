@@ -82,7 +82,7 @@ class KVCache:
         B, nkv, _, hd = k.shape
         new_k = k.new_empty(B, nkv, capacity, hd)
         new_v = v.new_empty(B, nkv, capacity, v.shape[3])
-        if old_k is not None and self.length:
+        if old_k is not None and old_v is not None and self.length:
             new_k[:, :, :self.length].copy_(old_k[:, :, :self.length])
             new_v[:, :, :self.length].copy_(old_v[:, :, :self.length])
         self._k[block], self._v[block] = new_k, new_v
@@ -106,7 +106,8 @@ def cache_capacity(tokens: int, max_length: int | None = None, *,
 
 def kv_heads_and_dim(info: ModelInfo) -> tuple[int, int]:
     """(key/value heads, head dim) of a decoder's attention."""
-    return info.hp.num_kv_heads, info.hp.head_dim
+    hp = info.decoder
+    return hp.num_kv_heads, hp.head_dim
 
 
 def kv_cache_bytes_per_layer(info: ModelInfo, *, sessions: int = 1, context_len: int | None = None,

@@ -54,6 +54,32 @@ class Namespace(nn.Module):
             self.add_module(name, child)
 
 
+class Dense(Namespace):
+    """A checkpoint container holding ``dense`` (e.g. ViT's ``intermediate``, BERT's ``pooler``);
+    the annotations type the children that ``nn.Module.__getattr__`` would type as Tensor | Module."""
+
+    dense: nn.Linear
+
+
+class DenseNorm(Dense):
+    """``dense`` then ``LayerNorm`` (BERT's ``attention.output`` and ``output``)."""
+
+    LayerNorm: nn.LayerNorm
+
+
+class Encoder(Namespace):
+    """``encoder`` (ViT, BERT) / ``transformer`` (DistilBERT): the blocks by global index."""
+
+    layer: nn.ModuleDict
+
+
+class EncoderBlock(nn.Module):
+    """Base of the encoder families' blocks: what ``ShardModule.forward`` calls per sub-layer."""
+
+    def sublayer(self, k: int, flow: Flow, attn_bias: torch.Tensor | None) -> Flow:
+        raise NotImplementedError
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention up to the context (the output projection is sub-layer 2)."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .decoder import DecoderShard, StepContext, attend
+from .decoder import DecoderBlock, DecoderShard, StepContext, attend
 from .family import FamilySpec, register
 from .hf_config import ConfigError, DecoderConfig, RopeConfig, need, one_of, refuse
 from .kv_cache import kv_heads_and_dim
@@ -122,7 +122,8 @@ def _activation(name: str):
 
 def rope_inv_freq(info: ModelInfo) -> torch.Tensor:
     """Inverse frequencies (head_dim/2,) of the config's rotary embedding."""
-    rope = info.hp.rope
+    rope = info.decoder.rope
+    assert rope is not None  # read_config always reads one for the Llama families
     _, dim = kv_heads_and_dim(info)
     steps = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float()
     inv = 1.0 / (rope.theta ** (steps / dim))
@@ -147,19 +148,38 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class Block(nn.Module):
+class Attention(Namespace):
+    """``self_attn``: q/k/v projections and Qwen3's q/k norms (sub-layer 1), ``o_proj`` (2)."""
+
+    q_proj: nn.Linear
+    k_proj: nn.Linear
+    v_proj: nn.Linear
+    q_norm: RMSNorm
+    k_norm: RMSNorm
+    o_proj: nn.Linear
+
+
+class MLP(Namespace):
+    """``mlp``: gate and up projections (sub-layer 3), ``down_proj`` (4)."""
+
+    gate_proj: nn.Linear
+    up_proj: nn.Linear
+    down_proj: nn.Linear
+
+
+class Block(DecoderBlock):
     """One Llama decoder layer, holding only the sub-layers in ``sublayers`` (1..4)."""
 
     def __init__(self, info: ModelInfo, sublayers: list[int]) -> None:
         super().__init__()
-        hp = info.hp
+        hp = info.decoder
         h, i, eps = info.hidden_size, info.intermediate_size, hp.norm_eps
         n_kv, hd = kv_heads_and_dim(info)
         self.num_heads, self.num_kv, self.head_dim = info.num_heads, n_kv, hd
         qkv_bias, mlp_bias = hp.qkv_bias, hp.mlp_bias
         self.act = _activation(hp.hidden_act)
-        self.self_attn = Namespace()
-        self.mlp = Namespace()
+        self.self_attn = Attention()
+        self.mlp = MLP()
         if 1 in sublayers:
             self.input_layernorm = RMSNorm(h, eps)
             self.self_attn.q_proj = nn.Linear(h, self.num_heads * hd, bias=qkv_bias)
@@ -210,14 +230,14 @@ class Backbone(nn.Module):
             self.embed_tokens = nn.Embedding(info.vocab_size, info.hidden_size)
         self.layers = nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
         if last:
-            self.norm = RMSNorm(info.hidden_size, info.hp.norm_eps)
+            self.norm = RMSNorm(info.hidden_size, info.decoder.norm_eps)
 
 
 class LlamaShard(DecoderShard):
     def __init__(self, info: ModelInfo, first_layer: int, last_layer: int) -> None:
         super().__init__(info, first_layer, last_layer)
         self.model = Backbone(info, self.plan, self.is_first, self.is_last)
-        self.tied = info.hp.tie_word_embeddings
+        self.tied = info.decoder.tie_word_embeddings
         if self.is_last and not (self.tied and self.is_first):
             self.lm_head = nn.Linear(info.hidden_size, info.vocab_size, bias=False)
         # Not a parameter or buffer: derived from the config (on first use), never in a checkpoint.

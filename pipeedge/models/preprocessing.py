@@ -69,9 +69,12 @@ def image_preprocessing(info: ModelInfo,
     resize = shortest = crop = None
     if config.get("do_resize", True):
         h, w, shortest = _hw(config.get("size", info.image_size), "size")
-        resize = (h, w) if h is not None else None
+        resize = (h, w) if h is not None and w is not None else None
     if config.get("do_center_crop", False):
         h, w, _ = _hw(config.get("crop_size", info.image_size), "crop_size")
+        if h is None or w is None:  # transformers' center_crop needs both as well
+            raise ConfigError(f"{PREPROCESSOR_FILE} crop_size={config.get('crop_size')!r} is not "
+                              "supported; give {height, width}")
         crop = (h, w)
     resample = int(config.get("resample", 2))
     if resample not in _RESAMPLE:
@@ -97,6 +100,7 @@ def preprocess_image(image, prep: ImagePreprocessing) -> torch.Tensor:
             new_short, new_long = prep.shortest_edge, int(prep.shortest_edge * long / short)
             size = (new_short, new_long) if w <= h else (new_long, new_short)
         else:
+            assert prep.resize is not None  # one of the two, tested above
             size = (prep.resize[1], prep.resize[0])  # PIL takes (width, height)
         image = image.resize(size, resample=Image.Resampling(prep.resample))
     a = np.asarray(image).transpose(2, 0, 1)  # (C, H, W) uint8

@@ -9,20 +9,26 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from .registry import ModelInfo
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
 Reference = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
-def _model_class(info: ModelInfo) -> type:
+def _model_class(info: ModelInfo) -> type[PreTrainedModel]:
     import transformers
 
-    return getattr(transformers, info.spec.hf_classes[info.head])
+    cls = getattr(transformers, info.spec.hf_classes[info.head])
+    assert issubclass(cls, transformers.PreTrainedModel)  # hf_classes name model classes
+    return cls
 
 
 def build_reference(
@@ -39,9 +45,10 @@ def build_reference(
         >>> ref(example_inputs(info, 2))["logits"]
     """
     cls = _model_class(info)
-    model, loading = cls.from_pretrained(
+    # transformers annotates from_pretrained as returning the model even with output_loading_info.
+    model, loading = cast("tuple[PreTrainedModel, dict[str, list[str]]]", cls.from_pretrained(
         str(hf_dir), attn_implementation="eager", dtype=dtype, output_loading_info=True
-    )
+    ))
     if loading.get("missing_keys"):
         raise ValueError(
             f"{hf_dir} lacks weights for {sorted(loading['missing_keys'])[:5]}...; "

@@ -140,16 +140,30 @@ class ModelInfo:
         return self.spec.kind == "vision"
 
     @property
+    def encoder(self) -> EncoderConfig:
+        """``hp`` of an encoder (vision or text) family; TypeError for a decoder."""
+        if not isinstance(self.hp, EncoderConfig):
+            raise TypeError(f"{self.name} is a decoder; it has no encoder hyper-parameters")
+        return self.hp
+
+    @property
+    def decoder(self) -> DecoderConfig:
+        """``hp`` of a decoder family; TypeError for an encoder."""
+        if not isinstance(self.hp, DecoderConfig):
+            raise TypeError(f"{self.name} is an encoder; it has no decoder hyper-parameters")
+        return self.hp
+
+    @property
     def image_size(self) -> int:
-        return self.hp.image_size
+        return self.encoder.image_size
 
     @property
     def patch_size(self) -> int:
-        return self.hp.patch_size
+        return self.encoder.patch_size
 
     @property
     def num_channels(self) -> int:
-        return self.hp.num_channels
+        return self.encoder.num_channels
 
     @property
     def seq_len(self) -> int | None:

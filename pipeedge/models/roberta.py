@@ -40,16 +40,26 @@ class Backbone(bert.Backbone):
     pooler_heads = ("base",)  # RobertaForSequenceClassification has no pooler
 
 
+class ClassificationHead(Namespace):
+    """``classifier``: RobertaClassificationHead's two projections."""
+
+    dense: nn.Linear
+    out_proj: nn.Linear
+
+
 class RobertaShard(bert.BertShard):
     backbone_class = Backbone
 
     def add_classifier(self, info: ModelInfo) -> None:
         """RobertaClassificationHead: dense + tanh + out_proj on the <s> token."""
         h = info.hidden_size
-        self.classifier = Namespace(dense=nn.Linear(h, h), out_proj=nn.Linear(h, info.num_labels))
+        self.classifier = ClassificationHead(dense=nn.Linear(h, h),
+                                             out_proj=nn.Linear(h, info.num_labels))
 
     def classify(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.classifier.out_proj(torch.tanh(self.classifier.dense(hidden[:, 0])))
+        head = self.classifier
+        assert isinstance(head, ClassificationHead)  # add_classifier above
+        return head.out_proj(torch.tanh(head.dense(hidden[:, 0])))
 
 
 _HEADS = {"base": "{}Model", "mean-pooling": "{}Model",

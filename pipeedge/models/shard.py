@@ -17,7 +17,7 @@ import logging
 import torch
 from torch import nn
 
-from .layers import Flow, block_sublayers, padding_bias
+from .layers import EncoderBlock, Flow, block_sublayers, padding_bias
 from .registry import ModelInfo
 from .spec import DYNAMIC, TensorSpec, validate_inputs
 
@@ -55,7 +55,8 @@ def boundary_spec(
         from .decoder import decoder_boundary_spec
 
         return decoder_boundary_spec(info, cut_after, dtype, batch, seq_len)
-    S = info.seq_len if info.is_vision else seq_len
+    vision_len = info.seq_len  # None for text
+    S = seq_len if vision_len is None else vision_len
     sub = (cut_after - 1) % 4 + 1
     width = info.intermediate_size if sub == 3 else info.hidden_size
     specs = [TensorSpec("hidden", dtype, (batch, S, width))]
@@ -105,12 +106,16 @@ class ShardModule(nn.Module):
 
     @property
     def backbone(self) -> nn.Module:
-        return getattr(self, self.info.spec.backbone_attr)
+        backbone = getattr(self, self.info.spec.backbone_attr)
+        assert isinstance(backbone, nn.Module)  # each family's __init__ sets it
+        return backbone
 
     @property
     def blocks(self) -> nn.ModuleDict:
         """Global block index (as a string) -> block; ``encoder.layer`` in ViT/BERT checkpoints."""
-        return self.backbone.encoder.layer
+        layer = self.backbone.get_submodule("encoder.layer")
+        assert isinstance(layer, nn.ModuleDict)  # layers.Encoder
+        return layer
 
     @property
     def dtype(self) -> torch.dtype:
@@ -157,7 +162,9 @@ class ShardModule(nn.Module):
         layers = self.blocks
         for block, subs in self.plan.items():
             for k in subs:
-                flow = layers[str(block)].sublayer(k, flow, attn_bias)
+                layer = layers[str(block)]
+                assert isinstance(layer, EncoderBlock)  # the encoder families' blocks
+                flow = layer.sublayer(k, flow, attn_bias)
 
         if self.is_last:
             return self.finish(flow[0], tensors)

@@ -14,7 +14,16 @@ from torch import nn
 
 from .family import FamilySpec, register
 from .hf_config import EncoderConfig, encoder_fields
-from .layers import ACTIVATIONS, Flow, Namespace, SelfAttention, activation
+from .layers import (
+    ACTIVATIONS,
+    Dense,
+    Encoder,
+    EncoderBlock,
+    Flow,
+    Namespace,
+    SelfAttention,
+    activation,
+)
 from .preprocessing import deit_defaults, vit_defaults
 from .registry import ModelInfo
 from .shard import ShardModule
@@ -61,7 +70,14 @@ class Embeddings(nn.Module):
         return x + self.position_embeddings
 
 
-class Block(nn.Module):
+class Attention(Namespace):
+    """``attention``: ``attention`` (sub-layer 1) and ``output`` (2), as in the checkpoint."""
+
+    attention: SelfAttention
+    output: Dense
+
+
+class Block(EncoderBlock):
     """One encoder block, holding only the sub-layers in ``sublayers`` (1..4)."""
 
     def __init__(self, info: ModelInfo, sublayers: list[int]) -> None:
@@ -69,17 +85,17 @@ class Block(nn.Module):
         h, i = info.hidden_size, info.intermediate_size
         eps = info.layer_norm_eps
         self.act = activation(info.hp.hidden_act)
-        self.attention = Namespace()
+        self.attention = Attention()
         if 1 in sublayers:
             self.layernorm_before = nn.LayerNorm(h, eps=eps)
             self.attention.attention = SelfAttention(info)
         if 2 in sublayers:
-            self.attention.output = Namespace(dense=nn.Linear(h, h))
+            self.attention.output = Dense(dense=nn.Linear(h, h))
         if 3 in sublayers:
             self.layernorm_after = nn.LayerNorm(h, eps=eps)
-            self.intermediate = Namespace(dense=nn.Linear(h, i))
+            self.intermediate = Dense(dense=nn.Linear(h, i))
         if 4 in sublayers:
-            self.output = Namespace(dense=nn.Linear(i, h))
+            self.output = Dense(dense=nn.Linear(i, h))
 
     def sublayer(self, k: int, flow: Flow, attn_bias: torch.Tensor | None) -> Flow:
         x, residual = flow
@@ -102,7 +118,7 @@ class Backbone(nn.Module):
         if first:
             self.embeddings = Embeddings(info)
         # Keys are global block indices, so names read encoder.layer.<i>... as in the checkpoint.
-        self.encoder = Namespace(
+        self.encoder = Encoder(
             layer=nn.ModuleDict({str(b): Block(info, s) for b, s in blocks.items()})
         )
         if last:
@@ -122,6 +138,12 @@ class VisionShard(ShardModule):
                 self.distillation_classifier = nn.Linear(h, n)
             else:
                 self.classifier = nn.Linear(h, n)
+
+    @property
+    def backbone(self) -> Backbone:
+        backbone = super().backbone
+        assert isinstance(backbone, Backbone)  # set in __init__
+        return backbone
 
     def embed(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.backbone.embeddings(tensors["pixel_values"])

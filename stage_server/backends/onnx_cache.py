@@ -79,7 +79,7 @@ def state_id(state: Mapping[str, torch.Tensor]) -> str:
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(memoryview(t.view(torch.uint8).reshape(-1).numpy()))
+        h.update(t.view(torch.uint8).reshape(-1).numpy().data)
     return f"state-{h.hexdigest()[:16]}"
 
 
@@ -130,11 +130,12 @@ class OnnxCache:
             if not staged.is_file():
                 raise OnnxCacheError(f"building {key.describe()} wrote no {staged.name}")
             files = sorted(p for p in Path(tmp).iterdir() if p.is_file())
+            digests = {p.name: _sha256(p) for p in files}
             manifest = {"key": key.stem, "model": key.model,
                         "layers": [key.first_layer, key.last_layer], "weights": key.weights,
                         "opset": key.opset, "weights_dtype": key.weights_dtype or "float32",
                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                        "files": {p.name: _sha256(p) for p in files}}
+                        "files": digests}
             # Replaced in place (atomic per file), never deleted first: another stage process
             # sharing this directory may be opening the same entry right now.
             for p in files:
@@ -143,10 +144,10 @@ class OnnxCache:
             tmp_manifest.write_text(json.dumps(manifest, indent=1))
             os.replace(tmp_manifest, self.manifest_path(key))
             stale = self.root / f"{key.stem}.onnx.data"
-            if stale.name not in manifest["files"]:
+            if stale.name not in digests:
                 stale.unlink(missing_ok=True)
         log.info("cached ONNX %s (%.1f MB)", key.stem, sum(
-            (self.root / n).stat().st_size for n in manifest["files"]) / 1e6)
+            (self.root / n).stat().st_size for n in digests) / 1e6)
         return self.model_path(key)
 
     def entry_bytes(self, key: ShardKey) -> int:

@@ -73,6 +73,21 @@ def test_preprocessor_config_json_is_read(photos, tmp_path):
     assert (plain - hf_pixels(ViTImageProcessor(), photos)).abs().max() <= 1e-5
 
 
+def test_crop_size_without_height_and_width_is_a_config_error(tmp_path):
+    # A crop needs both sides (transformers' center_crop refuses anything else too); this used
+    # to pass as crop=(None, None) and fail later with a TypeError inside the image arithmetic.
+    import json
+
+    from pipeedge.models.hf_config import ConfigError
+    from pipeedge.models.preprocessing import PREPROCESSOR_FILE
+
+    (tmp_path / PREPROCESSOR_FILE).write_text(json.dumps(
+        {"do_center_crop": True, "crop_size": {"shortest_edge": 224}}))
+    info = models.model_info("google/vit-base-patch16-224")
+    with pytest.raises(ConfigError, match="crop_size"):
+        image_preprocessing(info, tmp_path)
+
+
 def test_minilm_truncates_where_sentence_transformers_does(minilm_path):
     info = models.model_info("sentence-transformers/all-MiniLM-L6-v2")
     long_text = " ".join(["pipeline"] * 600)
