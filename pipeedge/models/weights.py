@@ -410,10 +410,11 @@ def lazy_shard_state(
     if isinstance(source, int) and not isinstance(source, bool):
         shapes = shard_tensor_shapes(info, first_layer, last_layer)
         return LazyState(shapes, lambda n: random_tensor(info, n, shapes[n], source))
-    path = Path(source)
-    if path.suffix == ".safetensors" and path.is_file():
-        return lazy_safetensors(path)
-    return load_shard_state(info, first_layer, last_layer, source)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix == ".safetensors" and path.is_file():
+            return lazy_safetensors(path)
+    return load_shard_state(info, first_layer, last_layer, source)  # which refuses a bool
 
 
 def _read_path(info: ModelInfo, names: list[str], path: Path) -> dict[str, torch.Tensor]:

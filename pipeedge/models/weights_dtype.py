@@ -43,6 +43,8 @@ import functools
 import gc
 import re
 import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -50,9 +52,20 @@ from torch import nn
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.errors import PipeEdgeError
 
+if TYPE_CHECKING:
+    from .registry import ModelInfo
+    from .shard import ShardModule
+
 with warnings.catch_warnings():  # torch.ao's deprecation notice
     warnings.simplefilter("ignore")
     from torch.ao.nn.quantized import dynamic as _dynamic
+
+
+@runtime_checkable
+class _AsLinear(Protocol):
+    """A module that is a Linear in another layout (GPT-2's ``Conv1D``)."""
+
+    def as_linear(self) -> nn.Linear: ...
 
 NAMES = ("float32", "float16", "bfloat16", "int8", "int4")
 BACKENDS = {"torch": ("float32", "float16", "bfloat16", "int8"),
@@ -120,7 +133,8 @@ def _kept_float(name: str, module: nn.Module, intermediate_size: int | None) -> 
             and first is not None and first.group(1) == "0")
 
 
-def build_int8(info, first_layer: int, last_layer: int, state) -> nn.Module:
+def build_int8(info: ModelInfo, first_layer: int, last_layer: int,
+               state: Mapping[str, torch.Tensor]) -> ShardModule:
     """The int8 shard, each matmul quantized as soon as its weights are read, so with a lazy
     ``state`` (``weights.lazy_shard_state``) the stage peaks at its int8 weights plus one float32
     matmul, not a whole float32 shard (ViT-Large, 6 blocks: 666 -> see docs/weights.md).
@@ -135,12 +149,13 @@ def build_int8(info, first_layer: int, last_layer: int, state) -> nn.Module:
     dropped = [0]  # float bytes released since the heap was last handed back
 
     def convert(name: str, module: nn.Module) -> nn.Module | None:
-        swapped = module.as_linear() if hasattr(module, "as_linear") else None
+        swapped = module.as_linear() if isinstance(module, _AsLinear) else None
         module = swapped or module
         if (not isinstance(module, nn.Linear) or name.endswith("lm_head")
                 or _kept_float(name, module, info.intermediate_size)):
             return swapped
-        module.qconfig = per_channel_dynamic_qconfig
+        # torch.ao reads `qconfig`, a plain attribute; Module.__setattr__ is typed for modules.
+        module.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
         with warnings.catch_warnings():  # torch.ao's deprecation notice
             warnings.simplefilter("ignore")
             quantized = linear.from_float(module)
@@ -177,7 +192,7 @@ def full_range_activations() -> bool:
 
     float_linear = nn.Linear(64, 4, bias=False)
     nn.init.ones_(float_linear.weight)
-    float_linear.qconfig = default_dynamic_qconfig
+    float_linear.qconfig = default_dynamic_qconfig  # type: ignore[assignment]  # as above
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         probe = _Linear8.from_float(float_linear)

@@ -66,7 +66,7 @@ def check_threads(threads: int) -> None:
         raise ValueError(f"threads {threads} is over the limit of {MAX_THREADS}")
 
 
-def load_backend(assignment: pb.AssignRequest, state: dict[str, torch.Tensor], *,
+def load_backend(assignment: pb.AssignRequest, state: Mapping[str, torch.Tensor], *,
                  cache_dir: Path | None = None) -> ShardBackend:
     """Build the backend an assignment asks for from the shard's own tensors.
 

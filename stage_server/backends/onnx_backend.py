@@ -117,7 +117,7 @@ class OnnxShardBackend(ShardBackend):
     """``cache_dir`` is the stage's cache root (exports go to its ``onnx/``); None = the default
     ``~/.cache/pipeedge/onnx``."""
 
-    def __init__(self, assignment: pb.AssignRequest, state: dict[str, torch.Tensor],
+    def __init__(self, assignment: pb.AssignRequest, state: Mapping[str, torch.Tensor],
                  cache_dir: Path | None = None, *, settings: OrtSettings | None = None) -> None:
         _require_runtime()
         info = assignment_info(assignment)

@@ -23,7 +23,7 @@ class TorchShardBackend(ShardBackend):
     """Weights in ``AssignRequest.weights_dtype`` (``pipeedge.models.weights_dtype``); frames
     leave in the assignment's ``dtype`` whatever the weights, so stages mix freely."""
 
-    def __init__(self, assignment: pb.AssignRequest, state: dict[str, torch.Tensor]) -> None:
+    def __init__(self, assignment: pb.AssignRequest, state: Mapping[str, torch.Tensor]) -> None:
         info = assignment_info(assignment)
         self.device = torch.device(assignment.device or "cpu")
         self.wire_dtype = compute_dtype(assignment)

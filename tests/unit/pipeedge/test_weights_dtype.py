@@ -167,3 +167,13 @@ def test_refusals_are_one_line_with_the_fix(tmp_path):
                            weights_dtype=pb.BFLOAT16)
     with pytest.raises(ValueError, match="backend onnx cannot run it"):
         load_backend(req, state, cache_dir=tmp_path)
+
+
+def test_lazy_state_refuses_a_bool_source_by_name():
+    # A bool is an int to isinstance: the lazy reader used to hand True to Path() (an unrelated
+    # TypeError); it now gets load_shard_state's message, as the eager reader does.
+    from pipeedge.models.weights import lazy_shard_state
+
+    info = models.model_info("pipeedge/tiny-bert")
+    with pytest.raises(TypeError, match="not a bool"):
+        lazy_shard_state(info, 1, 4, True)
