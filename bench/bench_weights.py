@@ -19,6 +19,10 @@ ratio is the median of paired ratios against torch float32. Memory: the bytes of
 shard holds (AssignReply.parameter_bytes). Goal: int8 3-block ViT-Base shard at microbatch 8
 >= 2x torch float32, weights 4x smaller; MiniLM int8 cosine >= 0.99 with top-1 retrieval
 unchanged.
+
+Testbed (`bench/weights_testbed.py`, ~3 minutes, needs root for namespaces and cgroups;
+--no-testbed skips it): ViT-Large on 4 emulated devices of 512 MB is refused in float32 by the
+planner, then planned, deployed and measured in int8, with its accuracy against float32.
 """
 
 from __future__ import annotations
@@ -232,6 +236,8 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=15.0, help="seconds of timing per microbatch")
     ap.add_argument("--threads", type=int, default=0, help="0 = torch's default")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--no-testbed", action="store_true",
+                    help="skip the emulated-testbed case (ViT-Large on 4 x 512 MB in int8)")
     ap.add_argument("--configs", default="", help="e.g. torch:float32,onnx:int4 (the first is "
                     "the reference; default: all)")
     ap.add_argument("--json", type=Path, default=OUT / "weights.json",
@@ -253,6 +259,11 @@ def main() -> int:
         print(f"speed and memory, {threads} threads", flush=True)
         results["speed"] = speed_rows(configs, [int(b) for b in args.microbatches.split(",")],
                                       args.budget, threads, cache)
+        if not args.no_testbed:
+            import weights_testbed
+
+            print(f"testbed: {weights_testbed.__doc__.splitlines()[0]}", flush=True)
+            results["testbed"] = weights_testbed.run(cache / "testbed")
     results["seconds"] = time.perf_counter() - start
     results["configs"] = configs
     args.json.write_text(json.dumps(results, indent=1))
@@ -289,8 +300,45 @@ def write_markdown(results: dict, configs, goals: list[str], path: Path) -> None
              f"torch {torch.__version__}, {results['threads']} threads; load average at the end "
              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} (a shared machine: other jobs "
              "ran at the same time; ratios are of paired runs, absolute it/s vary).", "",
-             table(results, configs), "", *[f"- {g}" for g in goals], ""]
+             table(results, configs), "", *[f"- {g}" for g in goals], "",
+             *testbed_lines(results.get("testbed")), ""]
     path.write_text("\n".join(lines))
+
+
+def testbed_lines(tb: dict | None) -> list[str]:
+    """The testbed case (bench/weights_testbed.py) as markdown."""
+    if not tb:
+        return []
+    head = ["## Testbed: a model refused in float32, deployed in int8", ""]
+    if "skipped" in tb:
+        return [*head, f"Skipped: {tb['skipped']}"]
+    idle = tb["idle_rss_mb"].values()
+    lines = [*head,
+             f"{tb['model']} (seeded random weights) on {tb['devices']} emulated devices of "
+             f"{tb['limit_mb']} MB (cgroup limit) and {tb['cpu']:g} core each "
+             f"(`bench/weights_testbed.py`, {tb.get('seconds', 0):.0f} s). Stages idle at "
+             f"{min(idle):.0f}-{max(idle):.0f} MB RSS, so each host's `mem_mb` is its limit "
+             f"minus that ({min(tb['mem_mb'].values()):.0f} MB): memory the layers can use.", ""]
+    if "float32_refused" in tb:
+        lines.append(f"- float32: refused: `{tb['float32_refused']}`")
+    else:
+        lines.append(f"- float32: planned (not refused): {tb.get('float32_plan')}")
+    if "int8_plan" in tb:
+        p = tb["int8_plan"]
+        lines.append(f"- int8: planned `{p['partition']}` on {', '.join(p['order'])}, "
+                     f"predicted {p['predicted_items_s']:.3f} items/s")
+    if "measured" in tb:
+        m = tb["measured"]
+        lines.append(f"- deployed int8: {m['items_per_s']:.3f} items/s steady (microbatch "
+                     f"{m['batch']}, {m['microbatches']} microbatches); weights per stage "
+                     f"{', '.join(f'{w:.0f}' for w in tb['weights_mb'])} MB; stage RSS "
+                     f"{', '.join(f'{v:.0f}' for v in tb['rss_mb'].values())} MB, peak "
+                     f"{max(tb['peak_rss_mb'].values()):.0f} MB of {tb['limit_mb']}")
+    if "accuracy" in tb:
+        a = tb["accuracy"]
+        lines.append(f"- accuracy vs the unsplit float32 model: top-1 {a['top1_agree']}/"
+                     f"{a['items']}, max |logit error| / max |logit| {a['logit_err']:.4f}")
+    return lines
 
 
 def table(results: dict, configs) -> str:
