@@ -100,7 +100,7 @@ def check(name, backend: str = "torch", *, where: str = "") -> str:
     return text
 
 
-def to_proto(name: str) -> int:
+def to_proto(name: str) -> pb.DType:
     return _TO_PROTO[name]
 
 
