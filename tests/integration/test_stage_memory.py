@@ -10,11 +10,12 @@ from pipeedge.coordinator.local_cluster import LocalCluster
 from pipeedge.coordinator.stage_control import StageControl
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory now (VmRSS) or at its peak (VmHWM), MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    raise AssertionError(f"no {field}")
 
 
 def test_release_returns_the_shard_memory(tmp_path):
@@ -35,13 +36,6 @@ def test_release_returns_the_shard_memory(tmp_path):
         ctl.close()
 
 
-def _peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_int8_assign_never_holds_the_float32_shard(tmp_path):
     """A torch int8 stage quantizes each matmul as its weights are read (docs/weights.md), so its
     peak stays far below idle + the float32 shard: a device sized for int8 can load it. Before,
@@ -56,7 +50,7 @@ def test_int8_assign_never_holds_the_float32_shard(tmp_path):
                                             weights=pb.WeightSource(random_seed=0)))
         float32_mb = 4 * 12 * 1024 * 1024 * 6 / 2**20  # 12 h^2 matmul weights per block
         int8_mb = reply.parameter_bytes / 2**20
-        peak = _peak_mb(stage.process.pid)
+        peak = _rss_mb(stage.process.pid, "VmHWM")
         assert int8_mb < 0.3 * float32_mb
         assert peak < idle + int8_mb + 0.4 * float32_mb, (idle, peak, int8_mb, float32_mb)
         ctl.close()
