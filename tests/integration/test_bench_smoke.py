@@ -127,6 +127,12 @@ def test_quick_two_device_report_runs_every_section_and_cleans_up(tmp_path):
         _numbers(r, "items_per_s", "wall_items_per_s", "latency_p50_s", "speedup", "deploy_s",
                  "rss_mb")
         assert len(r["stage_cores"]) == r["devices"]
+        assert r["microbatches"] >= 3 and r["spread"] >= 0 and r["in_flight"] == 2 * r["devices"] + 2
+    # the last model streams with `pipeedge-coord serve` watching: its CPU, no re-plan
+    served = [r for r in scaling if r["model"] == "pipeedge/tiny-bert"]
+    assert all(r["coordinator_cores"] >= 0 and r["replans"] == 0 for r in served), served
+    assert "narrow" in next(r for r in scaling if r["model"] == "pipeedge/tiny-vit"
+                            and r["devices"] == 2)
     hops = results["sections"]["scaling"]["hops"]
     assert [h["devices"] for h in hops] == [1, 2] and all(h["p50_ms"] > 0 for h in hops)
 
@@ -142,7 +148,8 @@ def test_quick_two_device_report_runs_every_section_and_cleans_up(tmp_path):
     for r in hetero["rows"]:
         _numbers(r, "items_per_s", "vs_ours", "predicted_items_per_s", "ratio")
     assert [r["devices"] for r in hetero["solve"]] == [4, 8, 16, 32]
-    assert "## Cost growth" in (out_dir / "REPORT.md").read_text()
+    report = (out_dir / "REPORT.md").read_text()
+    assert "## Cost growth" in report and "coordinator cores" in report
 
     links = results["sections"]["slow_links"]["rows"]
     assert {(r["link_mbps"], r["encoding"]) for r in links} == {
