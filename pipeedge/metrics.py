@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ COMPUTE_BUCKETS = (1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 
                    30.0, 60.0)
 
 
-def prometheus():
+def prometheus() -> ModuleType:
     """The prometheus_client module, or a one-line error naming the fix."""
     try:
         import prometheus_client
@@ -51,7 +52,7 @@ class MetricsEndpoint:
             self.on_stop()
 
 
-def start_metrics_server(registry, *, port: int, host: str = "0.0.0.0") -> MetricsEndpoint:
+def start_metrics_server(registry: Any, *, port: int, host: str = "0.0.0.0") -> MetricsEndpoint:
     """Serve `registry` at http://host:port/metrics in a daemon thread (port 0 = pick one)."""
     prom = prometheus()
     try:

@@ -39,7 +39,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pipeedge import wire
@@ -160,7 +160,7 @@ class OutputCompression:
     """One per assignment with a next hop; thread-safe (compute thread reads, sender records)."""
 
     def __init__(self, assignment: pb.AssignRequest, *, throttle: LinkThrottle | None = None,
-                 clock=time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stage = assignment.stage_name
         self._clock = clock
         self._throttle = throttle if throttle is not None else LinkThrottle.from_env()

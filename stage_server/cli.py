@@ -51,10 +51,11 @@ from pipeedge.logs import setup_logging
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
-def main(host, port, name, threads, device, cache_dir, ready_file, max_in_flight, max_streams,
-         grace,
-         metrics_port, max_push_bytes, max_cache_bytes, tls_cert, tls_key, tls_ca, token_file,
-         coordinator_cn, log_level, log_format):
+def main(host: str, port: int, name: str | None, threads: int, device: str, cache_dir: Path,
+         ready_file: Path | None, max_in_flight: int, max_streams: int, grace: float,
+         metrics_port: int | None, max_push_bytes: int, max_cache_bytes: int,
+         tls_cert: Path | None, tls_key: Path | None, tls_ca: Path | None,
+         token_file: Path | None, coordinator_cn: str, log_level: str, log_format: str) -> None:
     """Serve one pipeline stage. It starts empty: `pipeedge-coord deploy` assigns its layers."""
     setup_logging(log_level, log_format)
     from pipeedge.security import Security, SecurityError

@@ -14,7 +14,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -22,6 +24,10 @@ from pipeedge import channels, wire
 from pipeedge.logs import Throttle
 from pipeedge.stage_server.metrics import StageHooks
 from pipeedge.stage_server.routing import Route, error_frame
+
+if TYPE_CHECKING:
+    from pipeedge.security import Security
+    from pipeedge.stage_server.adaptive import OutputCompression
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +42,10 @@ class Outgoing:
 
 
 class DownstreamLink:
-    def __init__(self, address: str, outbox: queue.Queue, stage_name: str,
-                 on_sent=None, compression=None, metrics: StageHooks | None = None,
-                 security=None) -> None:
+    def __init__(self, address: str, outbox: queue.Queue[Outgoing], stage_name: str,
+                 on_sent: Callable[[wire.Frame], None] | None = None,
+                 compression: OutputCompression | None = None, metrics: StageHooks | None = None,
+                 security: Security | None = None) -> None:
         self.address = address
         self._outbox = outbox
         self._stage = stage_name
@@ -119,7 +126,7 @@ class DownstreamLink:
         self._carry.append(item)
         return True
 
-    def _requests(self, alive: threading.Event):
+    def _requests(self, alive: threading.Event) -> Iterator[wire.Frame]:
         # Runs in gRPC's request-consumer thread, which may outlive `_run`: an item taken after
         # close() is answered here, never parked where nobody looks again.
         while not self._stop.is_set():

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 from pipeedge import channels
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge._proto import stage_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from pipeedge.security import Security
+
 
 def measure_link(peer: str, *, payload_bytes: int, repeats: int,
-                 timeout_s: float = 120.0, security=None) -> pb.LinkMeasurement:
+                 timeout_s: float = 120.0, security: Security | None = None) -> pb.LinkMeasurement:
     """Latency: half the median round trip of empty pings. Bandwidth: payload bits over the
     best probe's transfer time, minus one round trip."""
     channel = channels.open_channel(peer, security=security)

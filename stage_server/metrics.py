@@ -8,6 +8,7 @@ life of the process; the `StageStatus` counters restart at every assignment.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -16,6 +17,9 @@ from pipeedge.energy import EnergyMeter
 from pipeedge.metrics import COMPUTE_BUCKETS, FAST_BUCKETS, prometheus
 
 if TYPE_CHECKING:
+    from pipeedge._proto import stage_pb2 as pb
+    from pipeedge.metrics import MetricsEndpoint
+    from pipeedge.stage_server.runtime import StageRuntime
     from pipeedge.stage_server.servicer import StageServicer
 
 
@@ -121,10 +125,10 @@ class _StateCollector:
         self.servicer = servicer
         self.hooks = hooks
 
-    def describe(self):
+    def describe(self) -> list[object]:
         return []  # dynamic families: no up-front description
 
-    def collect(self):
+    def collect(self) -> Iterator[object]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 
         s = self.servicer
@@ -156,23 +160,24 @@ class _StateCollector:
         yield GaugeMetricFamily("pipeedge_stage_energy_available",
                                 "1 when this device can measure energy (RAPL or EnergyMon).",
                                 value=0 if joules is None else 1)
-        if joules is not None:  # absent, not 0, when the device cannot measure it
+        meter = self.hooks.energy
+        if joules is not None and meter is not None:  # absent, not 0, when it cannot measure
             energy = CounterMetricFamily("pipeedge_stage_energy_joules",
                                          "Energy of this device (whole machine for RAPL) since "
                                          "the server started.", labels=["source"])
-            energy.add_metric([self.hooks.energy.source], joules)
+            energy.add_metric([meter.source], joules)
             yield energy
 
 
-def fill_status(status, runtime) -> None:
+def fill_status(status: pb.StageStatus, runtime: StageRuntime) -> None:
     """Set StageStatus's monitoring fields (assigned_seconds, energy since assignment)."""
     import time
 
     status.assigned_seconds = time.monotonic() - runtime.started_at
-    joules = runtime.metrics.energy_joules()
-    if joules is not None and runtime.energy_at_start is not None:
+    joules, meter = runtime.metrics.energy_joules(), runtime.metrics.energy
+    if joules is not None and runtime.energy_at_start is not None and meter is not None:
         status.energy_joules = joules - runtime.energy_at_start  # unset = not available
-        status.energy_source = runtime.metrics.energy.source
+        status.energy_source = meter.source
 
 
 def make_hooks(*, prometheus_endpoint: bool) -> StageHooks:
@@ -184,7 +189,8 @@ def make_hooks(*, prometheus_endpoint: bool) -> StageHooks:
     return PrometheusStageMetrics(meter) if prometheus_endpoint else StageHooks(meter)
 
 
-def serve_metrics(hooks: StageHooks, servicer: StageServicer, *, host: str, port: int | None):
+def serve_metrics(hooks: StageHooks, servicer: StageServicer, *, host: str,
+                  port: int | None) -> MetricsEndpoint | None:
     """Start /metrics for this server (None when `port` is None: the endpoint is off)."""
     if port is None or not isinstance(hooks, PrometheusStageMetrics):
         return None

@@ -17,16 +17,21 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
-from pipeedge.stage_server.backends import check_target, load_backend
+from pipeedge.stage_server.backends import ShardBackend, check_target, load_backend
 from pipeedge.stage_server.device_info import memory_capacity_mb, nic_speed_mbps
 
+if TYPE_CHECKING:
+    from pipeedge.stage_server.sessions import DecodeTiming
 
-def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
+
+def profile_layers(req: pb.ProfileRequest, *, cache_dir: Path, default_threads: int,
                    default_device: str) -> Iterator[pb.ProfileEvent]:
     info = models.model_info(req.model_name, req.model_config_json or None)
     batch = req.batch_size or 8
@@ -86,20 +91,25 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir, default_threads: int,
         torch.set_num_threads(previous_threads)
 
 
-def _step_context(info, req: pb.ProfileRequest) -> int:
+def _step_context(info: models.ModelInfo, req: pb.ProfileRequest) -> int:
     # One position must stay free for the step itself.
     return min(req.decode_context, info.max_positions - 1)
 
 
-def _decode_step(backend, info, req: pb.ProfileRequest, repeats: int):
+def _decode_step(backend: ShardBackend, info: models.ModelInfo, req: pb.ProfileRequest,
+                 repeats: int) -> DecodeTiming | None:
     """This one-layer shard's decode-step timing for one session (batch 1, as TextGenerator
     sends steps), or None (not asked, or not a decoder)."""
-    module = getattr(backend, "module", None)
+    from pipeedge.stage_server.backends.torch_backend import TorchShardBackend, compute_dtype
+    from pipeedge.stage_server.sessions import time_decode_step
+
+    # Only the torch backend serves decoders (backends/base.py).
+    if not isinstance(backend, TorchShardBackend):
+        return None
+    module = backend.module
     if not req.decode_context or not info.is_decoder or \
             not isinstance(module, models.DecoderShard):
         return None
-    from pipeedge.stage_server.backends.torch_backend import compute_dtype
-    from pipeedge.stage_server.sessions import time_decode_step
 
     return time_decode_step(module, context_len=_step_context(info, req), batch=1,
                             repeats=repeats, warmup=1, dtype=compute_dtype(pb.AssignRequest(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator
 
 import grpc
 
@@ -43,7 +44,7 @@ class Route:
 
     def __init__(self, in_flight: InFlight | None = None) -> None:
         self._in_flight = in_flight or InFlight()
-        self._results: queue.SimpleQueue = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[wire.Frame | object] = queue.SimpleQueue()  # or _END
         self._lock = threading.Lock()
         self._outstanding = 0
         self._input_done = False
@@ -83,18 +84,18 @@ class Route:
             self._closed = True
         self._results.put(_END)
 
-    def results(self):
+    def results(self) -> Iterator[wire.Frame]:
         """Yield result frames until the route ends (the Forward response generator)."""
         while True:
             item = self._results.get()
-            if item is _END:
+            if not isinstance(item, wire.Frame):  # _END
                 return
             yield item
 
     def next_result(self, timeout: float | None = None) -> wire.Frame | None:
         """One result (the unary Infer path); None if the route ended without one."""
         item = self._results.get(timeout=timeout)
-        return None if item is _END else item
+        return item if isinstance(item, wire.Frame) else None  # None: _END
 
 
 def error_frame(request: wire.Frame, code: grpc.StatusCode, message: str,

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import torch
@@ -27,6 +28,9 @@ from pipeedge.stage_server.downstream import DownstreamLink, Outgoing
 from pipeedge.stage_server.metrics import StageHooks
 from pipeedge.stage_server.routing import Route, error_frame
 from pipeedge.stage_server.sessions import SessionError
+
+if TYPE_CHECKING:
+    from pipeedge.security import Security
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ class Counters:
 class StageRuntime:
     def __init__(self, assignment: pb.AssignRequest, backend: ShardBackend,
                  assignment_id: str, *, metrics: StageHooks | None = None,
-                 security=None) -> None:
+                 security: Security | None = None) -> None:
         self.assignment = assignment
         self.assignment_id = assignment_id
         self.backend = backend

@@ -48,7 +48,7 @@ def serve(*, host: str, port: int, name: str, cache_dir: Path, threads: int, dev
           grace_s: float = 10.0, ready_file: Path | None = None, max_in_flight: int = 64,
           max_streams: int = MAX_STREAMS,
           metrics_port: int | None = None, security: Security | None = None,
-          cache_limits: dict | None = None) -> None:
+          cache_limits: dict[str, int] | None = None) -> None:
     # Monitoring (metrics.py): energy meter always, Prometheus /metrics only with a port.
     hooks = make_hooks(prometheus_endpoint=metrics_port is not None)
     servicer = StageServicer(name, WeightCache(cache_dir, **(cache_limits or {})),
@@ -65,7 +65,7 @@ def serve(*, host: str, port: int, name: str, cache_dir: Path, threads: int, dev
         ready_file.write_text(str(bound))
     stop = threading.Event()
 
-    def on_signal(signum, _frame):
+    def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: draining and stopping (grace %.0fs)", signum, grace_s)
         health_servicer.enter_graceful_shutdown()
         stop.set()

@@ -9,6 +9,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import NoReturn
 
 import grpc
@@ -132,7 +133,8 @@ class StageServicer(pb_grpc.StageServicer):
         return pb.AssignReply(assignment_id=assignment_id, parameter_bytes=backend.parameter_bytes,
                               load_seconds=elapsed)
 
-    def Release(self, request: pb.ReleaseRequest, context) -> pb.ReleaseReply:
+    def Release(self, request: pb.ReleaseRequest,
+                context: grpc.ServicerContext) -> pb.ReleaseReply:
         with self._assign_lock:
             held = self.runtime.assignment.epoch if self.runtime else 0
             if request.below_epoch and held >= request.below_epoch:
@@ -148,7 +150,8 @@ class StageServicer(pb_grpc.StageServicer):
         _give_back_memory()
         return pb.ReleaseReply(released=True)
 
-    def PushWeights(self, request_iterator, context) -> pb.PushWeightsReply:
+    def PushWeights(self, request_iterator: Iterator[pb.WeightChunk],
+                    context: grpc.ServicerContext) -> pb.PushWeightsReply:
         try:
             sha, received, already = self.cache.receive(request_iterator)
         except WeightPushError as exc:
@@ -156,14 +159,16 @@ class StageServicer(pb_grpc.StageServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return pb.PushWeightsReply(sha256=sha, bytes_received=received, already_cached=already)
 
-    def HasWeights(self, request: pb.HasWeightsRequest, context) -> pb.HasWeightsReply:
+    def HasWeights(self, request: pb.HasWeightsRequest,
+                   context: grpc.ServicerContext) -> pb.HasWeightsReply:
         try:
             return pb.HasWeightsReply(cached=self.cache.has(request.sha256))
         except WeightPushError as exc:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     # -- data path --------------------------------------------------------------------------------
-    def Forward(self, request_iterator, context):
+    def Forward(self, request_iterator: Iterator[wire.Frame],
+                context: grpc.ServicerContext) -> Iterator[wire.Frame]:
         self._open_data_call(context)
         try:
             route = Route(self.in_flight)
@@ -175,7 +180,7 @@ class StageServicer(pb_grpc.StageServicer):
         finally:
             self.data_calls.add(-1)
 
-    def Infer(self, request: wire.Frame, context) -> wire.Frame:
+    def Infer(self, request: wire.Frame, context: grpc.ServicerContext) -> wire.Frame:
         self._open_data_call(context)
         try:
             route = Route(self.in_flight)
@@ -195,7 +200,7 @@ class StageServicer(pb_grpc.StageServicer):
                           f"[{result.error.stage}] {result.error.message}")
         return result
 
-    def _open_data_call(self, context) -> None:
+    def _open_data_call(self, context: grpc.ServicerContext) -> None:
         """Count one data call, or refuse it while `max_streams` are open (never starve the
         control threads)."""
         if not self.data_calls.add_below(self.max_streams):
@@ -205,7 +210,7 @@ class StageServicer(pb_grpc.StageServicer):
                           "share one client per process (infer_many multiplexes) or raise "
                           "--max-streams")
 
-    def _read_stream(self, request_iterator, route: Route) -> None:
+    def _read_stream(self, request_iterator: Iterator[wire.Frame], route: Route) -> None:
         try:
             for frame in request_iterator:
                 self._submit(frame, route)
@@ -236,7 +241,7 @@ class StageServicer(pb_grpc.StageServicer):
         runtime.submit(frame, route)
 
     # -- status -----------------------------------------------------------------------------------
-    def Status(self, request, context) -> pb.StageStatus:
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StageStatus:
         rt = self.runtime
         status = pb.StageStatus(stage_name=self.name, device=self.device, threads=self.threads)
         if rt is None:
@@ -258,7 +263,8 @@ class StageServicer(pb_grpc.StageServicer):
         return status
 
     # -- profiling and links ----------------------------------------------------------------------
-    def Profile(self, request: pb.ProfileRequest, context):
+    def Profile(self, request: pb.ProfileRequest,
+                context: grpc.ServicerContext) -> Iterator[pb.ProfileEvent]:
         try:
             yield from profile_layers(request, cache_dir=self.cache.root.parent,
                                       default_threads=self.threads, default_device=self.device)
@@ -266,7 +272,7 @@ class StageServicer(pb_grpc.StageServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"cannot profile {request.model_name[:100]}: {_one_line(exc)}")
 
-    def Ping(self, request: pb.PingRequest, context) -> pb.PingReply:
+    def Ping(self, request: pb.PingRequest, context: grpc.ServicerContext) -> pb.PingReply:
         # Any peer that passed the handshake may ping: the reply is bounded so that pings cannot
         # be used to make this device allocate (8 x 128 MiB cost +750 MB before).
         if request.reply_bytes > MAX_PING_BYTES:
@@ -275,7 +281,8 @@ class StageServicer(pb_grpc.StageServicer):
                           f"{MAX_PING_BYTES}; probe with smaller payloads")
         return pb.PingReply(payload=bytes(request.reply_bytes))
 
-    def MeasureLink(self, request: pb.MeasureLinkRequest, context) -> pb.LinkMeasurement:
+    def MeasureLink(self, request: pb.MeasureLinkRequest,
+                    context: grpc.ServicerContext) -> pb.LinkMeasurement:
         if request.payload_bytes > MAX_PING_BYTES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"payload_bytes {request.payload_bytes} is over the limit of "

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
-from pipeedge.models import KVCache
+from pipeedge.models import DecoderShard, KVCache
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,7 @@ def profile_decode(model_name: str, first_layer: int, last_layer: int, *,
     shard = models.build_shard(info, first_layer, last_layer,
                                models.load_shard_state(info, first_layer, last_layer, 0),
                                dtype=dtype).to(device)
+    assert isinstance(shard, models.DecoderShard)  # is_decoder, checked above
     with torch.inference_mode():
         shard(_decode_inputs(shard, batch, context_len, dtype, device))  # warm-up
     timing = time_decode_step(shard, context_len=context_len, batch=batch, repeats=repeats,
@@ -243,7 +244,7 @@ class DecodeTiming:
     outputs: dict[str, torch.Tensor]  # what one step sends on (sizes a cut after the shard)
 
 
-def time_decode_step(shard, *, context_len: int, batch: int = 1, repeats: int = 5,
+def time_decode_step(shard: DecoderShard, *, context_len: int, batch: int = 1, repeats: int = 5,
                      warmup: int = 1, dtype: torch.dtype = torch.float32,
                      device: str | torch.device = "cpu") -> DecodeTiming:
     """Prefill a fresh cache of ``shard`` (a DecoderShard) with ``context_len`` random tokens,
@@ -268,8 +269,8 @@ def time_decode_step(shard, *, context_len: int, batch: int = 1, repeats: int = 
     return DecodeTiming(prefill, statistics.median(steps[warmup:]), kv_bytes, outputs)
 
 
-def _decode_inputs(shard, batch: int, tokens: int, dtype: torch.dtype,
-                   device) -> dict[str, torch.Tensor]:
+def _decode_inputs(shard: DecoderShard, batch: int, tokens: int, dtype: torch.dtype,
+                   device: str | torch.device) -> dict[str, torch.Tensor]:
     """Random inputs of a decoder shard: token ids for the first, hidden states otherwise."""
     if shard.is_first:
         return {"input_ids": torch.randint(3, 200, (batch, tokens), device=device)}

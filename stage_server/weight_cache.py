@@ -16,10 +16,16 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from pipeedge.errors import PipeEdgeError
+
+if TYPE_CHECKING:
+    from pipeedge._proto import stage_pb2 as pb
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +56,7 @@ class WeightCache:
     def has(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
-    def receive(self, chunks: Iterable) -> tuple[str, int, bool]:
+    def receive(self, chunks: Iterable[pb.WeightChunk]) -> tuple[str, int, bool]:
         """Store a pushed blob; returns (sha256, bytes received, already cached)."""
         it = iter(chunks)
         first = next(it, None)
@@ -130,6 +136,6 @@ class WeightCache:
             self._reserved += size
 
 
-def _chain(first, rest):
+def _chain(first: T, rest: Iterator[T]) -> Iterator[T]:
     yield first
     yield from rest

@@ -27,7 +27,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from pipeedge import models
@@ -45,6 +47,9 @@ from pipeedge.stage_server.backends.onnx_cache import (
     state_id,
 )
 from pipeedge.stage_server.shard_loader import assignment_info
+
+if TYPE_CHECKING:  # onnxruntime ships no type information: these read as Any
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ class OrtSettings:
             raise ValueError(f"PIPEEDGE_ONNX_OPSET={opset!r} is not a number; use e.g. 17")
         return cls(threads=threads, opt_level=level, spin=spin == "1", opset=int(opset))
 
-    def session_options(self):
+    def session_options(self) -> ort.SessionOptions:
         import onnxruntime as ort
 
         levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -154,7 +159,7 @@ class OnnxShardBackend(ShardBackend):
                  "from cache" if self.cache_hit else "exported", self.export_seconds,
                  self.load_seconds, self.settings.threads or "default", self.settings.opt_level)
 
-    def _open(self, shard: models.ShardModule):
+    def _open(self, shard: models.ShardModule) -> ort.InferenceSession:
         path = self.cache.lookup(self.key)
         if path is not None:
             try:
@@ -176,7 +181,7 @@ class OnnxShardBackend(ShardBackend):
             raise ValueError(f"onnxruntime cannot load the export of {self.key.describe()}: "
                              f"{' '.join(str(exc).split())[:300]}; use backend torch") from exc
 
-    def _session(self, path: Path):
+    def _session(self, path: Path) -> ort.InferenceSession:
         import onnxruntime as ort
 
         return ort.InferenceSession(str(path), sess_options=self.settings.session_options(),
@@ -210,7 +215,7 @@ def _require_runtime() -> None:
                          "pip install 'pipeedge[onnx]' or use backend torch") from None
 
 
-def _array(t: torch.Tensor):
+def _array(t: torch.Tensor) -> np.ndarray:
     """A numpy view of ``t`` (no copy when it is already contiguous and float32/int64)."""
     t = t.detach().cpu()
     if t.is_floating_point() and t.dtype != torch.float32:

@@ -24,10 +24,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pipeedge.errors import PipeEdgeError
+
+if TYPE_CHECKING:
+    from pipeedge.models.sentence_transformers import Pooling
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +87,13 @@ def state_id(state: Mapping[str, torch.Tensor]) -> str:
     return f"state-{h.hexdigest()[:16]}"
 
 
-def config_id(config: Mapping) -> str:
+def config_id(config: Mapping[str, Any]) -> str:
     """A custom config.json (AssignRequest.model_config_json) changes the graph, so the key."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def pooling_id(pooling, head_default) -> str:
+def pooling_id(pooling: Pooling | None, head_default: Pooling | None) -> str:
     """``mean``, ``cls-norm``...: the last shard's pooling where it is not the head's own."""
     if pooling is None or pooling == head_default:
         return ""

@@ -8,7 +8,7 @@ import torch
 
 from pipeedge import codec, models
 from pipeedge._proto import stage_pb2 as pb
-from pipeedge.models import weights_dtype
+from pipeedge.models import KVCache, weights_dtype
 from pipeedge.stage_server.backends.base import ShardBackend
 from pipeedge.stage_server.shard_loader import assignment_info
 
@@ -70,7 +70,7 @@ class TorchShardBackend(ShardBackend):
         if self.sessions is None:  # stateless model: the session is only a label
             return super().run_session(tensors, session_id, step)
 
-        def compute(inputs, cache):
+        def compute(inputs: Mapping[str, torch.Tensor], cache: KVCache) -> dict[str, torch.Tensor]:
             with torch.inference_mode():
                 inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
                 return self._to_wire(self.module(inputs, cache=cache))
