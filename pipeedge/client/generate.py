@@ -531,7 +531,9 @@ class TextGenerator:
                             "status)", code=grpc.StatusCode.DEADLINE_EXCEEDED)
                     continue
                 quiet_since = time.monotonic()
-                for fut in done:
+                # In the order the steps were sent (`done` is a set): with FIFO stages that is
+                # the order they finished, so no session's step overtakes an earlier one's.
+                for fut in [f for f in active if f in done]:
                     if fut not in active:  # resumed on a new pipeline already
                         continue
                     try:
