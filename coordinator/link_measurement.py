@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 import grpc
-import yaml
 from tqdm import tqdm
 
 from pipeedge._proto import stage_pb2 as pb
@@ -77,9 +75,3 @@ def _client_leg(ctl: StageControl, payload_bytes: int, repeats: int) -> tuple[fl
         down = min(down, time.perf_counter() - start)
     bits = payload_bytes * 8
     return bits / max(up - rtt, 1e-6), bits / max(down - rtt, 1e-6), rtt / 2 * 1e3
-
-
-def write_links(doc: dict, path: Path) -> Path:
-    path.write_text("# Measured by `pipeedge-coord measure-links`; bw_Mbps in 2^20 bit/s.\n"
-                    + yaml.safe_dump(doc, sort_keys=False))
-    return path

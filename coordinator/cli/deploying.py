@@ -113,11 +113,13 @@ def measure_links_cmd(hosts_file, out_path, payload_mb, no_progress):
     """Measure bandwidth/latency between every pair of stages and from here to each."""
     from pipeedge.coordinator import planning
     from pipeedge.coordinator.hosts import load_deployment
-    from pipeedge.coordinator.link_measurement import measure_links, write_links
+    from pipeedge.coordinator.link_measurement import measure_links
+    from pipeedge.coordinator.scheduler.links import write_links
 
     dep = load_deployment(hosts_file)
     doc = measure_links(dep, payload_bytes=int(payload_mb * 1e6), progress=not no_progress)
-    path = write_links(doc, out_path or planning.scheduler_dir(dep) / "links.yml")
+    path = write_links(out_path or planning.scheduler_dir(dep) / "links.yml", doc,
+                       "`pipeedge-coord measure-links`")
     for src, dsts in doc["hosts"].items():
         for dst, link in dsts.items():
             click.echo(f"{src} -> {dst}: {link['bw_Mbps']:.1f} Mbps, {link['latency_ms']:.2f} ms")

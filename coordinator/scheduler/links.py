@@ -1,4 +1,5 @@
-"""Reading the optional links file into a NetworkLinks resolved for every host pair.
+"""The optional links file: reading it into a NetworkLinks resolved for every host pair, and
+writing it (measure-links and the testbed both write through `write_links`).
 
 The format and its precedence rules are documented in links.example.yml next to this module.
 """
@@ -7,12 +8,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .errors import SchedulingError
 from .profiles import DeviceProfile, Link, NetworkLinks
 
-__all__ = ["parse_links"]
+__all__ = ["parse_links", "write_links"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +108,14 @@ def parse_links(
         client_to_host=_client_legs(raw.get("client_to_host"), "client_to_host", names, source),
         host_to_client=_client_legs(raw.get("host_to_client"), "host_to_client", names, source),
     )
+
+
+def write_links(path: Path, doc: Mapping[str, Any], written_by: str) -> Path:
+    """Write `doc` as a links file headed by who wrote it; its keys are checked as on reading."""
+    unknown = set(map(str, doc)) - _KEYS
+    if unknown:
+        raise SchedulingError(f"links for {path}: unknown keys {sorted(unknown)}; use {sorted(_KEYS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# Written by {written_by}; bw_Mbps in 2^20 bit/s.\n"
+                    + yaml.safe_dump(dict(doc), sort_keys=False))
+    return path

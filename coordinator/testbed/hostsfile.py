@@ -14,12 +14,11 @@ from pathlib import Path
 
 import yaml
 
+from pipeedge.coordinator.scheduler.links import write_links
 from pipeedge.coordinator.testbed.state import DeviceState
 
 MBIT = 2**20              # the scheduler's binary megabit
 UNSHAPED_MBPS = 10_000.0  # an uncapped veth, for the scheduler (0 would mean "unusable")
-_LINKS_HEADER = ("# Written by `pipeedge-coord testbed up`: the emulated link caps (bw_Mbps in "
-                 "2^20 bit/s).\n")
 _HEADER = ("# Written by `pipeedge-coord testbed up`: one host per emulated device.\n"
            "# Deploy with `pipeedge-coord deploy {path}`; rewritten on every `up`.\n")
 
@@ -65,6 +64,5 @@ def links_document(devices: Sequence[DeviceState]) -> dict:
 
 
 def write_links_file(path: Path, devices: Sequence[DeviceState]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_LINKS_HEADER + yaml.safe_dump(links_document(devices), sort_keys=False))
-    return path
+    return write_links(path, links_document(devices),
+                       "`pipeedge-coord testbed up`: the emulated link caps")
