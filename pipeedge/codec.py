@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 import torch
 
@@ -40,6 +41,10 @@ _TO_WIRE: dict[torch.dtype, pb.DType] = {
     torch.int8: pb.INT8,
 }
 _FROM_WIRE: dict[int, torch.dtype] = {v: k for k, v in _TO_WIRE.items()}
+
+AnyFrame = TypeVar("AnyFrame", wire.Frame, pb.Frame)
+# A received tensor: wire.Tensor reads like pb.Tensor (name, dtype, shape, encoding, data).
+TensorMessage = wire.Tensor | pb.Tensor
 
 
 class FrameFormatError(PipeEdgeError, ValueError):
@@ -99,7 +104,7 @@ def _encode(name: str, tensor: torch.Tensor,
     return header, bytes(data)
 
 
-def describe_tensor(msg: pb.Tensor) -> torch.Tensor:
+def describe_tensor(msg: TensorMessage) -> torch.Tensor:
     """What a wire tensor will decode to, as a meta tensor (dtype and shape, no memory), after
     checking dtype, rank, size and the byte counts its encoding implies. A receiver checks this
     against what it expects before `decode_tensor` allocates anything."""
@@ -107,7 +112,7 @@ def describe_tensor(msg: pb.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device="meta")
 
 
-def describe_tensors(msgs) -> dict[str, torch.Tensor]:
+def describe_tensors(msgs: Iterable[TensorMessage]) -> dict[str, torch.Tensor]:
     """`describe_tensor` of every tensor of a frame, by name (names must be unique)."""
     out: dict[str, torch.Tensor] = {}
     total = 0
@@ -122,7 +127,7 @@ def describe_tensors(msgs) -> dict[str, torch.Tensor]:
     return out
 
 
-def _checked_header(msg: pb.Tensor) -> tuple[torch.dtype, tuple[int, ...], int]:
+def _checked_header(msg: TensorMessage) -> tuple[torch.dtype, tuple[int, ...], int]:
     """(dtype, shape, encoding kind) of a wire tensor whose header and byte counts agree."""
     dtype = dtype_from_wire(msg.dtype)
     shape = tuple(msg.shape)
@@ -160,7 +165,7 @@ def _checked_header(msg: pb.Tensor) -> tuple[torch.dtype, tuple[int, ...], int]:
     return dtype, shape, kind
 
 
-def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
+def decode_tensor(msg: TensorMessage) -> torch.Tensor:
     """Wire message -> tensor, validating dtype, shape and byte length before touching data."""
     dtype, shape, kind = _checked_header(msg)
     if kind == pb.Encoding.RAW:
@@ -180,8 +185,8 @@ def decode_tensor(msg: pb.Tensor) -> torch.Tensor:
         raise FrameFormatError(f"tensor '{msg.name}': {exc}") from None
 
 
-def encode_tensors(frame: wire.Frame | pb.Frame, tensors: Mapping[str, torch.Tensor],
-                   encoding: pb.Encoding | None = None):
+def encode_tensors(frame: AnyFrame, tensors: Mapping[str, torch.Tensor],
+                   encoding: pb.Encoding | None = None) -> AnyFrame:
     """Append `tensors` to `frame` in place. Only float activations are compressed; masks and
     ids are integers and always travel raw.
 
@@ -199,7 +204,7 @@ def encode_tensors(frame: wire.Frame | pb.Frame, tensors: Mapping[str, torch.Ten
     return frame
 
 
-def decode_tensors(msgs) -> dict[str, torch.Tensor]:
+def decode_tensors(msgs: Iterable[TensorMessage]) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for m in msgs:
         if m.name in out:
@@ -208,7 +213,7 @@ def decode_tensors(msgs) -> dict[str, torch.Tensor]:
     return out
 
 
-def payload_bytes(msgs) -> int:
+def payload_bytes(msgs: Iterable[TensorMessage]) -> int:
     """Bytes of tensor payload in a frame (what the link carries, minus framing)."""
     return sum(len(m.data) + len(m.encoding.params) for m in msgs)
 

@@ -18,6 +18,9 @@ The checks are the codec's, on the same fields: this module only moves bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 import grpc
 from google.protobuf.message import DecodeError
 
@@ -68,15 +71,16 @@ class Tensor:
         return self.header.dtype
 
     @property
-    def shape(self):
-        return self.header.shape
+    def shape(self) -> Sequence[int]:
+        shape: Sequence[int] = self.header.shape
+        return shape
 
     @property
     def encoding(self) -> pb.Encoding:
         return self.header.encoding
 
     def HasField(self, field: str) -> bool:  # noqa: N802 (the protobuf method it stands for)
-        return self.header.HasField(field)
+        return bool(self.header.HasField(field))
 
 
 class Frame:
@@ -86,18 +90,19 @@ class Frame:
 
     __slots__ = ("header", "tensors")
 
-    def __init__(self, header: pb.Frame | None = None, tensors=None, **fields) -> None:
+    def __init__(self, header: pb.Frame | None = None, tensors: Iterable[Tensor] | None = None,
+                 **fields: Any) -> None:
         if header is not None and header.tensors:
             raise ValueError("a wire.Frame header carries no tensors; pass them as `tensors`")
         object.__setattr__(self, "header", header if header is not None else pb.Frame(**fields))
         object.__setattr__(self, "tensors", list(tensors or ()))
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:  # a header field, typed by pb.Frame
         if name in Frame.__slots__:  # not set yet (during construction): no recursion
             raise AttributeError(name)
         return getattr(self.header, name)
 
-    def __setattr__(self, name: str, value) -> None:
+    def __setattr__(self, name: str, value: Any) -> None:
         if name in Frame.__slots__:
             object.__setattr__(self, name, value)
         else:
@@ -119,11 +124,12 @@ def serialize(frame: Frame | pb.Frame) -> bytes:
     first time, whatever happens to the tensors it was encoded from.
     """
     if isinstance(frame, pb.Frame):
-        return frame.SerializeToString()
-    head = frame.header.SerializeToString()
+        whole: bytes = frame.SerializeToString()
+        return whole
+    head: bytes = frame.header.SerializeToString()
     if not frame.tensors:
         return head
-    parts = [head]
+    parts: list[bytes | memoryview] = [head]
     offsets = []
     pos = len(head)
     for i, t in enumerate(frame.tensors):
@@ -283,10 +289,11 @@ def add_stage_servicer(servicer: pb_grpc.StageServicer, server: grpc.Server) -> 
     methods: dict[str, grpc.RpcMethodHandler] = {}
 
     class _Collect:  # takes the generated handlers instead of a server
-        def add_generic_rpc_handlers(self, handlers) -> None:
+        def add_generic_rpc_handlers(self, handlers: object) -> None:
             pass
 
-        def add_registered_method_handlers(self, service, handlers) -> None:
+        def add_registered_method_handlers(self, service: str,
+                                           handlers: dict[str, grpc.RpcMethodHandler]) -> None:
             methods.update(handlers)
 
     pb_grpc.add_StageServicer_to_server(servicer, _Collect())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+import grpc
 import torch
 
 from pipeedge import codec, wire
@@ -27,7 +28,7 @@ def result_tensors(frame: wire.Frame) -> dict[str, torch.Tensor]:
     return codec.decode_tensors(frame.tensors)
 
 
-def rpc_error(exc, request_id: str = "") -> PipelineError:
+def rpc_error(exc: grpc.RpcError, request_id: str = "") -> PipelineError:
     """Turn a grpc.RpcError from the entry stage into the SDK's typed error."""
     details = exc.details() or str(exc)
     stage = ""

@@ -53,7 +53,7 @@ class RetryPolicy:
 
     def busy_wait(self, attempt: int) -> float:
         first, longest = self.busy_backoff_s
-        return min(first * (2 ** max(attempt - 1, 0)), longest)
+        return min(first * (2.0 ** max(attempt - 1, 0)), longest)
 
 
 class PipelineView:

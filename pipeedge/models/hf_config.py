@@ -135,7 +135,8 @@ def labels_of(config: Mapping[str, Any]) -> tuple[str, ...]:
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
-def encoder_fields(model: str, c: Mapping[str, Any], activations: Iterable[str]) -> dict:
+def encoder_fields(model: str, c: Mapping[str, Any],
+                   activations: Iterable[str]) -> dict[str, Any]:
     """The EncoderConfig fields every encoder family reads alike (BertConfig/ViTConfig names and
     defaults): shapes, norm epsilon, activation and the classifier's labels."""
     hidden, heads = int(c.get("hidden_size", 768)), int(c.get("num_attention_heads", 12))

@@ -114,9 +114,10 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def _activation(name: str):
-    acts = {"silu": nn.functional.silu, "gelu": nn.functional.gelu,
-            "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh")}
+def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    acts: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "silu": nn.functional.silu, "gelu": nn.functional.gelu,
+        "gelu_pytorch_tanh": lambda x: nn.functional.gelu(x, approximate="tanh")}
     return acts[name]
 
 

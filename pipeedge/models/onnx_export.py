@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -114,7 +115,7 @@ def export_shard(shard: ShardModule, path: Path, *, opset: int = DEFAULT_OPSET,
     return signature
 
 
-def _kept_float(shard: ShardModule, weights_dtype: str) -> list:
+def _kept_float(shard: ShardModule, weights_dtype: str) -> list[np.ndarray]:
     """The (in, out) weights of the Linears int8 keeps float32 (``weights_dtype.keep_float``)."""
     if weights_dtype != "int8":
         return []

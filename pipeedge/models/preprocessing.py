@@ -19,13 +19,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .hf_config import ConfigError
 from .registry import ModelInfo
+
+if TYPE_CHECKING:  # PIL is imported where images are read
+    import PIL.Image
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -88,7 +91,7 @@ def image_preprocessing(info: ModelInfo,
         std=tuple(config.get("image_std", (0.5, 0.5, 0.5))) if normalize else None)
 
 
-def preprocess_image(image, prep: ImagePreprocessing) -> torch.Tensor:
+def preprocess_image(image: PIL.Image.Image, prep: ImagePreprocessing) -> torch.Tensor:
     """One PIL image -> (C, H, W) float32, as BaseImageProcessor's PIL backend computes it."""
     from PIL import Image
 
@@ -156,5 +159,5 @@ def no_images(info: ModelInfo) -> dict[str, Any]:
     raise ConfigError(f"{info.name} ({info.family}) takes text, not images")
 
 
-def batch_images(images: Sequence, prep: ImagePreprocessing) -> torch.Tensor:
+def batch_images(images: Sequence[PIL.Image.Image], prep: ImagePreprocessing) -> torch.Tensor:
     return torch.stack([preprocess_image(im, prep) for im in images])

@@ -19,9 +19,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .hf_config import ConfigError
+
+if TYPE_CHECKING:
+    from pipeedge._proto import stage_pb2 as pb
 
 MODULES_FILE = "modules.json"
 PoolingMode = Literal["mean", "cls", "max"]
@@ -140,7 +143,7 @@ def _refuse(path: Path, key: str, value: Any, supported: str) -> ConfigError:
 # -- proto twin (AssignRequest.pooling) -------------------------------------------------------------
 
 
-def to_proto(pooling: Pooling | None):
+def to_proto(pooling: Pooling | None) -> pb.Pooling:
     """``stage_pb2.Pooling``; mode NONE for None."""
     from pipeedge._proto import stage_pb2 as pb
 
@@ -149,7 +152,7 @@ def to_proto(pooling: Pooling | None):
     return pb.Pooling(mode=pb.Pooling.Mode.Value(pooling.mode.upper()), normalize=pooling.normalize)
 
 
-def from_proto(message) -> Pooling | None:
+def from_proto(message: pb.Pooling) -> Pooling | None:
     """None for an unset message or mode NONE."""
     from pipeedge._proto import stage_pb2 as pb
 

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Union
 
@@ -364,10 +364,10 @@ def load_shard_state(
     return state
 
 
-class LazyState(Mapping):
+class LazyState(Mapping[str, torch.Tensor]):
     """Tensors read one at a time when asked for (``lazy_shard_state``)."""
 
-    def __init__(self, names, read: Callable[[str], torch.Tensor]) -> None:
+    def __init__(self, names: Iterable[str], read: Callable[[str], torch.Tensor]) -> None:
         self._names, self._read = list(names), read
         self._known = set(self._names)
 
@@ -379,14 +379,14 @@ class LazyState(Mapping):
     def __contains__(self, name: object) -> bool:
         return name in self._known
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 
     def __len__(self) -> int:
         return len(self._names)
 
 
-def lazy_safetensors(path: str | os.PathLike) -> LazyState:
+def lazy_safetensors(path: str | os.PathLike[str]) -> LazyState:
     """The tensors of one safetensors file, each read from disk when asked for."""
     from safetensors import safe_open
 
@@ -401,7 +401,7 @@ def lazy_safetensors(path: str | os.PathLike) -> LazyState:
 
 
 def lazy_shard_state(
-    info: ModelInfo, first_layer: int, last_layer: int, source: int | str | os.PathLike
+    info: ModelInfo, first_layer: int, last_layer: int, source: int | str | os.PathLike[str]
 ) -> Mapping[str, torch.Tensor]:
     """``load_shard_state`` that reads each tensor only when asked for: seeded random weights
     (the same values) or a ``.safetensors`` file; other sources load whole. For builders that

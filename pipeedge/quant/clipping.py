@@ -49,7 +49,7 @@ def _solve_t_exp_t(log_k: np.ndarray | np.float64) -> np.ndarray:
     Taking ln k keeps huge arguments (e^((u - lo)/b) with a tiny b) finite.
     """
     log_k = np.asarray(log_k, dtype=np.float64)
-    t = np.logaddexp(0.0, log_k)  # ln(1 + k): close for small (~k) and large (~ln k) k
+    t: np.ndarray = np.logaddexp(0.0, log_k)  # ln(1 + k): close for small (~k) and large (~ln k) k
     for _ in range(30):  # Newton on f(t) = t + ln t - ln k: monotone and concave, converges fast
         t = np.maximum(t - (t + np.log(t) - log_k) / (1 + 1 / t), 1e-30)
     return t

@@ -129,7 +129,8 @@ def unpack(data: np.ndarray, bits: int, count: int) -> np.ndarray:
         w = np.bitwise_and(_windows(buf, 0, bits, groups), _mask(8 * bits))
         # Reverse of pack: spread fields (0, 4b) -> (0, 32), (0, 2b) -> (0, 16), (0, b) -> (0, 8).
         _spread(w, ((64, 4 * bits), (32, 2 * bits), (16, bits)))
-        return w.view(np.uint8)[:count]
+        codes: np.ndarray = w.view(np.uint8)[:count]
+        return codes
     field = 4 * bits
     low = _windows(buf, 0, bits, groups)  # the group's first 64 bits
     high = _windows(buf, 8, bits, groups) & _mask(8 * bits - 64)  # and the rest
