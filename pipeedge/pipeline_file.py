@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeedge.records import CredentialPaths, StageInfo, WeightsSource
+
+if TYPE_CHECKING:  # models imports torch: loaded where it is used
+    from pipeedge.models import ModelInfo
 
 DEFAULT_PATH = Path("pipeline.json")
 
@@ -32,7 +35,7 @@ class Pipeline:
     parameter_bytes: tuple[int, ...] = ()  # what each stage holds, as its Assign reply said
     credentials: CredentialPaths | None = None  # hosts.yml tls:/token: files, when secured
 
-    def model_info(self):
+    def model_info(self) -> ModelInfo:
         """The model the stages run: what clients size inputs, labels and tokens by."""
         from pipeedge import models
 

@@ -16,13 +16,16 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
+    Callable,
     Coroutine,
+    Generator,
     Iterable,
+    Iterator,
     Mapping,
 )
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import torch
 
@@ -32,6 +35,10 @@ from pipeedge.client.sdk import PipelineClient
 from pipeedge.security import Security
 
 _END = object()
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+Inputs = Iterable[Mapping[str, torch.Tensor]] | AsyncIterable[Mapping[str, torch.Tensor]]
 # Blocking calls (infer, streams) in flight at once per client.
 MAX_CONCURRENT_CALLS = 64
 
@@ -75,14 +82,14 @@ class AsyncPipelineClient:
     async def __aenter__(self) -> AsyncPipelineClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
         await self._run(self._client.close)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _run(self, fn, *args, **kwargs):
+    async def _run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, functools.partial(fn, *args, **kwargs))
 
@@ -91,7 +98,7 @@ class AsyncPipelineClient:
         """One microbatch through the pipeline (resent after a failover like the sync client)."""
         return await self._run(self._client.infer, inputs, timeout_s=timeout_s)
 
-    async def stream(self, batches: Iterable | AsyncIterable, *, window: int = 4,
+    async def stream(self, batches: Inputs, *, window: int = 4,
                      timeout_s: float | None = None) -> AsyncIterator[dict[str, torch.Tensor]]:
         """Results in input order, with at most `window` requests in flight. Inputs (a plain
         or an async iterable) are pulled only when a slot is free."""
@@ -109,21 +116,21 @@ class AsyncPipelineClient:
         finally:
             stop.set()  # no more inputs are pulled
 
-    async def infer_many(self, batches: Iterable | AsyncIterable, *, window: int = 4,
+    async def infer_many(self, batches: Inputs, *, window: int = 4,
                          timeout_s: float | None = None) -> list[dict[str, torch.Tensor]]:
         """`stream` collected into a list."""
         return [out async for out in self.stream(batches, window=window, timeout_s=timeout_s)]
 
 
-def _sync_inputs(batches: AsyncIterable, loop: asyncio.AbstractEventLoop,
-                 stop: threading.Event):
+def _sync_inputs(batches: AsyncIterable[T], loop: asyncio.AbstractEventLoop,
+                 stop: threading.Event) -> Iterator[T]:
     """An async iterable read from a worker thread, one item at a time, on the caller's loop."""
     it = batches.__aiter__()
     while not stop.is_set():
         try:
             # __anext__ gives a coroutine (async def) or an async generator's asend object, which
             # is one too; collections.abc only promises an Awaitable.
-            step = cast(Coroutine[Any, Any, Any], it.__anext__())
+            step = cast(Coroutine[Any, Any, T], it.__anext__())
             yield asyncio.run_coroutine_threadsafe(step, loop).result()
         except StopAsyncIteration:
             return
@@ -139,13 +146,13 @@ class AsyncTextGenerator:
         ...         print(ev.text, end="")
     """
 
-    def __init__(self, generator: TextGenerator | None = None, **kwargs) -> None:
+    def __init__(self, generator: TextGenerator | None = None, **kwargs: Any) -> None:
         self.generator = generator if generator is not None else TextGenerator(**kwargs)
 
     async def __aenter__(self) -> AsyncTextGenerator:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -158,16 +165,16 @@ class AsyncTextGenerator:
             runs, params, concurrency=concurrency))
 
 
-async def iterate_in_thread(make_iterator, executor: ThreadPoolExecutor | None = None
-                            ) -> AsyncGenerator:
+async def iterate_in_thread(make_iterator: Callable[[], Generator[T, None, None]],
+                            executor: ThreadPoolExecutor | None = None) -> AsyncGenerator[T, None]:
     """The items of a blocking iterator, made and driven on a worker thread (of `executor`,
     else its own), as they come; its exceptions are raised here. Closing this ends the worker
     at its next item, which then closes the iterator (ending its calls or sessions)."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
+    queue: asyncio.Queue[object] = asyncio.Queue()  # items, an exception, then _END
     stop = threading.Event()
 
-    def put(item) -> None:
+    def put(item: object) -> None:
         try:
             loop.call_soon_threadsafe(queue.put_nowait, item)
         except RuntimeError:  # the loop has closed: nobody is waiting
@@ -196,6 +203,6 @@ async def iterate_in_thread(make_iterator, executor: ThreadPoolExecutor | None =
         while (item := await queue.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            yield cast(T, item)  # neither _END nor an exception: one of the iterator's items
     finally:
         stop.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -17,6 +18,9 @@ from pipeedge._proto import coordinator_pb2 as cpb
 from pipeedge._proto import coordinator_pb2_grpc as cpb_grpc
 from pipeedge.errors import NotDeployedError, error_for
 from pipeedge.pipeline_file import DEFAULT_PATH, Pipeline
+
+if TYPE_CHECKING:
+    from pipeedge.security import Security
 
 
 class PipelineSource:
@@ -58,7 +62,7 @@ class PipelineFileSource(PipelineSource):
 
 
 class CoordinatorSource(PipelineSource):
-    def __init__(self, address: str, security=None) -> None:
+    def __init__(self, address: str, security: Security | None = None) -> None:
         self.address = address
         self._channel = channels.open_channel(address, security=security)
         self._stub = cpb_grpc.CoordinatorStub(self._channel)
@@ -99,7 +103,7 @@ class CoordinatorSource(PipelineSource):
 
 
 def make_source(address: str | None, pipeline_file: str | Path | None,
-                coordinator: str | None, security=None) -> PipelineSource:
+                coordinator: str | None, security: Security | None = None) -> PipelineSource:
     """Where the pipeline starts: a coordinator (asked with `security`), a fixed address, or
     the pipeline file."""
     if coordinator:

@@ -33,10 +33,11 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
@@ -149,13 +150,13 @@ class _Mux:
         self._channel = channels.open_channel(address, security=security)
         self._stub = wire.stage_stub(self._channel)
         self._lock = threading.Lock()
-        self._outbox: queue.SimpleQueue | None = None
+        self._outbox: queue.SimpleQueue[object] | None = None  # frames, then _CLOSE
         self._call = None
-        self._waiters: dict[str, Future] = {}
+        self._waiters: dict[str, Future[wire.Frame]] = {}
         self._closed = False
 
-    def send(self, frame: wire.Frame) -> Future:
-        fut: Future = Future()
+    def send(self, frame: wire.Frame) -> Future[wire.Frame]:
+        fut: Future[wire.Frame] = Future()
         with self._lock:
             if self._closed:
                 raise StageUnavailableError(f"generator for {self.address} is closed",
@@ -165,15 +166,15 @@ class _Mux:
             outbox.put(frame)
         return fut
 
-    def _open(self) -> queue.SimpleQueue:
-        outbox: queue.SimpleQueue = queue.SimpleQueue()
+    def _open(self) -> queue.SimpleQueue[object]:
+        outbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         call = self._stub.Forward(iter(outbox.get, _CLOSE))
         self._outbox, self._call = outbox, call
         threading.Thread(target=self._receive, args=(call, outbox), name="generate-receive",
                          daemon=True).start()
         return outbox
 
-    def _receive(self, call, outbox: queue.SimpleQueue) -> None:
+    def _receive(self, call: Iterable[wire.Frame], outbox: queue.SimpleQueue[object]) -> None:
         error: BaseException | None = None
         try:
             for frame in call:
@@ -345,7 +346,7 @@ class TextGenerator:
     def __enter__(self) -> TextGenerator:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -370,7 +371,7 @@ class TextGenerator:
         return ids
 
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
-                 return_logits: bool = False, **kwargs) -> Iterator[TokenEvent]:
+                 return_logits: bool = False, **kwargs: Any) -> Iterator[TokenEvent]:
         """Stream the tokens of one generation as they are produced.
 
         Keyword arguments are ``SamplingParams`` fields (``max_new_tokens``, ``temperature``,
@@ -382,7 +383,8 @@ class TextGenerator:
 
     def generate_many(self, prompts: Iterable[str | Sequence[int]],
                       params: SamplingParams | None = None, *, concurrency: int = 4,
-                      return_logits: bool = False, **kwargs) -> Iterator[TokenEvent]:
+                      return_logits: bool = False, **kwargs: Any
+                      ) -> Generator[TokenEvent, None, None]:
         """Generate for several prompts with up to ``concurrency`` sessions in flight; events of
         different prompts interleave (``TokenEvent.index`` says which)."""
         params = self._params(params, kwargs)
@@ -392,13 +394,13 @@ class TextGenerator:
         return self._drive(runs, concurrency)
 
     def complete(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
-                 **kwargs) -> Completion:
+                 **kwargs: Any) -> Completion:
         """Generate to the end and return the whole completion."""
         return self.complete_many([prompt], params, concurrency=1, **kwargs)[0]
 
     def complete_many(self, prompts: Sequence[str | Sequence[int]],
                       params: SamplingParams | None = None, *, concurrency: int = 4,
-                      **kwargs) -> list[Completion]:
+                      **kwargs: Any) -> list[Completion]:
         params = self._params(params, kwargs)
         runs = [self._new_run(i, p, params, False) for i, p in enumerate(prompts)]
         for _ in self._drive(iter(runs), concurrency):
@@ -407,7 +409,7 @@ class TextGenerator:
 
     # -- internals ----------------------------------------------------------------------------
     @staticmethod
-    def _params(params: SamplingParams | None, kwargs: dict) -> SamplingParams:
+    def _params(params: SamplingParams | None, kwargs: dict[str, Any]) -> SamplingParams:
         params = replace(params or SamplingParams(), **kwargs)
         if isinstance(params.stop, str):
             params = replace(params, stop=(params.stop,))
@@ -417,7 +419,8 @@ class TextGenerator:
         params.check()
         return params
 
-    def _new_run(self, index: int, prompt, params: SamplingParams, return_logits: bool) -> _Run:
+    def _new_run(self, index: int, prompt: str | Sequence[int], params: SamplingParams,
+                 return_logits: bool) -> _Run:
         ids = self.encode_prompt(prompt)
         if len(ids) + params.max_new_tokens > self.max_positions:
             raise ValueError(f"prompt of {len(ids)} tokens + max_new_tokens "
@@ -426,7 +429,7 @@ class TextGenerator:
         return _Run(index, ids, params, self.tokenizer, self.tokenizer.eos_token_ids,
                     return_logits)
 
-    def _send(self, run: _Run) -> Future:
+    def _send(self, run: _Run) -> Future[wire.Frame]:
         frame = wire.Frame(request_id=f"{self._prefix}-{next(self._ids)}",
                            session_id=run.session_id, step=run.wire_step)
         codec.encode_tensors(frame, run.inputs())
@@ -458,8 +461,9 @@ class TextGenerator:
                             extra={"event": "failover", "version": self.version})
             return True
 
-    def _drive(self, runs: Iterator[_Run], concurrency: int) -> Iterator[TokenEvent]:
-        active: dict[Future, _Run] = {}
+    def _drive(self, runs: Iterator[_Run], concurrency: int
+               ) -> Generator[TokenEvent, None, None]:
+        active: dict[Future[wire.Frame], _Run] = {}
         version = self.version
 
         def start_next() -> None:
@@ -484,7 +488,7 @@ class TextGenerator:
 
         busy: dict[int, int] = {}  # run index -> refusals by a full stage in a row
 
-        def retry_busy(fut: Future, exc: PipelineError) -> None:
+        def retry_busy(fut: Future[wire.Frame], exc: PipelineError) -> None:
             """Only this session starts over, after a backoff. Its old session is ended first:
             a refused step may have advanced it on the stages before the full one, and left
             there it would hold a KV cache slot until the idle timeout (a session store kept

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -107,7 +107,7 @@ class PipelineClient:
     def __enter__(self) -> PipelineClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -171,7 +171,8 @@ class PipelineClient:
             failed_at = failed_at or time.monotonic()
             self._recover(code, epoch, attempt)
 
-    def _call_infer(self, stub, frame: wire.Frame, timeout: float, epoch: int):
+    def _call_infer(self, stub: pb_grpc.StageStub, frame: wire.Frame, timeout: float, epoch: int
+                    ) -> tuple[PipelineError | None, dict[str, torch.Tensor] | None]:
         """One Infer call: (None, outputs), or (error, None) when it should be resent (error
         None: the call went quiet while a newer pipeline came out). Other errors raise."""
         call = stub.Infer.future(frame, timeout=timeout)
@@ -191,7 +192,7 @@ class PipelineClient:
 
     # -- a stream of requests ---------------------------------------------------------------------
     def infer_many(self, batches: Iterable[Mapping[str, torch.Tensor]], *, window: int = 4,
-                   timeout_s: float | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                   timeout_s: float | None = None) -> Generator[dict[str, torch.Tensor], None, None]:
         """Stream microbatches with up to `window` in flight; results come in input order.
 
         Inputs are pulled only when a slot is free. A request that fails for good raises its
@@ -214,8 +215,8 @@ class _Stream:
     left unsent (a slow input generator pulled one while the stream broke, and it was lost).
     """
 
-    def __init__(self, client: PipelineClient, source: Iterator, window: int,
-                 timeout: float) -> None:
+    def __init__(self, client: PipelineClient, source: Iterator[Mapping[str, torch.Tensor]],
+                 window: int, timeout: float) -> None:
         self.client = client
         self.source = source
         self.window = window
@@ -251,7 +252,7 @@ class _Stream:
                 self.epoch = epoch
                 self.to_send = deque(self.pending)  # everything unanswered, in order
                 generation = self.generation
-            inbox: queue.Queue = queue.Queue()
+            inbox: queue.Queue[object] = queue.Queue()  # frames, RpcErrors, _DONE
             self.call = self.client._stub_for(address).Forward(self._requests(generation))
             threading.Thread(target=_receive, args=(self.call, inbox), daemon=True,
                              name="sdk-receive").start()
@@ -315,7 +316,7 @@ class _Stream:
                 raise item
             yield item
 
-    def _next(self, inbox: queue.Queue):
+    def _next(self, inbox: queue.Queue[object]) -> object:
         """The next result, stream end or error; _MOVED if none came while a newer pipeline
         was published (a hung stage never breaks the stream by itself)."""
         deadline = time.monotonic() + self.timeout
@@ -376,7 +377,7 @@ class _Stream:
         timer.start()
         return True
 
-    def _requests(self, generation: int):
+    def _requests(self, generation: int) -> Iterator[wire.Frame]:
         """The request iterator of stream `generation` (runs in gRPC's sending thread)."""
         while True:
             with self.cond:
@@ -426,7 +427,7 @@ class _Stream:
             yield frame
 
 
-def _receive(call, inbox: queue.Queue) -> None:
+def _receive(call: Iterable[wire.Frame], inbox: queue.Queue[object]) -> None:
     try:
         for frame in call:
             inbox.put(frame)
