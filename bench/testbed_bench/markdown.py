@@ -27,8 +27,8 @@ def write_report(results: dict, figures: dict[str, str], path: Path) -> Path:
         "that every device reads its shard from (`local:DIR`, as a real deployment would); "
         f"microbatch {results['settings']['microbatch']}. Throughput is the steady-state rate: "
         "from the first completion (the pipeline fill excluded) over a window of at least 15 s "
-        "(10 s for predictions and slow links) and a few items (3 in the scaling section, 4 "
-        "elsewhere), extended until the rates over "
+        "(10 s for predictions and slow links) and a few items (scaling: 2 on 1 device, 3 on "
+        "more; 4 elsewhere), extended until the rates over "
         "its two halves agree within 10% (60 s at most); `spread` is that difference over the "
         "rate, `items` the completions counted. Items still in flight at the end are dropped "
         "with the deployment. Every figure's baseline was measured in the same run.",
