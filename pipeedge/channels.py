@@ -77,14 +77,19 @@ def open_aio_channel(address: str, *, security: Security | None = None) -> grpc.
     return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
 
 
-def add_server_port(server, address: str, *, security: Security | None = None) -> int:
+def add_server_port(server: grpc.Server, address: str, *,
+                    security: Security | None = None) -> int:
     """Bind `address` (mutual TLS when `security` has a certificate); returns the bound port."""
+    port: int
     if security is not None and security.tls:
-        return server.add_secure_port(address, security.server_credentials())
-    return server.add_insecure_port(address)
+        port = server.add_secure_port(address, security.server_credentials())
+    else:
+        port = server.add_insecure_port(address)
+    return port
 
 
-def server_interceptors(security: Security | None, service: str = STAGE_SERVICE) -> list:
+def server_interceptors(security: Security | None,
+                        service: str = STAGE_SERVICE) -> list[grpc.ServerInterceptor]:
     """What every server installs: the stream decode guard (pipeedge.security), then the
     authorization checks of `service` for `security` (none when it is None)."""
     return [StreamDecodeGuard()] + (security.server_interceptors(service) if security else [])
@@ -94,7 +99,8 @@ class _Health(health.HealthServicer):
     """The standard health service, with `List` (grpc.health.v1 advertises it; the library's
     servicer leaves it UNIMPLEMENTED and logs a traceback per call)."""
 
-    def List(self, request, context):
+    def List(self, request: health_pb2.HealthListRequest,
+             context: grpc.ServicerContext) -> health_pb2.HealthListResponse:
         with self._lock:
             statuses = dict(self._server_status)
         return health_pb2.HealthListResponse(statuses={

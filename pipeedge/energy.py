@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +74,15 @@ class RaplMeter(EnergyMeter):
         self._sampler.start()
 
     @classmethod
-    def open(cls, root: Path = POWERCAP_ROOT, **kwargs) -> RaplMeter | None:
+    def open(cls, root: Path = POWERCAP_ROOT, *,
+             sample_interval_s: float = 10.0) -> RaplMeter | None:
         """The machine's RAPL meter, or None when RAPL is absent or unreadable (non-root since
         Linux 5.10 unless energy_uj is made readable)."""
         zones = _rapl_zones(root)
         if not zones:
             return None
         try:
-            return cls(zones, **kwargs)
+            return cls(zones, sample_interval_s=sample_interval_s)
         except (OSError, ValueError) as exc:
             log.info("RAPL present but not readable (%s); energy not available", exc)
             return None
@@ -172,7 +174,7 @@ class EnergyMonMeter(EnergyMeter):
             raise OSError(f"EnergyMon init failed (errno {ctypes.get_errno()})")
         self._read = _READ(self._em.fread)
         self._lock = threading.Lock()
-        self._start_uj = self._read(ctypes.byref(self._em))
+        self._start_uj: int = self._read(ctypes.byref(self._em))  # microjoules (a foreign call)
         self._closed = False
 
     @classmethod
@@ -196,7 +198,8 @@ class EnergyMonMeter(EnergyMeter):
         with self._lock:
             if self._closed:
                 raise OSError("EnergyMon meter is closed")
-            return (self._read(ctypes.byref(self._em)) - self._start_uj) / 1e6
+            now: int = self._read(ctypes.byref(self._em))
+            return (now - self._start_uj) / 1e6
 
     def close(self) -> None:
         with self._lock:
@@ -216,9 +219,13 @@ def open_meter(prefer: str | None = None) -> EnergyMeter | None:
     if prefer == "none":
         return None
     root = Path(os.environ.get("PIPEEDGE_POWERCAP_ROOT") or POWERCAP_ROOT)
-    rapl = lambda: RaplMeter.open(root)
-    order = {"rapl": (rapl,), "energymon": (EnergyMonMeter.open,)}.get(
-        prefer, (EnergyMonMeter.open, rapl))
+
+    def rapl() -> RaplMeter | None:
+        return RaplMeter.open(root)
+
+    openers: dict[str, tuple[Callable[[], EnergyMeter | None], ...]] = {
+        "rapl": (rapl,), "energymon": (EnergyMonMeter.open,)}
+    order = openers.get(prefer, (EnergyMonMeter.open, rapl))
     for opener in order:
         meter = opener()
         if meter is not None:
