@@ -23,6 +23,20 @@ def memory_capacity_mb() -> float:
     return total / 2**20
 
 
+def usable_memory_mb() -> float:
+    """``memory_capacity_mb`` less this stage process's own resident memory (python, torch,
+    gRPC: ~235 MB idle), which the scheduler does not count: the memory layers can use.
+    Measured when profiling; a stage that holds a shard then reports less (a pessimistic plan,
+    never an overfull device)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):  # no procfs: report the capacity
+        return memory_capacity_mb()
+    import os
+
+    return max(0.0, memory_capacity_mb() - pages * os.sysconf("SC_PAGE_SIZE") / 2**20)
+
+
 def _meminfo_total_bytes() -> int:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

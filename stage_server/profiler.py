@@ -25,7 +25,7 @@ import torch
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.stage_server.backends import ShardBackend, check_target, load_backend
-from pipeedge.stage_server.device_info import memory_capacity_mb, nic_speed_mbps
+from pipeedge.stage_server.device_info import nic_speed_mbps, usable_memory_mb
 
 if TYPE_CHECKING:
     from pipeedge.stage_server.sessions import DecodeTiming
@@ -49,7 +49,7 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir: Path, default_threads: 
         torch.set_num_threads(threads)
     try:
         tensors = models.example_inputs(info, batch, seed=0)
-        capacity, nic = memory_capacity_mb(), nic_speed_mbps()
+        capacity, nic = usable_memory_mb(), nic_speed_mbps()
         label = f"{device} ({torch.get_num_threads()} threads)"
         for layer in range(1, info.num_layers + 1):
             assignment = pb.AssignRequest(model_name=req.model_name,

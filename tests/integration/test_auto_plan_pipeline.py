@@ -13,7 +13,7 @@ from pipeedge import models
 from pipeedge.client import PipelineClient
 from pipeedge.coordinator.cli import main
 from pipeedge.coordinator.profiling import DEFAULT_BW_MBPS
-from pipeedge.stage_server.device_info import nic_speed_mbps
+from pipeedge.stage_server.device_info import memory_capacity_mb, nic_speed_mbps
 
 MODEL = "pipeedge/tiny-vit"
 
@@ -39,6 +39,8 @@ def test_profile_plan_measure_links_and_auto_deploy(cluster_factory):
     types_doc = yaml.safe_load((folder / "device_types.yml").read_text())
     assert models_doc[MODEL]["layers"] == 12 and len(models_doc[MODEL]["parameters_out"]) == 12
     assert set(types_doc) == {"edge", "tiny"} and types_doc["tiny"]["mem_MB"] == 0.01
+    # Reported by the device: its memory less the stage process's own (~235 MB idle).
+    assert 100 < memory_capacity_mb() - types_doc["edge"]["mem_MB"] < 1000
     # Bandwidth from the device's NIC (these stages run on this machine), else the default.
     assert types_doc["edge"]["bw_Mbps"] == (nic_speed_mbps() or DEFAULT_BW_MBPS)
     profile = types_doc["edge"]["model_profiles"][MODEL][0]
