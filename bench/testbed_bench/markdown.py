@@ -101,7 +101,7 @@ def _scaling(s: dict) -> list[str]:
          "stage cores", "idle cores/stage", "RSS MB/stage (median)", "deploy s", "other"],
         rows) + [
         "; ".join(verdict) + "." if verdict else "", ""] + [
-        f"Same deployment, {r['narrow']['in_flight']} in flight (devices + 2, the earlier "
+        f"Same partition, {r['narrow']['in_flight']} in flight (devices + 2, the earlier "
         f"reports' window): {r['model'].split('/')[-1]} x{r['devices']} "
         f"{r['narrow']['items_per_s']:.3f} items/s, efficiency "
         f"{r['narrow']['efficiency']:.2f}, stage cores {min(r['narrow']['stage_cores']):.3f}-"
