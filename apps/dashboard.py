@@ -107,7 +107,7 @@ class PipelineBoard:
         self.key: tuple | None = None
         self.history: deque[tuple[float, float]] = deque(maxlen=HISTORY_POINTS)
         self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)
-        self.version = None
+        self.version: int | None = None
         self.states: dict[str, str] = {}
         self.down: set[str] = set()
         self.problem = ""
@@ -147,6 +147,7 @@ class PipelineBoard:
             return {"model": None, "problem": problem, "stages": [],
                     "events": list(self.events), "history": list(self.history)}
         self._follow(pipeline, version, down, problem)
+        assert self.monitor is not None  # _follow opened one
         snap = self.monitor.poll()
         stages = [_stage_json(r, info) for r, info in zip(snap.rows, pipeline.stages)]
         for s in stages:

@@ -10,6 +10,7 @@ assignment of those layers then loads the file instead of exporting.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -89,8 +90,8 @@ def export_stages(dep: Deployment, stages: list[PlannedStage], out: Path, *, ops
         start, seconds = time.perf_counter(), 0.0
         if cache.lookup(key) is None:
             shard = models.build_shard(info, stage.layers.first, stage.layers.last, state)
-            cache.store(key, lambda p, shard=shard: export_shard(shard, p, opset=opset,
-                                                                 weights_dtype=dtype))
+            cache.store(key, functools.partial(export_shard, shard, opset=opset,
+                                               weights_dtype=dtype))
             seconds = time.perf_counter() - start
         files = tuple(p for p in (cache.model_path(key), cache.root / f"{key.stem}.onnx.data",
                                   cache.manifest_path(key)) if p.exists())

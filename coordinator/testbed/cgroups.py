@@ -88,8 +88,8 @@ class Cgroups:
                 quota, period = (self.cpu_root / name / "cpu.max").read_text().split()
                 return 0.0 if quota == "max" else int(quota) / int(period)
             d = self.cpu_root / name
-            quota = int((d / "cpu.cfs_quota_us").read_text())
-            return 0.0 if quota < 0 else quota / int((d / "cpu.cfs_period_us").read_text())
+            quota_us = int((d / "cpu.cfs_quota_us").read_text())
+            return 0.0 if quota_us < 0 else quota_us / int((d / "cpu.cfs_period_us").read_text())
         except (OSError, ValueError):
             return 0.0
 

@@ -156,11 +156,13 @@ def down(prefix: str, state_dir: str | Path) -> Leftovers:
     for ns in network.owned_namespaces(names):
         pids |= network.namespace_pids(ns)  # only our processes ever run in our namespaces
     for name in cgroup_names:
+        assert cg is not None  # the names came from it
         pids |= cg.pids(name)
     if state:
         pids |= {d.pid for d in state.devices if d.pid and _is_stage_of(d.pid, names)}
     processes.stop(pids)
     for name in cgroup_names:
+        assert cg is not None  # the names came from it
         stuck = cg.remove(name)
         if stuck:
             log.warning("cgroup(s) %s still busy; `down` again removes them", stuck)

@@ -25,7 +25,7 @@ def status_rows(prefix: str, state_dir: str | Path) -> list[list[object]]:
     except TestbedError:
         cg = None
     namespaces = set(network.owned_namespaces(names))
-    rows = []
+    rows: list[list[object]] = []
     for d in state.devices:
         up = d.netns in namespaces
         rows.append([
