@@ -104,6 +104,7 @@ class StageTracker:
         span_items = st.items_processed - first.status.items_processed
         span_compute = st.compute_seconds - first.status.compute_seconds
         dt = last.t - first.t
+        per_item: float | None
         if len(self.polls) >= 2 and span_items > 0:
             per_item = span_compute / span_items
         else:
@@ -142,7 +143,8 @@ def find_bottleneck(rows: list[StageRow]) -> tuple[int, str] | None:
     if queued:
         i = queued[-1]
         return i, "queue, send" if rows[i].mean_q_out >= 1.0 else "queue, compute"
-    return max(active, key=lambda i: rows[i].compute_s_per_item), "compute"
+    # every active row has a compute time (filtered above)
+    return max(active, key=lambda i: rows[i].compute_s_per_item or 0.0), "compute"
 
 
 def machine_of(address: str) -> str:
@@ -206,6 +208,7 @@ def summarize(rows: list[StageRow], polls: int = 1) -> Snapshot:
     else:
         per_machine: dict[str, float] = {}
         for r in up:  # RAPL covers the machine: count each machine once
+            assert r.energy_j is not None  # none is missing
             per_machine.setdefault(machine_of(r.address), r.energy_j)
         energy_j = sum(per_machine.values())
     return Snapshot(rows, find_bottleneck(rows), throughput, energy_j,
@@ -219,12 +222,13 @@ HEADERS = ["host", "address", "state", "layers", "q_in", "q_out", "in_flight", "
 
 def render_snapshot(snap: Snapshot) -> str:
     """The status table, then one line for the whole pipeline."""
-    table = []
+    table: list[list[object]] = []
     for i, r in enumerate(snap.rows):
         st = r.status
         if r.state != "up":
-            table.append([r.name, r.address, r.state, r.layers] + ["-"] * 13 + [""])
+            table.append([r.name, r.address, r.state, r.layers, *["-"] * 13, ""])
             continue
+        assert st is not None  # an up stage answered Status
         mark = ""
         if snap.bottleneck and snap.bottleneck[0] == i:
             mark = f"<- bottleneck ({snap.bottleneck[1]})"
