@@ -26,7 +26,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -185,7 +185,7 @@ class _Api:
                                  headers={"Cache-Control": "no-cache"})
 
 
-async def _sse(chunks: AsyncIterator[dict], slot) -> AsyncIterator[str]:
+async def _sse(chunks: AsyncGenerator[dict, None], slot) -> AsyncIterator[str]:
     """Server-Sent Events; a failure after the headers went out is reported in-band."""
     try:
         try:
@@ -200,6 +200,7 @@ async def _sse(chunks: AsyncIterator[dict], slot) -> AsyncIterator[str]:
 
 
 async def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)  # registered for RequestError (below)
     return _error_response(exc)
 
 
@@ -293,7 +294,7 @@ def load_services(pipeline_files: Sequence[Path], *, tokenizer=None, timeout_s: 
     from pipeedge.client.generate import TextGenerator
     from pipeedge.pipeline_file import Pipeline
 
-    services = []
+    services: list[CompletionService | EmbeddingService] = []
     try:
         for path in pipeline_files:
             if Pipeline.load(Path(path)).model_info().is_decoder:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
@@ -119,7 +119,7 @@ class CompletionService:
     # -- parsing ------------------------------------------------------------------------------
     def _params(self, body: dict, default_max: int, prompt_len: int) -> SamplingParams:
         for key in ("logprobs", "top_logprobs", "tools", "functions", "suffix", "best_of"):
-            allowed = (None, 1) if key == "best_of" else (None, False, 0, "", [])
+            allowed: tuple[object, ...] = (None, 1) if key == "best_of" else (None, False, 0, "", [])
             if body.get(key) not in allowed:
                 raise RequestError(400, f"{key} is not supported by this server", param=key)
         for key in ("presence_penalty", "frequency_penalty"):
@@ -184,7 +184,7 @@ class CompletionService:
             raise RequestError(400, str(exc), param="messages") from None
 
     # -- endpoints ----------------------------------------------------------------------------
-    async def completions(self, body: dict) -> dict | AsyncIterator[dict]:
+    async def completions(self, body: dict) -> dict | AsyncGenerator[dict, None]:
         """The response object, or (``stream: true``) an async iterator of chunks."""
         prompts = self._prompts(body)
         n = get_int(body, "n", 1, low=1)
@@ -201,7 +201,7 @@ class CompletionService:
         events = await self._events(runs, params)
 
         if body.get("stream"):
-            async def chunks() -> AsyncIterator[dict]:
+            async def chunks() -> AsyncGenerator[dict, None]:
                 produced = 0
                 if echo:
                     for i, p in enumerate(runs):
@@ -221,7 +221,7 @@ class CompletionService:
         choices = [_text_choice(i, t, f) for i, (t, f) in enumerate(zip(texts, finish))]
         return {**base, "choices": choices, "usage": _usage(prompt_tokens, produced)}
 
-    async def chat_completions(self, body: dict) -> dict | AsyncIterator[dict]:
+    async def chat_completions(self, body: dict) -> dict | AsyncGenerator[dict, None]:
         prompt = self._chat_prompt(body)
         n = get_int(body, "n", 1, low=1)
         if n > MAX_CHOICES:
@@ -238,7 +238,7 @@ class CompletionService:
                 return {**base, "choices": [{"index": i, "delta": delta,
                                              "finish_reason": finish}]}
 
-            async def chunks() -> AsyncIterator[dict]:
+            async def chunks() -> AsyncGenerator[dict, None]:
                 produced = 0
                 for i in range(n):
                     yield choice(i, {"role": "assistant", "content": ""})
@@ -293,7 +293,8 @@ def _include_usage(body: dict) -> bool:
 
 async def _collect(events: AsyncIterator[TokenEvent],
                    count: int) -> tuple[list[str], list[str | None], int]:
-    texts, finish, produced = [""] * count, [None] * count, 0
+    finish: list[str | None] = [None] * count
+    texts, produced = [""] * count, 0
     async for ev in events:
         produced += 1
         texts[ev.index] += ev.text

@@ -159,7 +159,7 @@ class AsyncTextGenerator:
         self.generator.close()
 
     def generate_many(self, runs: list[list[int]], params: SamplingParams, *,
-                      concurrency: int = 4) -> AsyncIterator[TokenEvent]:
+                      concurrency: int = 4) -> AsyncGenerator[TokenEvent, None]:
         """`TextGenerator.generate_many`'s events; closing the iterator ends the sessions."""
         return iterate_in_thread(lambda: self.generator.generate_many(
             runs, params, concurrency=concurrency))
