@@ -1,12 +1,14 @@
-"""Deploy a pipeline: validate the plan, reach every host, push weights, assign last stage first.
+"""Deploy a pipeline: validate the plan, reach every host, push weights, assign every stage.
 
-Assigning from the last stage backwards means each stage's next hop is already serving when it
-starts. The result is a `Pipeline` description that the SDK and `status` read.
+Stages are assigned in parallel: a stage opens its link to the next hop only when it has
+something to send, and nothing is sent before the pipeline is published, so no order is needed.
+The result is a `Pipeline` description that the SDK and `status` read.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -91,7 +93,7 @@ def apply_quant(stages: list[PlannedStage], quant: str | None) -> list[PlannedSt
 
 def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
            progress: bool = True, reach_timeout_s: float = 5.0) -> Pipeline:
-    """Assign `stages` (last first), every one with `epoch`, which must be new: one that no
+    """Assign `stages` (all at once), every one with `epoch`, which must be new: one that no
     earlier deployment used (docs/failure-model.md). 0 = above what the stages hold and the
     clock (`coordinator.epochs`); `serve` and `deploy` pass one from their state file.
     `reach_timeout_s`: how long to wait for each stage to answer (a re-plan waits less)."""
@@ -103,14 +105,14 @@ def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
         if not epoch:
             epoch = epochs.fresh_epoch(highest_epoch([s.host for s in stages], dep.control_security))
         sources = _weight_sources(dep, stages, controls, progress)
-        replies: list[pb.AssignReply | None] = [None] * len(stages)
         bar = tqdm(total=len(stages), desc="assign", unit="stage", disable=not progress)
-        for i in reversed(range(len(stages))):
+
+        def assign(i: int) -> pb.AssignReply:
             next_hop = stages[i + 1].host.next_hop_address if i + 1 < len(stages) else ""
             req = assign_request(dep, stages[i], next_hop, sources[i])
             req.epoch = epoch
             try:
-                reply = replies[i] = controls[i].assign(req)
+                reply = controls[i].assign(req)
             except grpc.RpcError as exc:
                 raise DeployError(f"host {stages[i].host.name} refused layers "
                                   f"{stages[i].layers}: {exc.details()}") from None
@@ -119,7 +121,14 @@ def deploy(dep: Deployment, stages: list[PlannedStage], *, epoch: int = 0,
                      extra={"event": "assign", "host": stages[i].host.name,
                             "layers": str(stages[i].layers), "next_hop": next_hop})
             bar.update()
+            return reply
+
+        # All at once: each host loads its own shard (16 devices one after another took the
+        # sum of their loads). A refusal is raised once every Assign has answered.
+        with ThreadPoolExecutor(max_workers=len(stages)) as pool:
+            calls = [pool.submit(assign, i) for i in range(len(stages))]
         bar.close()
+        replies = [c.result() for c in reversed(calls)][::-1]  # the last refusal first
     finally:
         for c in controls:
             c.close()
@@ -178,8 +187,6 @@ def highest_epoch(hosts, security, timeout_s: float = 2.0) -> int:
 def release(pipeline: Pipeline) -> list[tuple[str, bool]]:
     """Release every stage at once: each Release waits for the microbatch its stage is
     computing, so one after another a busy pipeline took the sum of those, not the longest."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def one(s) -> tuple[str, bool]:
         c = StageControl(s.name, s.address, security=security.for_pipeline(pipeline,
                                                                            "coordinator"))
