@@ -1,7 +1,7 @@
 """Build the onnx stages' exports ahead of time, on a machine stronger than the devices.
 
 Each file is written under the name a device would look it up by (same key: model, weights and
-their dtype, layer range, opset; see ``stage_server/backends/onnx_cache.py``), with its hash manifest. To
+their dtype, layer range, opset; see ``pipeedge/models/onnx_cache.py``), with its hash manifest. To
 install, copy an entry's files (``<key>.onnx``, ``<key>.json`` and ``<key>.onnx.data`` if
 present) into ``<cache-dir>/onnx/`` on the device that serves those layers (default
 ``~/.cache/pipeedge/onnx``), e.g. ``rsync -a out/ device:~/.cache/pipeedge/onnx/``. The next
@@ -19,7 +19,6 @@ from pathlib import Path
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
-from pipeedge.coordinator.deploy import assign_request
 from pipeedge.coordinator.hosts import Deployment
 from pipeedge.errors import PipeEdgeError
 from pipeedge.models import weights_dtype
@@ -71,9 +70,8 @@ def onnx_stages(dep: Deployment, stages: list[PlannedStage],
 def export_stages(dep: Deployment, stages: list[PlannedStage], out: Path, *, opset: int,
                   weights_path: Path | None = None) -> list[ExportedShard]:
     """Export each stage's layer range into ``out``, skipping entries already there intact."""
+    from pipeedge.models.onnx_cache import OnnxCache, shard_key, weights_id
     from pipeedge.models.onnx_export import export_shard
-    from pipeedge.stage_server.backends.onnx_backend import shard_key, weights_id
-    from pipeedge.stage_server.backends.onnx_cache import OnnxCache
 
     if dep.dtype != "float32":
         raise ExportOnnxError(f"dtype {dep.dtype}: backend onnx takes and gives float32 only; "
@@ -84,9 +82,11 @@ def export_stages(dep: Deployment, stages: list[PlannedStage], out: Path, *, ops
     done = []
     for stage in stages:
         state = _shard_state(dep, info, stage, weights_path)
-        req = assign_request(dep, stage, "", _weight_source(dep, state))
-        key = shard_key(req, info, weights_id(req, state), opset)
-        dtype = weights_dtype.from_assignment(req)
+        dtype = weights_dtype.check(dep.host_weights_dtype(stage.host), "onnx",
+                                    where=f"host {stage.host.name}")
+        key = shard_key(info, stage.layers.first, stage.layers.last, opset=opset,
+                        weights=weights_id(_weight_source(dep, state), state),
+                        weights_dtype=dtype)
         start, seconds = time.perf_counter(), 0.0
         if cache.lookup(key) is None:
             shard = models.build_shard(info, stage.layers.first, stage.layers.last, state)

@@ -1,6 +1,9 @@
 """On-device cache of exported shards, so a restarted stage does not export again.
 
-An entry is keyed by model (and its config), weights (and their dtype), layer range and opset.
+An entry is keyed by model (and its config), weights (and their dtype, with the version of its
+conversion recipe), layer range and opset. The key lives in the models layer because two sides
+compute it: the stage's ONNX backend from its AssignRequest, and `pipeedge-coord export-onnx`
+from the deployment, for files copied onto devices ahead of time.
 In the cache directory (``<--cache-dir>/onnx``, default ``~/.cache/pipeedge/onnx``) it is:
 
 - ``<key>.onnx``       the shard's graph and, up to 1 GiB, its weights;
@@ -28,9 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipeedge._proto import stage_pb2 as pb
 from pipeedge.errors import PipeEdgeError
+from pipeedge.models.onnx_weights import recipe_tag
 
 if TYPE_CHECKING:
+    from pipeedge.models.registry import ModelInfo
     from pipeedge.models.sentence_transformers import Pooling
 
 log = logging.getLogger(__name__)
@@ -54,7 +60,7 @@ class ShardKey:
     opset: int
     config: str       # config_id of the model config the shard was built from
     pooling: str = ""  # pooling_id: a sentence-transformers head other than the model's own
-    weights_dtype: str = ""  # "" = float32; else int8 / float16 (pipeedge.models.onnx_weights)
+    weights_dtype: str = ""  # "" = float32; else onnx_weights.recipe_tag: int8v2, float16, ...
 
     @property
     def stem(self) -> str:
@@ -98,6 +104,29 @@ def pooling_id(pooling: Pooling | None, head_default: Pooling | None) -> str:
     if pooling is None or pooling == head_default:
         return ""
     return pooling.mode + ("-norm" if pooling.normalize else "")
+
+
+def weights_id(source: pb.WeightSource, state: Mapping[str, torch.Tensor]) -> str:
+    """The weights part of the key: pushed sha256, digest of local tensors, or the seed."""
+    kind = source.WhichOneof("source")
+    if kind == "pushed_sha256":
+        return pushed_id(source.pushed_sha256)
+    if kind == "local_path":
+        return state_id(state)
+    return seed_id(source.random_seed if kind == "random_seed" else 0)
+
+
+def shard_key(info: ModelInfo, first_layer: int, last_layer: int, *, weights: str, opset: int,
+              weights_dtype: str) -> ShardKey:
+    """The key of `info`'s layers `first_layer`..`last_layer` exported at `opset`, weights
+    named by `weights_id` and stored as `weights_dtype` (float32, float16, int8, int4)."""
+    from pipeedge.models.registry import HEAD_POOLING
+
+    last = last_layer == info.num_layers
+    return ShardKey(model=info.name, first_layer=first_layer, last_layer=last_layer,
+                    weights=weights, opset=opset, config=config_id(info.config),
+                    pooling=pooling_id(info.pooling, HEAD_POOLING.get(info.head)) if last else "",
+                    weights_dtype=recipe_tag(weights_dtype))
 
 
 class OnnxCache:

@@ -11,8 +11,9 @@
 - ``float16``: ``onnxruntime.transformers.float16.convert_float_to_float16`` with float32 graph
   inputs and outputs (``keep_io_types``), so the wire stays as it is.
 
-The conversion rewrites the float32 export in place; the cache key names the weights dtype
-(``stage_server/backends/onnx_cache.py``), so each dtype is its own entry.
+The conversion rewrites the float32 export in place; the cache key (``onnx_cache.py``) names the
+weights dtype and its recipe version (`recipe_tag`), so each dtype is its own entry and a file
+converted by an older recipe is never taken for the current one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ from pathlib import Path
 import numpy as np
 
 _LARGE = 1 << 30  # as onnx_export.EXTERNAL_DATA_BYTES: past it the weights go to a .data file
+
+
+# Bump a dtype's version whenever its conversion changes what the file computes.
+# int8 v2: block 0's FFN down-projection kept in float32 (v1 quantized every MatMul).
+_RECIPE_VERSION = {"int8": 2}
+
+
+def recipe_tag(weights_dtype: str) -> str:
+    """The cache key's weights-dtype part: "" for float32, e.g. ``int8v2``, ``float16``."""
+    if weights_dtype == "float32":
+        return ""
+    version = _RECIPE_VERSION.get(weights_dtype)
+    return f"{weights_dtype}v{version}" if version else weights_dtype
 
 
 def convert(path: Path, weights_dtype: str, keep_float: Sequence[np.ndarray] = ()) -> None:

@@ -1,6 +1,6 @@
 """ONNX Runtime shard backend: the shard exported to ONNX once, then run by onnxruntime on the CPU.
 
-The export is cached on the device (see ``onnx_cache``), keyed by model, weights (and their
+The export is cached on the device (see ``pipeedge.models.onnx_cache``), keyed by model, weights (and their
 ``weights_dtype``: float32, float16 or int8, ``pipeedge.models.onnx_weights``), layer range and
 opset, so a restarted stage loads the file instead of exporting again. Frames are validated
 against the same ``input_spec`` as the torch backend and outputs carry the same names and dtypes
@@ -35,17 +35,9 @@ import torch
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.models import weights_dtype
+from pipeedge.models.onnx_cache import OnnxCache, shard_key, weights_id
 from pipeedge.models.onnx_export import DEFAULT_OPSET, OUTPUT_PREFIX, export_shard
 from pipeedge.stage_server.backends.base import ShardBackend
-from pipeedge.stage_server.backends.onnx_cache import (
-    OnnxCache,
-    ShardKey,
-    config_id,
-    pooling_id,
-    pushed_id,
-    seed_id,
-    state_id,
-)
 from pipeedge.stage_server.shard_loader import assignment_info
 
 if TYPE_CHECKING:  # onnxruntime ships no type information: these read as Any
@@ -95,29 +87,6 @@ class OrtSettings:
         return so
 
 
-def weights_id(assignment: pb.AssignRequest, state: Mapping[str, torch.Tensor]) -> str:
-    """The weights part of the cache key: pushed sha256, digest of local tensors, or the seed."""
-    source = assignment.weights.WhichOneof("source")
-    if source == "pushed_sha256":
-        return pushed_id(assignment.weights.pushed_sha256)
-    if source == "local_path":
-        return state_id(state)
-    return seed_id(assignment.weights.random_seed if source == "random_seed" else 0)
-
-
-def shard_key(assignment: pb.AssignRequest, info: models.ModelInfo, weights: str,
-              opset: int) -> ShardKey:
-    from pipeedge.models.registry import HEAD_POOLING
-
-    last = assignment.last_layer == info.num_layers
-    dtype = weights_dtype.from_assignment(assignment)
-    return ShardKey(model=info.name, first_layer=assignment.first_layer,
-                    last_layer=assignment.last_layer, weights=weights, opset=opset,
-                    config=config_id(info.config),
-                    pooling=pooling_id(info.pooling, HEAD_POOLING.get(info.head)) if last else "",
-                    weights_dtype="" if dtype == "float32" else dtype)
-
-
 class OnnxShardBackend(ShardBackend):
     """``cache_dir`` is the stage's cache root (exports go to its ``onnx/``); None = the default
     ``~/.cache/pipeedge/onnx``."""
@@ -142,7 +111,10 @@ class OnnxShardBackend(ShardBackend):
         self._spec = shard.input_spec()
         self._order = tuple(s.name for s in shard.output_spec())
         self._max_tokens = info.max_positions if shard.is_first and not info.is_vision else 0
-        self.key = shard_key(assignment, info, weights_id(assignment, state), self.settings.opset)
+        self.key = shard_key(info, assignment.first_layer, assignment.last_layer,
+                             weights=weights_id(assignment.weights, state),
+                             opset=self.settings.opset,
+                             weights_dtype=weights_dtype.from_assignment(assignment))
         self.cache = OnnxCache(cache_dir / "onnx" if cache_dir else None)
         self.cache_hit = True
         self.export_seconds = 0.0

@@ -66,7 +66,7 @@ def test_minilm_mixed_float32_int8_stages_over_real_servers(cluster_factory, min
 
     out = tmp_path / "prebuilt"
     result = CliRunner().invoke(coord, ["export-onnx", str(path), "--out", str(out)])
-    assert result.exit_code == 0 and ".int8.onnx" in result.output, result.output
+    assert result.exit_code == 0 and ".int8v2.onnx" in result.output, result.output
     shutil.copytree(out, cluster.workdir / "cache" / cluster.stages[2].name / "onnx")
 
     dep = load_deployment(path)

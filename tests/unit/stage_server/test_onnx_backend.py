@@ -12,15 +12,10 @@ pytest.importorskip("onnxruntime")
 
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
+from pipeedge.models.onnx_cache import OnnxCache, shard_key, weights_id
 from pipeedge.models.onnx_export import OnnxExportError, export_shard
 from pipeedge.stage_server.backends import load_backend
-from pipeedge.stage_server.backends.onnx_backend import (
-    OnnxShardBackend,
-    OrtSettings,
-    shard_key,
-    weights_id,
-)
-from pipeedge.stage_server.backends.onnx_cache import OnnxCache
+from pipeedge.stage_server.backends.onnx_backend import OnnxShardBackend, OrtSettings
 
 TINY = ("pipeedge/tiny-vit", "pipeedge/tiny-deit", "pipeedge/tiny-bert")
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -114,17 +109,22 @@ def test_cache_hit_after_restart_and_keys(tmp_path):
     again = OnnxShardBackend(request(info.name, 2, 6), state, tmp_path)
     assert again.cache_hit and again.key == first.key
     assert first.key.stem.startswith("pipeedge--tiny-vit.L2-6.seed0.op17.c")
+    # The weights dtype and its conversion recipe's version are part of the key: an int8 file
+    # converted by the older recipe (every MatMul quantized) is not this one.
+    int8 = shard_key(info, 2, 6, weights="seed0", opset=17, weights_dtype="int8")
+    assert int8.stem == first.key.stem + ".int8v2"
     files = sorted(p.name for p in (tmp_path / "onnx").iterdir())
     assert files == [f"{first.key.stem}.json", f"{first.key.stem}.onnx"]
     # Other weights, other layers: other entries. Pushed and local weights key by content.
     assert OnnxShardBackend(request(info.name, 2, 6, random_seed=1), state, tmp_path).key != first.key
     sha = "ab" * 32
     pushed = request(info.name, 2, 6, pushed_sha256=sha)
-    assert weights_id(pushed, state) == "push-" + sha[:16]
+    assert weights_id(pushed.weights, state) == "push-" + sha[:16]
     local = request(info.name, 2, 6, local_path="/x")
-    assert weights_id(local, state) == weights_id(local, {k: v.clone() for k, v in state.items()})
+    assert weights_id(local.weights, state) == weights_id(local.weights,
+                                                 {k: v.clone() for k, v in state.items()})
     other = {k: v + 1 for k, v in state.items()}
-    assert weights_id(local, state) != weights_id(local, other)
+    assert weights_id(local.weights, state) != weights_id(local.weights, other)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncate", "manifest", "rehashed-garbage"])
@@ -159,7 +159,8 @@ def test_large_shard_keeps_weights_in_one_data_file(tmp_path):
     info = models.model_info("pipeedge/tiny-deit")
     req = request(info.name, 1, 12)
     state = models.load_shard_state(info, 1, 12, 0)
-    key = shard_key(req, info, weights_id(req, state), 17)
+    key = shard_key(info, 1, 12, weights=weights_id(req.weights, state), opset=17,
+                    weights_dtype="float32")
     shard = models.build_shard(info, 1, 12, state)
     cache = OnnxCache(tmp_path / "onnx")
     cache.store(key, lambda p: export_shard(shard, p, external_data_bytes=1))
