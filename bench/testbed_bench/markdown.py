@@ -202,8 +202,8 @@ def _growth(rows: list[dict]) -> list[str]:
                       "-" if coord is None else f"{coord / r['devices']:.4f}"])
     short = model.split("/")[-1]
     return [f"Deploy, idle and serving cost by pipeline length (scaling testbed; idle, RSS and "
-            f"coordinator: {short}). Deploy = Assign on every stage, one after another (each "
-            "reads its shard of the local checkpoint under its quota); idle = CPU of deployed "
+            f"coordinator: {short}). Deploy = Assign on every stage, all at once (each reads "
+            "its shard of the local checkpoint under its quota); idle = CPU of deployed "
             "stages with no traffic; RSS = median and max over the stages while serving (a "
             "stage process keeps the freed heap of an earlier, larger shard: the max is the "
             "device that held more before); coordinator = CPU of the `pipeedge-coord serve` "
