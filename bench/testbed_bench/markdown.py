@@ -140,12 +140,16 @@ def _hetero(s: dict) -> list[str]:
     rows = [[r["set"], r["split"], " ".join(r["order"]), r["partition"],
              f"{r['items_per_s']:.2f}", _spread(r), f"{r['predicted_items_per_s']:.2f}",
              f"{r['ratio']:.2f}" if "ratio" in r else r.get("prediction_note", "-"),
-             f"{r['vs_ours']:.2f}"] for r in s["rows"]]
+             f"{r['vs_ours']:.2f}" if "vs_ours" in r else "-"] for r in s["rows"]]
     verdict = []
     for size in sorted({r["set"] for r in s["rows"]}):
         rows_ = [r for r in s["rows"] if r["set"] == size]
-        best = max(r["items_per_s"] for r in rows_[1:])
-        ours = rows_[0]
+        ours = next((r for r in rows_ if r["split"].startswith("ours")), None)
+        others = [r["items_per_s"] for r in rows_ if r is not ours]
+        if ours is None or not others:
+            verdict.append(f"{size} devices: no comparison (a row failed, see below)")
+            continue
+        best = max(others)
         gain = ours["items_per_s"] / best if best else float("inf")
         ratios = ", ".join(f"{r['ratio']:.2f}" for r in rows_ if "ratio" in r)
         verdict.append(f"{size} devices: ours {gain:.2f}x the best baseline "

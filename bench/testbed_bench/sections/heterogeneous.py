@@ -72,7 +72,8 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
     planner.profile(tb, sched_dir, "het-profile", model, **deployment)
     sets = [n for n in SETS if n <= min(len(tb.devices), info.num_layers)] or [
         min(len(tb.devices), info.num_layers)]
-    rows = []
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}
     for size in sets:
         names = device_names(size)
         times = planner.layer_times(sched_dir, model, names, MICROBATCH)
@@ -91,15 +92,22 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
             except SchedulingError as exc:
                 row["predicted_items_per_s"], row["prediction_note"] = 0.0, str(exc)
             hosts = hosts_for(tb, settings.workdir, f"het{size}-{label.split()[0]}", order,
-                              model=model, partition=partition, microbatch=MICROBATCH)
-            pipeline = deploy_file(hosts)
+                              model=model, partition=partition, **deployment)
             n = len(order)
             try:
-                m = measure_stream(pipeline.entry, inputs, window=n + 2,
-                                   steady=settings.steady(),
-                                   pids=tuple(tb.device(s).pid for s in order))
-            finally:
-                release(pipeline)
+                pipeline = deploy_file(hosts)
+                try:
+                    m = measure_stream(pipeline.entry, inputs, window=n + 2,
+                                       steady=settings.steady(),
+                                       pids=tuple(tb.device(s).pid for s in order))
+                finally:
+                    release(pipeline)
+            except Exception as exc:  # noqa: BLE001 - one failed row must not lose the others
+                log.exception("heterogeneous %d %s failed", size, label)
+                skipped[f"{size} devices, {label}"] = \
+                    f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+                print(f"  {size} devices, {label}: FAILED", flush=True)
+                continue
             row.update(m.to_dict())
             if label.startswith("ours"):  # what planning said when it chose this plan
                 row["planned_items_per_s"] = ours.predicted_items_per_s
@@ -108,11 +116,13 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
             rows.append(row)
             print(f"  {size} devices, {label}: {m.items_per_s:.2f} items/s (predicted "
                   f"{row['predicted_items_per_s']:.2f})", flush=True)
-        ours_rate = next(r for r in rows if r["set"] == size)["items_per_s"]
+        ours_row = next((r for r in rows if r["set"] == size and r["split"] == plans[0][0]),
+                        None)
         for r in rows:
-            if r["set"] == size:
-                r["vs_ours"] = r["items_per_s"] / ours_rate
+            if r["set"] == size and ours_row is not None:
+                r["vs_ours"] = r["items_per_s"] / ours_row["items_per_s"]
     return {"title": TITLE, "testbed": doc, "rows": rows, "model": model,
+            "skipped_parts": skipped,
             "solve": solve_times(sched_dir, model, MICROBATCH, device_names(
                 len(tb.devices))),
             "baseline": "the even, memory-proportional and PipeDream-style splits on the same "

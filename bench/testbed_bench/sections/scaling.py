@@ -58,7 +58,8 @@ def _run(settings: Settings, tb, doc: dict) -> dict:
     unassigned_mb = rss_mb(tb.device(names[0]).pid)
     hops = [{"devices": n, "p50_ms": statistics.median(echo_round_trips(
         tb, names[:n], 10 if settings.quick else 40)) * 1e3} for n in settings.stages(STAGES)]
-    rows = []
+    rows: list[dict] = []
+    skipped: dict[str, str] = {}
     for model in settings.large_models:
         times = layer_times(model)
         inputs = inputs_for(model, 1, settings.seed)
@@ -76,33 +77,18 @@ def _run(settings: Settings, tb, doc: dict) -> dict:
             hosts = hosts_for(tb, settings.workdir, tag, names[:n], model=model,
                               partition=partition, microbatch=1, weights=weights)
             pids = tuple(tb.device(s).pid for s in names[:n])
-            start = time.monotonic()
-            pipeline = deploy_file(hosts)
-            deploy_s = time.monotonic() - start
-            coord: dict = {}
-            narrow = None
+            short = model.split("/")[-1]
             try:
-                idle = idle_cores(pids, 1.0 if settings.quick else IDLE_S)
-                with (served(hosts, pipeline, settings.workdir / f"pipeline-{tag}.json")
-                      if watched else contextlib.nullcontext({})) as coord:
-                    # No warm-up request: at 0.1 core one is a full trip (~20 s for
-                    # ViT-Large), and the fill left out of the rate absorbs first-run costs.
-                    # 1 item takes ~16 s on 1 device: 2 intervals there (as before), 3 elsewhere.
-                    m = measure_stream(pipeline.entry, inputs, window=in_flight(n),
-                                       steady=settings.steady(2 if n == 1 else 3), pids=pids,
-                                       watch=(coord["pid"],) if coord else ())
-                # While serving: the weights are mapped from the checkpoint as they are used.
-                memory = [rss_mb(p) for p in pids]
-                if n > 1 and n == most and model == settings.large_models[0]:
-                    # The same partition with only n + 2 in flight (the earlier reports'
-                    # window): what the window costs at the most stages. Redeployed, which
-                    # drops the first stream's abandoned items (draining them took ~45 s).
-                    release(pipeline)
-                    pipeline = deploy_file(hosts)
-                    narrow = measure_stream(pipeline.entry, inputs, window=n + 2,
-                                            steady=settings.steady(3), pids=pids)
-            finally:
-                release(pipeline)
+                if n > 1 and base is None:
+                    raise RuntimeError("no 1-device baseline (that row failed)")
+                m, narrow, coord, idle, memory, deploy_s = _measure(
+                    settings, hosts, tag, pids, inputs, n, watched,
+                    narrow_too=n > 1 and n == most and model == settings.large_models[0])
+            except Exception as exc:  # noqa: BLE001 - one failed row must not lose the others
+                log.exception("scaling %s x%d failed", model, n)
+                skipped[f"{short} x{n}"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+                print(f"  {model} x{n}: FAILED ({skipped[f'{short} x{n}']})", flush=True)
+                continue
             base = base or m.items_per_s
             speedup = m.items_per_s / base
             row = {"model": model, "devices": n, "partition": partition, "in_flight": in_flight(n),
@@ -127,9 +113,42 @@ def _run(settings: Settings, tb, doc: dict) -> dict:
                   + (f", coordinator {m.watched_cores[0]:.3f} cores" if coord else "") + ")",
                   flush=True)
     return {"title": TITLE, "testbed": doc, "rows": rows, "unassigned_rss_mb": unassigned_mb,
-            "hops": hops,
+            "hops": hops, "skipped_parts": skipped,
             "baseline": "the same model on 1 device of the same testbed, same run",
             "goal": "efficiency >= 0.9 at 8 devices and >= 0.85 at 16 (the paper: 0.74-0.80)"}
+
+
+def _measure(settings: Settings, hosts, tag: str, pids: tuple[int, ...], inputs, n: int,
+             watched: bool, *, narrow_too: bool):
+    """Deploy one scaling row, measure it (and its n + 2 comparison), release it."""
+    start = time.monotonic()
+    pipeline = deploy_file(hosts)
+    deploy_s = time.monotonic() - start
+    coord: dict = {}
+    narrow = None
+    try:
+        idle = idle_cores(pids, 1.0 if settings.quick else IDLE_S)
+        with (served(hosts, pipeline, settings.workdir / f"pipeline-{tag}.json")
+              if watched else contextlib.nullcontext({})) as coord:
+            # No warm-up request: at 0.1 core one is a full trip (~20 s for
+            # ViT-Large), and the fill left out of the rate absorbs first-run costs.
+            # 1 item takes ~16 s on 1 device: 2 intervals there (as before), 3 elsewhere.
+            m = measure_stream(pipeline.entry, inputs, window=in_flight(n),
+                               steady=settings.steady(2 if n == 1 else 3), pids=pids,
+                               watch=(coord["pid"],) if coord else ())
+        # While serving: the weights are mapped from the checkpoint as they are used.
+        memory = [rss_mb(p) for p in pids]
+        if narrow_too:
+            # The same partition with only n + 2 in flight (the earlier reports'
+            # window): what the window costs at the most stages. Redeployed, which
+            # drops the first stream's abandoned items (draining them took ~45 s).
+            release(pipeline)
+            pipeline = deploy_file(hosts)
+            narrow = measure_stream(pipeline.entry, inputs, window=n + 2,
+                                    steady=settings.steady(3), pids=pids)
+    finally:
+        release(pipeline)
+    return m, narrow, coord, idle, memory, deploy_s
 
 
 def in_flight(stages: int) -> int:
