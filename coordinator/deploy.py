@@ -155,6 +155,10 @@ def _weight_sources(dep: Deployment, stages: list[PlannedStage], controls: list[
     blobs = []
     for s in stages:
         state = models.load_shard_state(info, s.layers.first, s.layers.last, path)
+        if (s.host.backend or dep.backend) == "torch" and dep.host_weights_dtype(s.host) == "int8":
+            # As the stage would hold them: about 4x fewer bytes on the matmuls to push, and
+            # the device never holds (or quantizes) the float32 shard.
+            state = weights_dtype.quantized_state(info, s.layers.first, s.layers.last, state)
         blobs.append(models.save_safetensors_bytes(state))
     bar = tqdm(total=sum(len(b) for b in blobs), desc="push weights", unit="B",
                unit_scale=True, disable=not progress)

@@ -11,7 +11,7 @@ from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.errors import PipeEdgeError
 from pipeedge.models import weights_dtype
-from pipeedge.models.weights import lazy_safetensors, lazy_shard_state
+from pipeedge.models.weights import WeightsMismatchError, lazy_safetensors, lazy_shard_state
 from pipeedge.stage_server.weight_cache import WeightCache
 
 
@@ -50,8 +50,13 @@ def load_shard_state(assignment: pb.AssignRequest,
             raise WeightsNotFound(f"cached weights {sha[:12]} no longer match their sha256 "
                                   "(changed on disk) and were deleted; push them again "
                                   "(pipeedge-coord deploy does this)")
+        lazy = lazy_safetensors(cache.path(sha))
         if streams:
-            return lazy_safetensors(cache.path(sha))
+            return lazy
+        if weights_dtype.is_prequantized(lazy):  # int8 values read as floats: garbage
+            raise WeightsMismatchError(
+                f"pushed weights {sha[:12]} are pre-quantized for a torch int8 stage, but this "
+                "one runs another backend or weights_dtype; deploy again to push its weights")
         from safetensors.torch import load_file
 
         return load_file(str(cache.path(sha)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import torch
@@ -82,7 +82,7 @@ def build_shard(
         >>> shard(example_inputs(info, 2))["logits"].shape
         torch.Size([2, 10])
     """
-    from .weights import WeightsMismatchError, load_shard_state, select_tensors
+    from .weights import load_shard_state, select_tensors
 
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype {dtype} is not supported; use float32, float16 or bfloat16")
@@ -92,12 +92,7 @@ def build_shard(
         state = load_shard_state(info, first_layer, last_layer, 0)
     expected = module.state_dict()
     tensors = select_tensors(info, list(expected), state, where="the given state dict")
-    for name, t in tensors.items():
-        if t.shape != expected[name].shape:
-            raise WeightsMismatchError(
-                f"tensor {name!r} has shape {tuple(t.shape)} but {info.name} expects "
-                f"{tuple(expected[name].shape)}; is the state from a checkpoint of {info.name}?"
-            )
+    _check_tensors(info, tensors, expected)
     module.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
     module.requires_grad_(False)
     logger.debug("built %r: %d tensors, %d bytes", module, len(tensors), parameter_bytes(module))
@@ -110,12 +105,16 @@ def build_shard_streaming(
     last_layer: int,
     state: Mapping[str, torch.Tensor],
     convert: Callable[[str, nn.Module], nn.Module | None],
+    *,
+    int_weights: Collection[str] = (),
 ) -> ShardModule:
     """Build the shard (float32) one module at a time: each module takes its tensors from
     ``state`` and goes through ``convert(name, module)`` (a replacement, or None to keep it)
     before the next is read, so with a lazy ``state`` (``weights.lazy_shard_state``) the float
-    shard never exists whole (int8: ``weights_dtype.build_int8``)."""
-    from .weights import WeightsMismatchError, select_tensors
+    shard never exists whole (int8: ``weights_dtype.build_int8``). A tensor that is not floating
+    point is refused (read as a float it would be garbage) unless its key is in ``int_weights``
+    (the int8 values of a pre-quantized matmul, which ``convert`` quantizes back)."""
+    from .weights import select_tensors
 
     check_layer_range(info, first_layer, last_layer)
     module = _meta_shard(info, first_layer, last_layer)
@@ -129,12 +128,7 @@ def build_shard_streaming(
             continue
         sub = module.get_submodule(owner)
         tensors = select_tensors(info, names, state, where="the given state dict")
-        for name, t in tensors.items():
-            if t.shape != expected[name].shape:
-                raise WeightsMismatchError(
-                    f"tensor {name!r} has shape {tuple(t.shape)} but {info.name} expects "
-                    f"{tuple(expected[name].shape)}; is the state from a checkpoint of "
-                    f"{info.name}?")
+        _check_tensors(info, tensors, expected, int_weights)
         # Its own tensors only (pre-order: none of its children is converted yet).
         cut = len(owner) + 1 if owner else 0
         sub.load_state_dict({k[cut:]: v.float() for k, v in tensors.items()}, strict=False,
@@ -147,6 +141,25 @@ def build_shard_streaming(
             setattr(module.get_submodule(parent), leaf, replacement)
     module.requires_grad_(False)
     return module.eval()
+
+
+def _check_tensors(info: ModelInfo, tensors: Mapping[str, torch.Tensor],
+                   expected: Mapping[str, torch.Tensor], int_weights: Collection[str] = ()) -> None:
+    """Refuse a tensor of the wrong shape, or an integer one where a float is expected (int8
+    values read as floats would be garbage) unless its key is in ``int_weights``."""
+    from .weights import WeightsMismatchError, candidate_keys
+
+    for name, t in tensors.items():
+        if t.shape != expected[name].shape:
+            raise WeightsMismatchError(
+                f"tensor {name!r} has shape {tuple(t.shape)} but {info.name} expects "
+                f"{tuple(expected[name].shape)}; is the state from a checkpoint of {info.name}?")
+        if not t.is_floating_point() and expected[name].is_floating_point() and \
+                not any(k in int_weights for k in candidate_keys(info, name)):
+            raise WeightsMismatchError(
+                f"tensor {name!r} is {t.dtype} but {info.name} expects floating point; "
+                "pre-quantized (int8) weights load on torch int8 stages only (weights_dtype: "
+                "int8); deploy again to push this stage's weights")
 
 
 def parameter_bytes(module: nn.Module) -> int:

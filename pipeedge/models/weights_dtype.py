@@ -43,7 +43,7 @@ import functools
 import gc
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
@@ -133,32 +133,73 @@ def _kept_float(name: str, module: nn.Module, intermediate_size: int | None) -> 
             and first is not None and first.group(1) == "0")
 
 
+# A pre-quantized state (``quantized_state``) stores a quantized matmul's weight as its int8
+# values under the weight's own key, and its per-channel scales and zero points beside it.
+INT8_SCALE, INT8_ZERO_POINT = ".int8_scale", ".int8_zero_point"
+
+
+def is_prequantized(keys: Iterable[str]) -> bool:
+    """Whether a state's tensor names are those of a ``quantized_state``."""
+    return any(k.endswith(INT8_SCALE) for k in keys)
+
+
 def build_int8(info: ModelInfo, first_layer: int, last_layer: int,
-               state: Mapping[str, torch.Tensor]) -> ShardModule:
+               state: Mapping[str, torch.Tensor], *,
+               record: Callable[[str, _dynamic.Linear, bool], None] | None = None) -> ShardModule:
     """The int8 shard, each matmul quantized as soon as its weights are read, so with a lazy
     ``state`` (``weights.lazy_shard_state``) the stage peaks at its int8 weights plus one float32
     matmul, not a whole float32 shard (ViT-Large, 6 blocks: 666 -> see docs/weights.md).
 
     Quantized: every ``nn.Linear`` (GPT-2's ``Conv1D`` as the Linear it is) but a decoder's
-    ``lm_head`` (read directly: tied to the embeddings) and ``keep_float``'s."""
+    ``lm_head`` (read directly: tied to the embeddings) and ``keep_float``'s. A pre-quantized
+    ``state`` (``quantized_state``) gives the same module without quantizing again.
+    ``record(name, quantized, transposed)`` sees each quantized matmul (``quantized_state``)."""
     from torch.ao.quantization import per_channel_dynamic_qconfig
 
     from .build import build_shard_streaming
+    from .weights import WeightsMismatchError, candidate_keys
 
     linear = _Linear8 if full_range_activations() else _dynamic.Linear
     dropped = [0]  # float bytes released since the heap was last handed back
+    prequantized = is_prequantized(state)
+
+    def weight_key(name: str) -> str:
+        key = f"{name}.weight"
+        return next((k for k in candidate_keys(info, key) if k in state), key)
 
     def convert(name: str, module: nn.Module) -> nn.Module | None:
         swapped = module.as_linear() if isinstance(module, _AsLinear) else None
         module = swapped or module
         if (not isinstance(module, nn.Linear) or name.endswith("lm_head")
                 or _kept_float(name, module, info.intermediate_size)):
+            if prequantized and weight_key(name) + INT8_SCALE in state:
+                raise WeightsMismatchError(
+                    f"pre-quantized weights quantize {name} but this stage keeps it float32 "
+                    "(another quantization recipe); deploy again to push weights for it")
             return swapped
-        # torch.ao reads `qconfig`, a plain attribute; Module.__setattr__ is typed for modules.
-        module.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
-        with warnings.catch_warnings():  # torch.ao's deprecation notice
-            warnings.simplefilter("ignore")
-            quantized = linear.from_float(module)
+        if prequantized:
+            key = weight_key(name)
+            if key + INT8_SCALE not in state:
+                raise WeightsMismatchError(
+                    f"pre-quantized weights hold {name} unquantized but this stage quantizes it "
+                    "(another quantization recipe); deploy again to push weights for it")
+            qweight = torch._make_per_channel_quantized_tensor(
+                module.weight.to(torch.int8), state[key + INT8_SCALE].double(),
+                state[key + INT8_ZERO_POINT].long(), 0)
+            # torch.ao's constructor has no annotations; through _Linear8 mypy does not see
+            # that it is torch's (as in full_range_activations).
+            quantized = linear(module.in_features, module.out_features,  # type: ignore[no-untyped-call]
+                               dtype=torch.qint8)
+            quantized.set_weight_bias(qweight, module.bias)
+        else:
+            # torch.ao reads `qconfig`, a plain attribute; Module.__setattr__ is typed for
+            # modules.
+            module.qconfig = per_channel_dynamic_qconfig  # type: ignore[assignment]
+            with warnings.catch_warnings():  # torch.ao's deprecation notice
+                warnings.simplefilter("ignore")
+                quantized = linear.from_float(module)
+        if record is not None:
+            record(name, quantized, swapped is not None)
         dropped[0] += module.weight.numel() * 4
         del module, swapped
         if dropped[0] > 32 << 20:  # the dropped float Linears sit in reference cycles
@@ -166,9 +207,44 @@ def build_int8(info: ModelInfo, first_layer: int, last_layer: int,
             _give_back_memory()
         return quantized
 
-    module = build_shard_streaming(info, first_layer, last_layer, state, convert)
+    int_weights = {k for k in state if k + INT8_SCALE in state} if prequantized else set()
+    module = build_shard_streaming(info, first_layer, last_layer, state, convert,
+                                   int_weights=int_weights)
     _give_back_memory()
     return module
+
+
+def quantized_state(info: ModelInfo, first_layer: int, last_layer: int,
+                    state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` as a torch int8 stage holds it, to push instead of float32 (about 4x fewer
+    bytes on the matmuls): each quantized matmul's weight as its int8 values (in the
+    checkpoint's own layout: GPT-2's Conv1D transposed back) plus per-channel scales and zero
+    points; everything else as it was. ``build_int8`` on it gives the module ``build_int8`` on
+    ``state`` gives, without quantizing on the device."""
+    from .weights import candidate_keys
+
+    out = dict(state)
+
+    def record(name: str, quantized: _dynamic.Linear, transposed: bool) -> None:
+        key = next(k for k in candidate_keys(info, f"{name}.weight") if k in out)
+        qweight = quantized.weight()
+        ints = qweight.int_repr()
+        out[key] = (ints.t() if transposed else ints).contiguous()
+        # Stored narrower than torch keeps them (float64, int64), losslessly: the observer
+        # computes float32 scales, and symmetric qint8 zero points are 0.
+        scales, zero_points = qweight.q_per_channel_scales(), qweight.q_per_channel_zero_points()
+        out[key + INT8_SCALE] = _narrowed(scales, torch.float32)
+        out[key + INT8_ZERO_POINT] = _narrowed(zero_points, torch.int8)
+
+    build_int8(info, first_layer, last_layer, state, record=record)
+    return out
+
+
+def _narrowed(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    narrow = t.to(dtype)
+    if not torch.equal(narrow.to(t.dtype), t):
+        raise AssertionError(f"{t.dtype} -> {dtype} would change quantization parameters")
+    return narrow
 
 
 def _give_back_memory() -> None:

@@ -75,6 +75,10 @@ def test_minilm_mixed_float32_int8_stages_over_real_servers(cluster_factory, min
     assert "from cache" in log and "exported" not in log
     float32_bytes = models.parameter_bytes(models.build_shard(info, 9, 18, None))
     assert pipeline.parameter_bytes[1] < 0.4 * float32_bytes  # 4x on the matmuls
+    # Pushed as held: the torch int8 stage got its weights pre-quantized (4x fewer bytes).
+    pushed = [p.stat().st_size for p in (cluster.workdir / "cache" / cluster.stages[1].name)
+              .rglob("*.safetensors")]
+    assert len(pushed) == 1 and pushed[0] < 0.4 * float32_bytes, pushed
     with PipelineClient(pipeline.entry) as client:
         got = client.infer(inputs)["embeddings"]
     assert got.dtype == torch.float32

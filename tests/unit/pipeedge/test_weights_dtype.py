@@ -177,3 +177,41 @@ def test_lazy_state_refuses_a_bool_source_by_name():
     info = models.model_info("pipeedge/tiny-bert")
     with pytest.raises(TypeError, match="not a bool"):
         lazy_shard_state(info, 1, 4, True)
+
+
+@pytest.mark.parametrize("name", ["pipeedge/tiny-bert", "pipeedge/tiny-gpt2"])
+def test_prequantized_int8_weights_build_the_same_shard_from_a_quarter_of_the_bytes(name):
+    """What deploy pushes to a torch int8 stage (quantized_state, through safetensors) builds the
+    very module the stage builds from the float32 weights (GPT-2's Conv1D included), from about
+    a quarter of the bytes on the matmuls; any other stage refuses those bytes."""
+    from torch.ao.nn.quantized import dynamic
+
+    from pipeedge.models import weights_dtype
+    from pipeedge.models.weights import WeightsMismatchError
+
+    info = models.model_info(name)
+    first, last = 5, info.num_layers - 1  # blocks 1..: no embeddings, head or block 0
+    state = models.load_shard_state(info, first, last, 0)
+    float_blob = models.save_safetensors_bytes(state)
+    blob = models.save_safetensors_bytes(weights_dtype.quantized_state(info, first, last, state))
+    assert len(blob) < 0.4 * len(float_blob)
+    pushed = models.load_safetensors_bytes(blob)
+
+    def parts(module):
+        out = {}
+        for n, m in module.named_modules():
+            if isinstance(m, dynamic.Linear):
+                w = m.weight()
+                out[n] = (w.int_repr(), w.q_per_channel_scales(), w.q_per_channel_zero_points(),
+                          m.bias())
+        return out, module.state_dict()
+
+    (q_own, f_own), (q_got, f_got) = (
+        parts(weights_dtype.build_int8(info, first, last, s)) for s in (state, pushed))
+    assert q_own and q_own.keys() == q_got.keys()
+    for n in q_own:
+        assert all(torch.equal(a, b) for a, b in zip(q_own[n], q_got[n]) if a is not None), n
+    float_own = {k: v for k, v in f_own.items() if isinstance(v, torch.Tensor)}
+    assert all(torch.equal(v, f_got[k]) for k, v in float_own.items())
+    with pytest.raises(WeightsMismatchError, match="torch int8 stages only"):
+        models.build_shard(info, first, last, pushed)
