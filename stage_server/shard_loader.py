@@ -35,10 +35,14 @@ def load_shard_state(assignment: pb.AssignRequest,
         return {}  # echo stages hold no model
     info = assignment_info(assignment)
     source = assignment.weights.WhichOneof("source")
-    # A torch int8 shard quantizes each matmul as it is read: tensors come one at a time, so the
-    # stage never holds the float32 shard whole (it could not on a device sized for int8).
-    streams = (assignment.backend in (pb.BACKEND_UNSPECIFIED, pb.TORCH)
-               and weights_dtype.from_assignment(assignment) == "int8")
+    # Tensors come one at a time, when asked for, where the backend can use that: a torch int8
+    # shard quantizes each matmul as it is read, so the stage never holds the float32 shard
+    # whole (it could not on a device sized for int8); an ONNX shard found in the export cache
+    # reads none, only an export reads them all (local weights load whole: the cache key hashes
+    # the shard's tensors, as export-onnx does).
+    torch_int8 = (assignment.backend in (pb.BACKEND_UNSPECIFIED, pb.TORCH)
+                  and weights_dtype.from_assignment(assignment) == "int8")
+    streams = torch_int8 or (assignment.backend == pb.ONNX and source != "local_path")
     load = lazy_shard_state if streams else models.load_shard_state
     first, last = assignment.first_layer, assignment.last_layer
     if source == "pushed_sha256":
@@ -51,12 +55,12 @@ def load_shard_state(assignment: pb.AssignRequest,
                                   "(changed on disk) and were deleted; push them again "
                                   "(pipeedge-coord deploy does this)")
         lazy = lazy_safetensors(cache.path(sha))
-        if streams:
-            return lazy
-        if weights_dtype.is_prequantized(lazy):  # int8 values read as floats: garbage
+        if weights_dtype.is_prequantized(lazy) and not torch_int8:  # int8 read as floats
             raise WeightsMismatchError(
                 f"pushed weights {sha[:12]} are pre-quantized for a torch int8 stage, but this "
                 "one runs another backend or weights_dtype; deploy again to push its weights")
+        if streams:
+            return lazy
         from safetensors.torch import load_file
 
         return load_file(str(cache.path(sha)))

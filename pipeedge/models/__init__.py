@@ -5,7 +5,13 @@ A model of N transformer blocks has 4*N sub-layers; a shard is any contiguous ra
 ``shard.py`` for the tensors that cross a cut, ``weights.py`` for where a shard's tensors come from.
 """
 
-from .build import build_shard, example_inputs, parameter_bytes, shard_tensor_names
+from .build import (
+    build_shard,
+    example_inputs,
+    parameter_bytes,
+    shard_structure,
+    shard_tensor_names,
+)
 from .decoder import DecoderShard
 from .kv_cache import KVCache, kv_cache_bytes_per_layer
 from .reference import build_reference
@@ -47,6 +53,7 @@ __all__ = [
     "load_shard_state",
     "model_info",
     "parameter_bytes",
+    "shard_structure",
     "save_safetensors_bytes",
     "shard_tensor_names",
     "validate_inputs",

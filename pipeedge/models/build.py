@@ -39,6 +39,12 @@ def _meta_shard(info: ModelInfo, first_layer: int, last_layer: int) -> ShardModu
         return info.spec.shard_class(info, first_layer, last_layer)
 
 
+def shard_structure(info: ModelInfo, first_layer: int, last_layer: int) -> ShardModule:
+    """The shard without weights (meta tensors): its specs and sizes, nothing read or held."""
+    check_layer_range(info, first_layer, last_layer)
+    return _meta_shard(info, first_layer, last_layer)
+
+
 def shard_tensor_shapes(
     info: ModelInfo, first_layer: int, last_layer: int
 ) -> dict[str, torch.Size]:

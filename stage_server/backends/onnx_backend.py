@@ -21,10 +21,11 @@ Settings (environment of ``pipeedge-stage``):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,11 +107,13 @@ class OnnxShardBackend(ShardBackend):
         self.weights_dtype = weights_dtype.check(weights_dtype.from_assignment(assignment),
                                                  "onnx", where=what)
         self.settings = settings or OrtSettings.from_env(threads=assignment.threads)
-        shard = models.build_shard(info, assignment.first_layer, assignment.last_layer, state)
-        self.parameter_bytes = models.parameter_bytes(shard)
-        self._spec = shard.input_spec()
-        self._order = tuple(s.name for s in shard.output_spec())
-        self._max_tokens = info.max_positions if shard.is_first and not info.is_vision else 0
+        # The structure only: a cached export needs no weights read (a device sized for int8
+        # never holds the float32 shard); `_open` builds the real one to export.
+        structure = models.shard_structure(info, assignment.first_layer, assignment.last_layer)
+        self.parameter_bytes = models.parameter_bytes(structure)
+        self._spec = structure.input_spec()
+        self._order = tuple(s.name for s in structure.output_spec())
+        self._max_tokens = info.max_positions if structure.is_first and not info.is_vision else 0
         self.key = shard_key(info, assignment.first_layer, assignment.last_layer,
                              weights=weights_id(assignment.weights, state),
                              opset=self.settings.opset,
@@ -119,9 +122,9 @@ class OnnxShardBackend(ShardBackend):
         self.cache_hit = True
         self.export_seconds = 0.0
         start = time.perf_counter()
-        self.session = self._open(shard)
+        self.session = self._open(lambda: models.build_shard(
+            info, assignment.first_layer, assignment.last_layer, state))
         self.load_seconds = time.perf_counter() - start - self.export_seconds  # session only
-        del shard  # the session holds its own copy of the weights
         if self.weights_dtype != "float32":  # as stored: the converted file's initializers
             self.parameter_bytes = self.cache.entry_bytes(self.key)
         graph_in = {i.name for i in self.session.get_inputs()}
@@ -131,7 +134,8 @@ class OnnxShardBackend(ShardBackend):
                  "from cache" if self.cache_hit else "exported", self.export_seconds,
                  self.load_seconds, self.settings.threads or "default", self.settings.opt_level)
 
-    def _open(self, shard: models.ShardModule) -> ort.InferenceSession:
+    def _open(self, build: Callable[[], models.ShardModule]) -> ort.InferenceSession:
+        """The cached export's session; else `build()` the shard, export it and cache that."""
         path = self.cache.lookup(self.key)
         if path is not None:
             try:
@@ -142,9 +146,10 @@ class OnnxShardBackend(ShardBackend):
                 self.cache.discard(self.key)
         self.cache_hit = False
         start = time.perf_counter()
-        path = self.cache.store(
-            self.key, lambda p: export_shard(shard, p, opset=self.settings.opset,
-                                             weights_dtype=self.weights_dtype))
+        shard = build()
+        path = self.cache.store(self.key, functools.partial(
+            export_shard, shard, opset=self.settings.opset, weights_dtype=self.weights_dtype))
+        del shard  # the session holds its own copy of the weights
         self.export_seconds = time.perf_counter() - start
         try:
             return self._session(path)

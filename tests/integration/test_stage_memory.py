@@ -54,3 +54,30 @@ def test_int8_assign_never_holds_the_float32_shard(tmp_path):
         assert int8_mb < 0.3 * float32_mb
         assert peak < idle + int8_mb + 0.4 * float32_mb, (idle, peak, int8_mb, float32_mb)
         ctl.close()
+
+
+def test_onnx_assign_from_the_export_cache_never_builds_the_float32_shard(tmp_path):
+    """An ONNX stage whose export is cached (an earlier Assign here; `export-onnx` files alike)
+    opens it without reading the weights or building the float32 shard, so a device sized for
+    the int8 file can load it. Before, the float32 shard was built first, cache hit or not."""
+    model, first, last = "bert-base-uncased", 25, 48  # 6 blocks, 162 MB float32 matmuls
+    request = pb.AssignRequest(model_name=model, first_layer=first, last_layer=last,
+                               backend=pb.ONNX, weights_dtype=pb.INT8,
+                               weights=pb.WeightSource(random_seed=0))
+    with LocalCluster(1, workdir=tmp_path) as cluster:
+        stage = cluster.stages[0]
+        ctl = StageControl(stage.name, stage.address)
+        request.epoch = 1
+        ctl.assign(request)  # exports into the stage's cache
+        ctl.release()
+        idle = _rss_mb(stage.process.pid)
+        Path(f"/proc/{stage.process.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        request.epoch = 2
+        reply = ctl.assign(request)
+        assert "from cache" in stage.log_path.read_text()
+        float32_mb = 4 * 12 * 768 * 768 * 6 / 2**20
+        int8_mb = reply.parameter_bytes / 2**20
+        peak = _rss_mb(stage.process.pid, "VmHWM")
+        assert int8_mb < 0.3 * float32_mb
+        assert peak < idle + 2 * int8_mb + 0.3 * float32_mb, (idle, peak, int8_mb, float32_mb)
+        ctl.close()
