@@ -68,8 +68,8 @@ typecheck: $(STAMP)
 	cd build/typecheck && $(CURDIR)/$(PY) -m mypy --config-file $(CURDIR)/pyproject.toml \
 	  --python-executable $(CURDIR)/$(PY) -p pipeedge
 
-# Emulated edge devices (network namespaces, cgroup CPU quotas), up to 16 of them: ~25 minutes
-# on 2 cores (an estimate; make bench-transport: ~20 s).
+# Emulated edge devices (network namespaces, cgroup CPU quotas), up to 16 of them: ~26 minutes
+# on 2 cores (1569 s measured; make bench-transport: ~20 s).
 bench: $(STAMP)
 	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e ".[bench,dev,onnx]"
 	$(PY) bench/run_report.py

@@ -7,7 +7,7 @@ its baseline measured in the same run, plus cost growth (deploy, idle stages, so
 writes bench/results.json, one PNG per section and bench/REPORT.md. A section that needs
 something not available here is skipped with the reason printed; the others still run.
 
-    python bench/run_report.py                 # everything (~25 minutes on 2 cores)
+    python bench/run_report.py                 # everything (~26 minutes on 2 cores)
     python bench/run_report.py --quick         # tiny models: checks the report end to end
     python bench/run_report.py --quick --max-devices 2   # the CI smoke run (tests/)
     python bench/run_report.py -s scaling -s transport
