@@ -51,10 +51,11 @@ def plan_table(plan) -> str:
         return render(["stage", "host", "layers"], rows) + f"\nplan: {plan.how}"
     sched = plan.schedule
     rows = [[i + 1, s.host, f"{s.first_layer}-{s.last_layer}", f"{s.compute_s:.3f}",
-             f"{s.transfer_s:.3f}", f"{s.memory_MB:.0f}",
+             f"{s.wire_s:.3f}", f"{s.transfer_s:.3f}", f"{s.memory_MB:.0f}",
              "<- bottleneck" if abs(s.cost_s - sched.bottleneck_s) < 1e-12 else ""]
             for i, s in enumerate(sched.stages)]
-    table = render(["stage", "host", "layers", "compute s", "transfer s", "memory MB", ""], rows)
+    table = render(["stage", "host", "layers", "compute s", "frames s", "transfer s", "memory MB",
+                    ""], rows)
     return (f"{table}\nplan: {plan.how}; bottleneck {sched.bottleneck_s:.3f} s per microbatch "
             f"of {sched.batch_size} -> predicted {sched.throughput_items_s:.2f} items/s, "
             f"latency {sched.latency_s:.3f} s")

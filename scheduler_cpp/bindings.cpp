@@ -27,7 +27,9 @@ PYBIND11_MODULE(_native, m) {
       .def_readwrite("type", &Device::type)
       .def_readwrite("mem_MB", &Device::mem_MB)
       .def_readwrite("bw_Mbps", &Device::bw_Mbps)
-      .def_readwrite("time_s", &Device::time_s);
+      .def_readwrite("time_s", &Device::time_s)
+      .def_readwrite("frame_s", &Device::frame_s)
+      .def_readwrite("wire_s_per_MB", &Device::wire_s_per_MB);
 
   py::class_<Link>(m, "Link")
       .def(py::init([](double bw_Mbps, double latency_ms) { return Link{bw_Mbps, latency_ms}; }),
@@ -64,6 +66,7 @@ PYBIND11_MODULE(_native, m) {
       .def_readonly("first_layer", &Stage::first_layer)
       .def_readonly("last_layer", &Stage::last_layer)
       .def_readonly("compute_s", &Stage::compute_s)
+      .def_readonly("wire_s", &Stage::wire_s)
       .def_readonly("transfer_s", &Stage::transfer_s)
       .def_readonly("link_latency_s", &Stage::link_latency_s)
       .def_readonly("memory_MB", &Stage::memory_MB);

@@ -17,6 +17,8 @@ class Device:
     mem_MB: float
     bw_Mbps: float
     time_s: list[float]
+    frame_s: float
+    wire_s_per_MB: float
     def __init__(self) -> None: ...
 
 class Link:
@@ -53,6 +55,7 @@ class Stage:
     first_layer: int
     last_layer: int
     compute_s: float
+    wire_s: float
     transfer_s: float
     link_latency_s: float
     memory_MB: float

@@ -43,6 +43,10 @@ class DeviceProfile:
     mem_MB: float  # memory capacity
     bw_Mbps: float  # NIC bandwidth; links default to the slower NIC of a pair
     time_s: tuple[float, ...]  # per-layer compute time at the scheduled batch size and dtype
+    # A stage's own time on its frames (profiled under the device's CPU, see `pipeedge-coord
+    # profile`): a fixed part per microbatch, and seconds per MB received or sent. 0: ignored.
+    frame_s: float = 0.0
+    wire_s_per_MB: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,13 @@ class Stage:
     transfer_s: float  # sending the output onward (next stage, or the client when modelled)
     link_latency_s: float  # one-way latency of that transfer's link
     memory_MB: float  # weights plus data buffers
+    wire_s: float = 0.0  # the host's own time receiving its input and sending its output
 
     @property
     def cost_s(self) -> float:
-        """What this stage contributes to the bottleneck."""
-        return max(self.compute_s, self.transfer_s)
+        """What this stage contributes to the bottleneck: the host is busy with its layers
+        and its frames (one CPU), the link with the transfer."""
+        return max(self.compute_s + self.wire_s, self.transfer_s)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Schedule:
     batch_size: int
     bottleneck_s: float  # max over the input transfer and every stage's cost
     throughput_items_s: float  # batch_size / bottleneck_s
-    latency_s: float  # input leg + sum of compute, transfers and link latencies
+    latency_s: float  # input leg + sum of compute, wire, transfers and link latencies
     input_transfer_s: float  # client -> first stage, when the links model it
     exact: bool
     lower_bound: float  # proven lower bound on the objective's value

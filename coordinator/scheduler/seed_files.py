@@ -11,6 +11,7 @@ ignore (`layer_mem_MB`, `step_time_s`, ...) through `last_run` and `load_doc`.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -142,15 +143,16 @@ def load_model(models: Any, name: str, *, source: str = "models.yml") -> ModelPr
     )
 
 
-def _profile_times(
+def _profile_run(
     dev_type: str,
     entry: Mapping[str, Any],
     model: ModelProfile,
     dtype: str,
     batch_size: int,
     source: str,
-) -> tuple[float, ...] | None:
-    """The type's per-layer times for this model, dtype and batch size, or None if unprofiled."""
+) -> tuple[tuple[float, ...], float, float] | None:
+    """The type's per-layer times for this model, dtype and batch size, and its frame costs
+    (`frame_time_s`, `wire_time_s_per_MB`: 0 when the run has none), or None if unprofiled."""
     run = last_run({dev_type: entry}, dev_type, model.name, dtype=dtype, batch_size=batch_size)
     times = run.get("time_s") if run is not None else None
     if times is None:
@@ -165,7 +167,13 @@ def _profile_times(
         raise SchedulingError(
             f"device type {dev_type!r} in {source} has negative layer times; re-profile it"
         )
-    return values
+    frame_s, wire_s = (float(run.get(k) or 0.0) for k in ("frame_time_s", "wire_time_s_per_MB"))
+    if not (0 <= frame_s < math.inf and 0 <= wire_s < math.inf):
+        raise SchedulingError(
+            f"device type {dev_type!r} in {source}: frame_time_s {frame_s} or "
+            f"wire_time_s_per_MB {wire_s} is negative or not finite; re-profile it"
+        )
+    return values, frame_s, wire_s
 
 
 def load_devices(
@@ -202,8 +210,8 @@ def load_devices(
                 "device type %s (hosts %s) is not in %s: skipped", dev_type, hosts, types_source
             )
             continue
-        times = _profile_times(str(dev_type), entry, model, dtype, batch_size, types_source)
-        if times is None:
+        profiled = _profile_run(str(dev_type), entry, model, dtype, batch_size, types_source)
+        if profiled is None:
             logger.warning(
                 "device type %s has no %s profile at dtype %s, batch size %d: skipped",
                 dev_type,
@@ -212,6 +220,7 @@ def load_devices(
                 batch_size,
             )
             continue
+        times, frame_s, wire_s = profiled
         for host in hosts:
             host = str(host)
             if host in seen:
@@ -226,6 +235,8 @@ def load_devices(
                     mem_MB=float(entry.get("mem_MB", 0)),
                     bw_Mbps=float(entry.get("bw_Mbps", 0)),
                     time_s=times,
+                    frame_s=frame_s,
+                    wire_s_per_MB=wire_s,
                 )
             )
     if not out:

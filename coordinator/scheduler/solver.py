@@ -264,6 +264,7 @@ def _problem(
             d.bw_Mbps,
             list(d.time_s),
         )
+        n.frame_s, n.wire_s_per_MB = d.frame_s, d.wire_s_per_MB
         natives.append(n)
     p.devices = natives
     if links is not None:
@@ -309,6 +310,7 @@ def _result(
             first_layer=s.first_layer,
             last_layer=s.last_layer,
             compute_s=s.compute_s,
+            wire_s=s.wire_s,
             transfer_s=s.transfer_s,
             link_latency_s=s.link_latency_s,
             memory_MB=s.memory_MB,

@@ -13,6 +13,7 @@ inline std::size_t words_for(std::size_t nbits) { return (nbits + 63) / 64; }
 
 inline bool test(const Word* b, std::size_t k) { return (b[k >> 6] >> (k & 63)) & 1U; }
 inline void set(Word* b, std::size_t k) { b[k >> 6] |= Word{1} << (k & 63); }
+inline void clear(Word* b, std::size_t k) { b[k >> 6] &= ~(Word{1} << (k & 63)); }
 
 inline bool any(const Word* b, std::size_t w) {
   for (std::size_t k = 0; k < w; ++k) {

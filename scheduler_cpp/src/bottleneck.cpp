@@ -34,7 +34,7 @@ std::vector<double> stage_cost_values(const ClassInstance& in, double floor) {
     add(in.input_s[k]);
     add(in.output_s[k]);
     for (std::size_t i = 0; i < L; ++i) {
-      bits::for_each(in.fits(k, i), in.words, [&](std::size_t b) { add(in.compute_s(k, i, b + 1)); });
+      bits::for_each(in.fits(k, i), in.words, [&](std::size_t b) { add(in.stage_s(k, i, b + 1)); });
     }
   }
   for (std::size_t u = 0; u < K; ++u) {

@@ -113,7 +113,7 @@ std::vector<double> relaxed_uses(const ClassInstance& in, const ThresholdTables&
     }
     if (bv == K) break;  // cannot happen when the start value is finite
     uses[bv] += 1;
-    worst = std::max({worst, in.compute_s(bv, pos, bj), pos == 0 ? in.input_s[bv] : in.transfer_s(last, bv, pos)});
+    worst = std::max({worst, in.stage_s(bv, pos, bj), pos == 0 ? in.input_s[bv] : in.transfer_s(last, bv, pos)});
     if (bj == L) worst = std::max(worst, in.output_s[bv]);
     pos = bj;
     last = bv;
@@ -463,7 +463,7 @@ double path_bottleneck(const ClassInstance& in, const std::vector<PathStep>& pat
   std::size_t begin = 0;
   for (std::size_t k = 0; k < path.size(); ++k) {
     const std::size_t v = path[k].cls;
-    worst = std::max(worst, in.compute_s(v, begin, path[k].end));
+    worst = std::max(worst, in.stage_s(v, begin, path[k].end));
     worst = std::max(worst, k + 1 < path.size() ? in.transfer_s(v, path[k + 1].cls, path[k].end) : in.output_s[v]);
     begin = path[k].end;
   }

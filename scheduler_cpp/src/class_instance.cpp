@@ -22,6 +22,7 @@ bool interchangeable(const CostModel& m, std::size_t a, std::size_t b) {
   const Device& da = p.devices[a];
   const Device& db = p.devices[b];
   if (da.time_s != db.time_s || da.mem_MB != db.mem_MB) return false;
+  if (da.frame_s != db.frame_s || da.wire_s_per_MB != db.wire_s_per_MB) return false;
   if (m.models_input() && !same(p.links.client_to_host[a], p.links.client_to_host[b])) return false;
   if (m.models_output() && !same(p.links.host_to_client[a], p.links.host_to_client[b])) return false;
   if (!same(m.link(a, b), m.link(b, a))) return false;
@@ -37,17 +38,22 @@ struct Profile {
   std::vector<double> time_s;  // per-layer worst
   double mem_MB;               // smallest
   double bw_Mbps;              // smallest
+  double frame_s;              // largest
+  double wire_s_per_MB;        // largest
   std::vector<std::size_t> members;
 };
 
 Profile profile_of(const CostModel& m, const std::vector<std::size_t>& members) {
   const Problem& p = m.problem();
-  Profile pr{p.devices[members[0]].time_s, p.devices[members[0]].mem_MB, p.devices[members[0]].bw_Mbps, members};
+  const Device& head = p.devices[members[0]];
+  Profile pr{head.time_s, head.mem_MB, head.bw_Mbps, head.frame_s, head.wire_s_per_MB, members};
   for (std::size_t d : members) {
     const Device& dev = p.devices[d];
     for (std::size_t l = 0; l < pr.time_s.size(); ++l) pr.time_s[l] = std::max(pr.time_s[l], dev.time_s[l]);
     pr.mem_MB = std::min(pr.mem_MB, dev.mem_MB);
     pr.bw_Mbps = std::min(pr.bw_Mbps, dev.bw_Mbps);
+    pr.frame_s = std::max(pr.frame_s, dev.frame_s);
+    pr.wire_s_per_MB = std::max(pr.wire_s_per_MB, dev.wire_s_per_MB);
   }
   return pr;
 }
@@ -63,7 +69,8 @@ double pessimism(const CostModel& m, const Profile& pr, double memory_weight) {
   for (std::size_t d : pr.members) {
     const Device& dev = p.devices[d];
     const double own_time = std::accumulate(dev.time_s.begin(), dev.time_s.end(), 0.0);
-    total += loss(own_time, worst_time) + memory_weight * loss(dev.mem_MB, pr.mem_MB) + loss(dev.bw_Mbps, pr.bw_Mbps);
+    total += loss(own_time, worst_time) + memory_weight * loss(dev.mem_MB, pr.mem_MB) + loss(dev.bw_Mbps, pr.bw_Mbps) +
+             loss(dev.frame_s, pr.frame_s) + loss(dev.wire_s_per_MB, pr.wire_s_per_MB);
   }
   return total;
 }
@@ -183,6 +190,17 @@ ClassInstance build_instance(const CostModel& model, const std::vector<std::vect
     std::vector<double> prefix(L + 1, 0.0);
     for (std::size_t l = 0; l < L; ++l) prefix[l + 1] = prefix[l] + time[l];
     in.time_prefix.push_back(std::move(prefix));
+    // Worst member per entry: a member's frame costs are sums of nonnegative terms, so the
+    // entry-wise maximum is at least each member's own.
+    std::vector<double> recv(L + 1, 0.0), send(L + 1, 0.0);
+    for (std::size_t d : mem) {
+      for (std::size_t i = 0; i < L; ++i) recv[i] = std::max(recv[i], model.recv_s(d, i));
+      for (std::size_t j = 1; j <= L; ++j) send[j] = std::max(send[j], model.send_s(d, j));
+    }
+    in.has_frame_costs.push_back(std::any_of(recv.begin(), recv.end(), [](double x) { return x > 0; }) ||
+                                 std::any_of(send.begin(), send.end(), [](double x) { return x > 0; }));
+    in.recv_s.push_back(std::move(recv));
+    in.send_s.push_back(std::move(send));
     in.input_s.push_back(model.models_input() ? transfer_seconds(model.bytes_in(0), input.bw_Mbps) : 0.0);
     in.input_latency_s.push_back(input.latency_ms / 1000.0);
     in.output_s.push_back(model.models_output() ? transfer_seconds(model.bytes_out(L), output.bw_Mbps) : 0.0);

@@ -33,6 +33,14 @@ struct ClassInstance {
   double compute_s(std::size_t k, std::size_t i, std::size_t j) const {
     return time_prefix[k][j] - time_prefix[k][i];
   }
+  // Per class (members' worst): frame_s + receiving bytes_in(i); sending bytes_out(j).
+  std::vector<std::vector<double>> recv_s;          // [k][i], i = 0..L-1
+  std::vector<std::vector<double>> send_s;          // [k][j], j = 1..L
+  std::vector<bool> has_frame_costs;                // [k]: any recv_s or send_s above 0
+  // The stage's busy time on class k: its layers plus its frames (CostModel::stage_s).
+  double stage_s(std::size_t k, std::size_t i, std::size_t j) const {
+    return compute_s(k, i, j) + (recv_s[k][i] + send_s[k][j]);  // summed as CostModel::evaluate sums
+  }
   std::vector<double> transfer;                     // [(u * K + v) * (L + 1) + i], cuts i = 1..L-1
   double transfer_s(std::size_t u, std::size_t v, std::size_t i) const {
     return transfer[(u * classes + v) * (layers + 1) + i];

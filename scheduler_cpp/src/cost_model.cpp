@@ -26,6 +26,13 @@ CostModel::CostModel(const Problem& problem) : problem_(problem), layers_(proble
   }
   weight_prefix_.assign(layers_ + 1, 0.0);
   for (std::size_t l = 0; l < layers_; ++l) weight_prefix_[l + 1] = weight_prefix_[l] + problem.model.mem_MB[l];
+  for (const Device& d : problem.devices) {
+    std::vector<double> recv(layers_ + 1, 0.0), send(layers_ + 1, 0.0);
+    for (std::size_t i = 0; i < layers_; ++i) recv[i] = d.frame_s + d.wire_s_per_MB * bytes_in(i) / kMiB;
+    for (std::size_t j = 1; j <= layers_; ++j) send[j] = d.wire_s_per_MB * bytes_out(j) / kMiB;
+    recv_s_.push_back(std::move(recv));
+    send_s_.push_back(std::move(send));
+  }
 }
 
 double CostModel::bytes_in(std::size_t i) const {
@@ -87,6 +94,7 @@ Schedule CostModel::evaluate(const std::vector<StagePlan>& plan) const {
     st.first_layer = p.begin + 1;
     st.last_layer = p.end;
     st.compute_s = compute_s(p.device, p.begin, p.end);
+    st.wire_s = wire_s(p.device, p.begin, p.end);
     st.memory_MB = memory_MB(p.begin, p.end);
     if (k + 1 < plan.size()) {
       const std::size_t next = plan[k + 1].device;
@@ -96,8 +104,8 @@ Schedule CostModel::evaluate(const std::vector<StagePlan>& plan) const {
       st.transfer_s = output_s(p.device);
       st.link_latency_s = output_latency_s(p.device);
     }
-    s.bottleneck_s = std::max({s.bottleneck_s, st.compute_s, st.transfer_s});
-    s.latency_s += st.compute_s + st.transfer_s + st.link_latency_s;
+    s.bottleneck_s = std::max({s.bottleneck_s, st.compute_s + st.wire_s, st.transfer_s});
+    s.latency_s += st.compute_s + st.wire_s + st.transfer_s + st.link_latency_s;
     s.stages.push_back(st);
   }
   return s;

@@ -24,7 +24,7 @@ std::vector<StagePlan> best_cuts(const CostModel& m, const std::vector<std::size
   const std::size_t first = order.front();
   const double start = throughput ? m.input_s(first) : m.input_s(first) + m.input_latency_s(first);
   for (std::size_t j = 1; j <= L; ++j) {
-    if (m.fits(first, 0, j)) best[0][j] = combine(start, m.compute_s(first, 0, j));
+    if (m.fits(first, 0, j)) best[0][j] = combine(start, m.stage_s(first, 0, j));
   }
   for (std::size_t s = 1; s < k; ++s) {
     const std::size_t u = order[s - 1], v = order[s];
@@ -34,7 +34,7 @@ std::vector<StagePlan> best_cuts(const CostModel& m, const std::vector<std::size
       const double base = combine(best[s - 1][i], m.transfer_s(u, v, i) + hop);
       for (std::size_t j = i + 1; j <= L; ++j) {
         if (!m.fits(v, i, j)) continue;
-        const double value = combine(base, m.compute_s(v, i, j));
+        const double value = combine(base, m.stage_s(v, i, j));
         if (value < best[s][j]) {
           best[s][j] = value;
           from[s][j] = i;

@@ -50,6 +50,9 @@ void validate(const Problem& p) {
       if (bad_number(t)) fail("device " + d.name + " has a negative or non-finite layer time");
     }
     if (std::isnan(d.mem_MB) || std::isnan(d.bw_Mbps)) fail("device " + d.name + " has a NaN field");
+    if (bad_number(d.frame_s) || bad_number(d.wire_s_per_MB)) {
+      fail("device " + d.name + " has a negative or non-finite frame_s or wire_s_per_MB");
+    }
   }
   const std::size_t n = p.devices.size();
   check_links(p.links.host_to_host, n * n, "host_to_host");

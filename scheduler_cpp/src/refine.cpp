@@ -142,10 +142,10 @@ SweepResult<Key> sweep(const ClassInstance& in, const CountSpace& space, const T
 struct BottleneckPolicy {
   const ClassInstance& in;
   std::optional<double> start(std::size_t v, std::size_t j) const {
-    return std::max(in.input_s[v], in.compute_s(v, 0, j));
+    return std::max(in.input_s[v], in.stage_s(v, 0, j));
   }
   std::optional<double> step(double k, std::size_t u, std::size_t v, std::size_t i, std::size_t j) const {
-    return std::max({k, in.transfer_s(u, v, i), in.compute_s(v, i, j)});
+    return std::max({k, in.transfer_s(u, v, i), in.stage_s(v, i, j)});
   }
   std::optional<double> finish(double k, std::size_t u) const { return std::max(k, in.output_s[u]); }
   bool better(double a, double b) const { return a < b; }
@@ -156,13 +156,13 @@ struct LatencyPolicy {
   const ClassInstance& in;
   double limit;
   std::optional<PathKey> start(std::size_t v, std::size_t j) const {
-    const double work = in.compute_s(v, 0, j);
+    const double work = in.stage_s(v, 0, j);
     if (work > limit || in.input_s[v] > limit) return std::nullopt;
     return PathKey{in.input_s[v] + in.input_latency_s[v] + work, std::max(in.input_s[v], work), 1};
   }
   std::optional<PathKey> step(const PathKey& k, std::size_t u, std::size_t v, std::size_t i, std::size_t j) const {
     const double x = in.transfer_s(u, v, i);
-    const double work = in.compute_s(v, i, j);
+    const double work = in.stage_s(v, i, j);
     if (x > limit || work > limit) return std::nullopt;
     return PathKey{k.latency_s + x + in.link_latency_s(u, v) + work, std::max({k.bottleneck_s, x, work}),
                    k.stages + 1};

@@ -18,7 +18,7 @@ double relaxed_bottleneck(const ClassInstance& in) {
   auto spread = [&](std::size_t v, std::size_t i, double base) {
     bits::for_each(in.fits(v, i), in.words, [&](std::size_t b) {
       double& cell = best[(b + 1) * K + v];
-      cell = std::min(cell, std::max(base, in.compute_s(v, i, b + 1)));
+      cell = std::min(cell, std::max(base, in.stage_s(v, i, b + 1)));
     });
   };
   for (std::size_t v = 0; v < K; ++v) {
@@ -60,7 +60,7 @@ Penalized penalized_latency(const ClassInstance& in, const ThresholdTables& t, s
   auto spread = [&](std::size_t v, std::size_t i, std::size_t c, double base, std::size_t from) {
     bits::for_each(t.stages_from(in, v, i), in.words, [&](std::size_t b) {
       Cell& x = best[cell(b + 1, v, c)];
-      const double value = base + in.compute_s(v, i, b + 1) + penalty[v];
+      const double value = base + in.stage_s(v, i, b + 1) + penalty[v];
       if (value < x.value) x = Cell{value, from};
     });
   };
@@ -182,7 +182,7 @@ std::vector<double> penalized_prefix_latency(const ClassInstance& in, const Thre
   auto spread = [&](std::size_t v, std::size_t i, double base) {
     bits::for_each(t.stages_from(in, v, i), in.words, [&](std::size_t b) {
       double& x = best[(b + 1) * K + v];
-      x = std::min(x, base + in.compute_s(v, i, b + 1) + penalty[v]);
+      x = std::min(x, base + in.stage_s(v, i, b + 1) + penalty[v]);
     });
   };
   for (std::size_t v = 0; v < K; ++v) {
@@ -214,7 +214,7 @@ std::vector<double> penalized_suffix_latency(const ClassInstance& in, const Thre
     for (std::size_t v = 0; v < K; ++v) {
       stage[v] = kInf;
       bits::for_each(t.stages_from(in, v, i), in.words, [&](std::size_t b) {
-        stage[v] = std::min(stage[v], in.compute_s(v, i, b + 1) + penalty[v] + best[(b + 1) * K + v]);
+        stage[v] = std::min(stage[v], in.stage_s(v, i, b + 1) + penalty[v] + best[(b + 1) * K + v]);
       });
     }
     for (std::size_t u = 0; u < K; ++u) {

@@ -64,7 +64,7 @@ std::vector<PathStep> greedy_path(const ClassInstance& in, const CountSpace& spa
       for (std::size_t b = pos; b < in.layers; ++b) {
         if (!bits::test(from, b) || !bits::test(target, b)) continue;
         // Latency per layer covered, so long cheap stages are preferred.
-        const double rate = (hop + in.compute_s(v, pos, b + 1)) / static_cast<double>(b + 1 - pos);
+        const double rate = (hop + in.stage_s(v, pos, b + 1)) / static_cast<double>(b + 1 - pos);
         if (rate < best) {
           best = rate;
           step = PathStep{v, b + 1};
@@ -87,7 +87,7 @@ double path_latency(const ClassInstance& in, const std::vector<PathStep>& path) 
   for (std::size_t k = 0; k < path.size(); ++k) {
     const std::size_t v = path[k].cls;
     if (k > 0) latency += in.transfer_s(path[k - 1].cls, v, begin) + in.link_latency_s(path[k - 1].cls, v);
-    latency += in.compute_s(v, begin, path[k].end);
+    latency += in.stage_s(v, begin, path[k].end);
     begin = path[k].end;
   }
   return latency + in.output_s[path.back().cls] + in.output_latency_s[path.back().cls];

@@ -16,13 +16,20 @@ ThresholdTables make_tables(const ClassInstance& in, double T) {
   t.max_work.assign(K, 0.0);
   t.max_weight.assign(K, 0.0);
   for (std::size_t v = 0; v < K; ++v) {
-    std::size_t last = 0;  // largest j with compute (i, j] <= T; non-decreasing in i
+    // Largest j with compute (i, j] + receiving <= T: monotone in j for one i (and, without
+    // frame costs, non-decreasing in i). Sending is not monotone (a stage may end on a smaller
+    // activation), so with frame costs the ends up to that bound are checked one by one.
+    const bool frames = in.has_frame_costs[v];
+    std::size_t last = 0;
     for (std::size_t i = 0; i < L; ++i) {
-      if (last < i) last = i;
-      while (last < L && in.compute_s(v, i, last + 1) <= T) ++last;
+      if (frames || last < i) last = i;
+      while (last < L && in.compute_s(v, i, last + 1) + in.recv_s[v][i] <= T) ++last;
       if (last == i) continue;
       bits::Word* out = &t.stage[(v * L + i) * W];
       bits::set_range(out, i, last);  // ends i+1..last are bits i..last-1
+      for (std::size_t j = i + 1; frames && j <= last; ++j) {
+        if (in.stage_s(v, i, j) > T) bits::clear(out, j - 1);
+      }
       const bits::Word* fit = in.fits(v, i);
       for (std::size_t w = 0; w < W; ++w) out[w] &= fit[w];
       for (std::size_t w = W; w-- > 0;) {

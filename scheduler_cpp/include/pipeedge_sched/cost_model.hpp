@@ -33,6 +33,13 @@ class CostModel {
   double compute_s(std::size_t d, std::size_t i, std::size_t j) const {
     return time_prefix_[d][j] - time_prefix_[d][i];
   }
+  // Device d's time on the frames of stage (i, j]: its fixed part, receiving the boundary-i
+  // activation and sending the boundary-j one (frame_s, wire_s_per_MB; 0 when not modelled).
+  double wire_s(std::size_t d, std::size_t i, std::size_t j) const { return recv_s(d, i) + send_s(d, j); }
+  double recv_s(std::size_t d, std::size_t i) const { return recv_s_[d][i]; }  // frame_s + bytes_in(i)
+  double send_s(std::size_t d, std::size_t j) const { return send_s_[d][j]; }  // bytes_out(j)
+  // What the stage keeps the device busy for per microbatch: the stage's CPU-side cost.
+  double stage_s(std::size_t d, std::size_t i, std::size_t j) const { return compute_s(d, i, j) + wire_s(d, i, j); }
   // Bytes entering the stage that starts after position i (i == 0: the model input).
   double bytes_in(std::size_t i) const;
   // Bytes leaving the stage that ends at position j >= 1.
@@ -65,6 +72,8 @@ class CostModel {
   std::size_t layers_;
   std::vector<std::vector<double>> time_prefix_;  // [device][0..L]
   std::vector<double> weight_prefix_;             // [0..L]
+  std::vector<std::vector<double>> recv_s_;       // [device][i], i = 0..L-1: frame_s + receiving bytes_in(i)
+  std::vector<std::vector<double>> send_s_;       // [device][j], j = 1..L: sending bytes_out(j)
 };
 
 }  // namespace pipeedge_sched

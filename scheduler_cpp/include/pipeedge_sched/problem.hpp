@@ -28,6 +28,10 @@ struct Device {
   double mem_MB = 0;                      // memory capacity, MB
   double bw_Mbps = 0;                     // NIC bandwidth, Mbit/s (2^20 bits), used without links
   std::vector<double> time_s;             // per-layer compute time at the batch size, seconds
+  // What a stage spends on its frames, on this device (its CPU, under its quota): a fixed
+  // part per microbatch, and seconds per MB (2^20 bytes) received or sent. 0: not modelled.
+  double frame_s = 0;
+  double wire_s_per_MB = 0;
 };
 
 // A directed network leg. bw_Mbps <= 0 means "unusable" (infinite transfer time).

@@ -49,6 +49,11 @@ CASES = {  # name: (seed, instances, generator options)
             "shared_types": True,
         },
     ),
+    "frames": (
+        16,
+        120,
+        {"max_layers": 7, "max_devices": 4, "shared_types": True, "links": True, "frames": True},
+    ),
     "proportional": (
         15,
         80,

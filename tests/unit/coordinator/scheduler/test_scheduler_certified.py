@@ -33,8 +33,10 @@ from pipeedge.coordinator.scheduler import (
 BEYOND = {"max_search_states": 1}  # forces the certified search at any size
 
 
-def _fleet(rng: random.Random, layers: int, count: int, types: int) -> Instance:
-    """ViT-like layers on `count` devices of `types` random profiles, most of them needed."""
+def _fleet(rng: random.Random, layers: int, count: int, types: int, *,
+           frames: bool = False) -> Instance:
+    """ViT-like layers on `count` devices of `types` random profiles, most of them needed;
+    with `frames`, each type also pays for its frames (slower types pay more)."""
     pattern_out, pattern_t = (302592, 151296, 756480, 151296), (0.35, 0.08, 0.35, 0.30)
     mem = tuple(20 + 10 * rng.random() for _ in range(layers))
     model = ModelProfile("vit-like", mem, 150528, tuple(pattern_out[i % 4] for i in range(layers)))
@@ -42,9 +44,11 @@ def _fleet(rng: random.Random, layers: int, count: int, types: int) -> Instance:
     for t in range(types):
         speed = 0.5 + 1.5 * rng.random()
         times = tuple(pattern_t[i % 4] * speed * (0.9 + 0.2 * rng.random()) for i in range(layers))
-        kinds.append((f"t{t}", 2.5 * sum(mem) * (0.6 + 0.8 * rng.random()) / count, times))
+        wire = (0.02 * speed * rng.random(), 0.4 * speed * rng.random()) if frames else (0, 0)
+        kinds.append((f"t{t}", 2.5 * sum(mem) * (0.6 + 0.8 * rng.random()) / count, times, wire))
     devices = tuple(
-        DeviceProfile(f"h{d}", kinds[d % types][0], kinds[d % types][1], 1000.0, kinds[d % types][2])
+        DeviceProfile(f"h{d}", kinds[d % types][0], kinds[d % types][1], 1000.0, kinds[d % types][2],
+                      frame_s=kinds[d % types][3][0], wire_s_per_MB=kinds[d % types][3][1])
         for d in range(count)
     )
     # Batch 1 in int8: activation buffers stay small beside each device's share of the weights.
@@ -76,7 +80,7 @@ def test_bound_and_plan_against_brute_force() -> None:
     checked = 0
     for n in range(150):
         inst = random_instance(rng, max_layers=6, max_devices=5, shared_types=n % 2 == 0,
-                               links=n % 3 == 0, client_legs=n % 5 == 0)
+                               links=n % 3 == 0, client_legs=n % 5 == 0, frames=n % 4 == 1)
         inst = dataclasses.replace(inst, objective=Objective.THROUGHPUT)
         best = brute_force(inst)
         if best is None:
@@ -93,6 +97,17 @@ def test_optimal_at_18_to_32_devices_against_the_type_count_dp(count: int) -> No
     rng = random.Random(count)
     for _ in range(2):
         inst = _fleet(rng, 12 if count <= 22 else 24, count, 3)
+        optimum = type_count_bottleneck(inst)
+        assert math.isfinite(optimum)
+        _check_certified(inst, optimum, time_limit_s=5.0, exact=True)
+        _check_certified(inst, optimum, time_limit_s=0.0, exact=False)
+
+
+@pytest.mark.parametrize("count", [18, 24])
+def test_frame_costs_optimal_at_18_and_24_devices_against_the_type_count_dp(count: int) -> None:
+    rng = random.Random(100 + count)
+    for _ in range(2):
+        inst = _fleet(rng, 12, count, 3, frames=True)
         optimum = type_count_bottleneck(inst)
         assert math.isfinite(optimum)
         _check_certified(inst, optimum, time_limit_s=5.0, exact=True)

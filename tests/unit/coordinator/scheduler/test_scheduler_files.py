@@ -78,8 +78,8 @@ def test_model_errors_name_the_fix(overrides: dict[str, object], message: str) -
         load_model(_model(**overrides), "m")
 
 
-def _types(times: list[float] | None = None) -> dict[str, object]:
-    profile = [{"batch_size": 8, "dtype": "torch.float32", "time_s": times or [0.1] * 4}]
+def _types(times: list[float] | None = None, **run: object) -> dict[str, object]:
+    profile = [{"batch_size": 8, "dtype": "torch.float32", "time_s": times or [0.1] * 4, **run}]
     return {
         "A": {"bw_Mbps": 100, "mem_MB": 50, "model_profiles": {"m": profile}},
         "Dummy": {"bw_Mbps": 0, "mem_MB": 0, "model_profiles": None},
@@ -108,6 +108,18 @@ def test_device_errors() -> None:
         load_devices(_types(), {"A": ["a0", "a0"]}, model, dtype="torch.float32", batch_size=8)
     with pytest.raises(SchedulingError, match=r"at dtype torch\.float32, batch size 4"):
         load_devices(_types(), {"A": ["a0"]}, model, dtype="torch.float32", batch_size=4)
+
+
+def test_devices_carry_their_frame_costs() -> None:
+    model = load_model(_model(), "m")
+    plain = load_devices(_types(), {"A": ["a0"]}, model, dtype="torch.float32", batch_size=8)
+    assert (plain[0].frame_s, plain[0].wire_s_per_MB) == (0.0, 0.0)  # older profiles
+    timed = load_devices(_types(frame_time_s=0.002, wire_time_s_per_MB=0.0015), {"A": ["a0"]},
+                         model, dtype="torch.float32", batch_size=8)
+    assert (timed[0].frame_s, timed[0].wire_s_per_MB) == (0.002, 0.0015)
+    with pytest.raises(SchedulingError, match="wire_time_s_per_MB -1.0 is negative"):
+        load_devices(_types(wire_time_s_per_MB=-1), {"A": ["a0"]}, model, dtype="torch.float32",
+                     batch_size=8)
 
 
 def _hosts(*names: str, bw: float = 100.0) -> list[DeviceProfile]:

@@ -9,6 +9,7 @@ check the reference itself.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -91,6 +92,14 @@ def memory_MB(inst: Instance, i: int, j: int) -> float:
     return sum(inst.model.mem_MB[i:j]) + buffers / MIB
 
 
+def stage_s(inst: Instance, d: int, i: int, j: int) -> float:
+    """Device d's busy time for layers i+1..j: the layers, plus its own frame costs (a fixed
+    part, and per MB of the activation it receives and of the one it sends)."""
+    dev = inst.devices[d]
+    frames = dev.frame_s + dev.wire_s_per_MB * (_bytes_in(inst, i) + _bytes_out(inst, j)) / MIB
+    return sum(dev.time_s[i:j]) + frames
+
+
 def seconds(nbytes: float, bw_Mbps: float) -> float:
     if nbytes <= 0:
         return 0.0
@@ -115,7 +124,7 @@ def evaluate(inst: Instance, plan: Plan) -> Costs | None:
     for k, (d, i, j) in enumerate(plan):
         if memory_MB(inst, i, j) > inst.devices[d].mem_MB:
             return None
-        compute = sum(inst.devices[d].time_s[i:j])
+        compute = stage_s(inst, d, i, j)
         if k + 1 < len(plan):
             leg = link(inst, d, plan[k + 1][0])
             transfer, hop = seconds(_bytes_out(inst, j), leg.bw_Mbps), leg.latency_ms / 1000
@@ -171,6 +180,7 @@ def random_instance(
     links: bool = False,
     client_legs: bool = False,
     proportional: bool = False,
+    frames: bool = False,
 ) -> Instance:
     """A small instance with dyadic numbers: memory-infeasible ones included on purpose."""
     layers = rng.randint(1, max_layers)
@@ -182,13 +192,14 @@ def random_instance(
     for d in range(rng.randint(1, max_devices)):
         if shared_types and kinds and rng.random() < 0.5:
             kind = rng.choice(kinds)
-            devices.append(
-                DeviceProfile(f"h{d}", kind.device_type, kind.mem_MB, kind.bw_Mbps, kind.time_s)
-            )
+            devices.append(dataclasses.replace(kind, host=f"h{d}"))
             continue
         factor = rng.randint(1, 4) / 2
         times = tuple(b * factor if proportional else rng.randint(0, 12) / 8 for b in base)
         dev = DeviceProfile(f"h{d}", f"t{d}", float(rng.randint(3, 14)), rng.choice(bws), times)
+        if frames:  # a frame costs up to 0.5 s; an activation is 1/16 to 1/2 MB
+            dev = dataclasses.replace(dev, frame_s=rng.randint(0, 4) / 8,
+                                      wire_s_per_MB=rng.randint(0, 8) / 4)
         kinds.append(dev)
         devices.append(dev)
     net = None
@@ -310,7 +321,8 @@ def type_count_bottleneck(inst: Instance) -> float:
     prof = [inst.devices[idx[0]] for _, idx in types]
     radix = [math.prod(c + 1 for c in counts[:k]) for k in range(len(counts))]
     layers = inst.model.layers
-    prefix = [list(itertools.accumulate(p.time_s, initial=0.0)) for p in prof]
+    busy = {(u, i, j): stage_s(inst, idx[0], i, j) for u, (_, idx) in enumerate(types)
+            for i in range(layers) for j in range(i + 1, layers + 1)}
     fit = {(i, j): memory_MB(inst, i, j) for i in range(layers) for j in range(i + 1, layers + 1)}
     # best[(i, s, u)]: least bottleneck with layers 1..i done by the counts s, u's stage last.
     best: dict[tuple[int, int, int], float] = {}
@@ -318,7 +330,7 @@ def type_count_bottleneck(inst: Instance) -> float:
         for j in range(1, layers + 1):
             if fit[(0, j)] <= p.mem_MB:
                 key = (j, radix[u], u)
-                best[key] = min(best.get(key, math.inf), prefix[u][j])
+                best[key] = min(best.get(key, math.inf), busy[(u, 0, j)])
     answer = math.inf
     for i in range(1, layers + 1):
         for (pos, s, u), value in sorted((k, v) for k, v in best.items() if k[0] == i):
@@ -332,7 +344,7 @@ def type_count_bottleneck(inst: Instance) -> float:
                 for j in range(pos + 1, layers + 1):
                     if fit[(pos, j)] <= p.mem_MB:
                         key = (j, s + radix[v], v)
-                        cost = max(value, comm, prefix[v][j] - prefix[v][pos])
+                        cost = max(value, comm, busy[(v, pos, j)])
                         if cost < best.get(key, math.inf):
                             best[key] = cost
     return answer
@@ -352,6 +364,15 @@ def test_reference_costs_a_plan_by_hand() -> None:
     costs = evaluate(inst, ((0, 0, 1), (1, 1, 3)))
     assert costs == Costs(bottleneck_s=2.0, latency_s=1.0 + 1.0 + 2.0, stages=2)
     assert memory_MB(inst, 1, 3) == 2.0 + (2**17 + 2**17) / MIB  # weights + in and out buffers
+
+
+def test_reference_costs_frames_by_hand() -> None:
+    inst = _two_device_instance()
+    slow = dataclasses.replace(inst.devices[1], frame_s=0.25, wire_s_per_MB=2.0)
+    inst = dataclasses.replace(inst, devices=(inst.devices[0], slow))
+    # h1 receives 2^17 bytes (1/8 MB at batch 1, int8) and sends 2^17: 0.25 + 2 * 0.25 s
+    costs = evaluate(inst, ((0, 0, 1), (1, 1, 3)))
+    assert costs == Costs(bottleneck_s=2.75, latency_s=1.0 + 1.0 + 2.75, stages=2)
 
 
 def test_reference_brute_force_avoids_the_wide_cut() -> None:
@@ -374,8 +395,8 @@ def test_reference_seed_dp_matches_brute_force_on_one_type() -> None:
 def test_reference_type_count_dp_matches_brute_force() -> None:
     rng = random.Random(6)
     checked = 0
-    for _ in range(60):
-        inst = random_instance(rng, shared_types=True, max_devices=4)
+    for n in range(60):
+        inst = random_instance(rng, shared_types=True, max_devices=4, frames=n % 2 == 1)
         inst = Instance(
             inst.model,
             inst.devices,
