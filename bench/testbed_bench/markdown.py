@@ -140,6 +140,7 @@ def _hetero(s: dict) -> list[str]:
     rows = [[r["set"], r["split"], " ".join(r["order"]), r["partition"],
              f"{r['items_per_s']:.2f}", _spread(r), f"{r['predicted_items_per_s']:.2f}",
              f"{r['ratio']:.2f}" if "ratio" in r else r.get("prediction_note", "-"),
+             _layers_only(r),
              f"{r['vs_ours']:.2f}" if "vs_ours" in r else "-"] for r in s["rows"]]
     verdict = []
     for size in sorted({r["set"] for r in s["rows"]}):
@@ -156,10 +157,25 @@ def _hetero(s: dict) -> list[str]:
                        f"({'meets' if gain >= 1.3 else 'misses'} 1.3x), measured/predicted "
                        f"{ratios}")
     micro = s["testbed"].get("deployment", {}).get("microbatch", "?")
+    frames = s.get("frame_costs", {})
+    by_type = {name[0]: v for name, v in sorted(frames.items())}
+    costs = ", ".join(f"{t}: {f * 1e3:.1f} ms + {w * 1e3:.1f} ms/MB"
+                      for t, (f, w) in sorted(by_type.items()))
     return [f"{s['model']}, microbatch {micro}; device types {desc}; slow links: "
-            f"{slow or 'none'}. Goal: {s.get('goal', '')}.", ""] + _table(
+            f"{slow or 'none'}; the client keeps 2 x stages + 2 in flight. Goal: "
+            f"{s.get('goal', '')}.", "",
+            "Predicted: the scheduler's cost model, which charges each stage its layers' "
+            "profiled time plus its device's profiled time on frames (receiving its input, "
+            f"sending its output; per type {costs or 'not profiled'}); 'layers only' is "
+            "the same model without the frame term (the cost model before it).", ""] + _table(
         ["devices", "split", "hosts", "partition", "items/s", "items (spread)", "predicted",
-         "measured / predicted", "vs ours"], rows) + ["; ".join(verdict) + ".", ""]
+         "measured / predicted", "measured / predicted (layers only)", "vs ours"],
+        rows) + ["; ".join(verdict) + ".", ""]
+
+
+def _layers_only(r: dict) -> str:
+    base = r.get("predicted_layers_only_items_per_s")
+    return f"{r['items_per_s'] / base:.2f}" if base else "-"
 
 
 def _cost(results: dict) -> list[str]:

@@ -94,15 +94,27 @@ def layer_times(sched_dir: Path, model: str, names: list[str],
 
 
 def predict(sched_dir: Path, model: str, order: list[str], partition: str,
-            microbatch: int) -> float:
-    """The cost model's items/s for `partition` on `order` (SchedulingError: does not fit)."""
+            microbatch: int, *, frames: bool = True) -> float:
+    """The cost model's items/s for `partition` on `order` (SchedulingError: does not fit);
+    `frames=False`: as if stages spent nothing on their frames (the cost model before them)."""
+    from dataclasses import replace
+
     from pipeedge.coordinator import scheduler
 
     inputs = _inputs(sched_dir, model, microbatch)
+    devices = inputs.devices if frames else tuple(
+        replace(d, frame_s=0.0, wire_s_per_MB=0.0) for d in inputs.devices)
     bounds = [int(x) for x in partition.split(",")]
     plan = [(host, bounds[2 * k], bounds[2 * k + 1]) for k, host in enumerate(order)]
-    return scheduler.evaluate(model=inputs.model, devices=inputs.devices, links=inputs.links,
+    return scheduler.evaluate(model=inputs.model, devices=devices, links=inputs.links,
                               plan=plan, batch_size=microbatch).throughput_items_s
+
+
+def frame_costs(sched_dir: Path, model: str, names: list[str],
+                microbatch: int) -> dict[str, tuple[float, float]]:
+    """Each device's profiled (frame_s, wire_s_per_MB)."""
+    devices = {d.host: d for d in _inputs(sched_dir, model, microbatch).devices}
+    return {n: (devices[n].frame_s, devices[n].wire_s_per_MB) for n in names}
 
 
 def solve(sched_dir: Path, model: str, names: list[str], size: int, microbatch: int):

@@ -89,6 +89,8 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
             try:
                 row["predicted_items_per_s"] = planner.predict(
                     sched_dir, model, order, partition, MICROBATCH)
+                row["predicted_layers_only_items_per_s"] = planner.predict(
+                    sched_dir, model, order, partition, MICROBATCH, frames=False)
             except SchedulingError as exc:
                 row["predicted_items_per_s"], row["prediction_note"] = 0.0, str(exc)
             hosts = hosts_for(tb, settings.workdir, f"het{size}-{label.split()[0]}", order,
@@ -97,7 +99,7 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
             try:
                 pipeline = deploy_file(hosts)
                 try:
-                    m = measure_stream(pipeline.entry, inputs, window=n + 2,
+                    m = measure_stream(pipeline.entry, inputs, window=2 * n + 2,
                                        steady=settings.steady(),
                                        pids=tuple(tb.device(s).pid for s in order))
                 finally:
@@ -123,6 +125,8 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
                 r["vs_ours"] = r["items_per_s"] / ours_row["items_per_s"]
     return {"title": TITLE, "testbed": doc, "rows": rows, "model": model,
             "skipped_parts": skipped,
+            "frame_costs": planner.frame_costs(sched_dir, model, device_names(len(tb.devices)),
+                                               MICROBATCH),
             "solve": solve_times(sched_dir, model, MICROBATCH, device_names(
                 len(tb.devices))),
             "baseline": "the even, memory-proportional and PipeDream-style splits on the same "
