@@ -9,6 +9,11 @@ as `layer_mem_MB` (a key the seed's tools ignore) for planning.
 Decoders are also timed per decode step (one token against hosts.yml's `context`); those go in
 keys the seed's tools ignore: `step_time_s` and `step_context` beside `time_s` in the device
 type's run, `step_parameters_in` and `step_parameters_out` in the models.yml entry.
+
+What moving frames costs each device (stage_server/wire_profile.py) goes beside `time_s` in
+the run too, as `frame_time_s` (seconds per microbatch) and `wire_time_s_per_MB` (seconds per
+MiB received or sent): keys the seed's tools ignore, averaged over the type's hosts and left out
+when any of them did not measure it (an older server).
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class LayerProfile:
     step_parameters_out: tuple[int, ...] = ()
     step_context: int = 0
     nic_mbps: float = 0.0  # the device's fastest NIC (2^20 bits/s); 0 = it could not tell
+    # Wire cost per microbatch: fixed seconds, and seconds per MiB received or sent (0 = not
+    # measured: an older server)
+    frame_time_s: float = 0.0
+    wire_time_s_per_mb: float = 0.0
 
 
 def device_type(host: Host, dep: Deployment | None = None) -> str:
@@ -94,7 +103,9 @@ def profile_hosts(dep: Deployment, hosts: list[Host], *, batch: int, dtype: str,
                 host, tuple(e.time_s for e in events), tuple(e.mem_mb for e in events),
                 tuple(e.parameters_out for e in events), events[0].parameters_in,
                 events[0].memory_capacity_mb,
-                *_steps(events), nic_mbps=events[0].nic_mbps)
+                *_steps(events), nic_mbps=events[0].nic_mbps,
+                frame_time_s=events[0].frame_time_s,
+                wire_time_s_per_mb=events[0].wire_time_s_per_mb)
         except grpc.RpcError as exc:
             results[i] = RuntimeError(f"profiling on {host.name} failed: {exc.details()}")
         except Exception as exc:
@@ -158,6 +169,9 @@ def write_scheduler_files(dep: Deployment, profiles: list[LayerProfile], out_dir
             run["step_time_s"] = [sum(p.step_time_s[i] for p in group) / len(group)
                                   for i in range(len(first.time_s))]
             run["step_context"] = group[0].step_context
+        if all(p.frame_time_s and p.wire_time_s_per_mb for p in group):
+            run["frame_time_s"] = sum(p.frame_time_s for p in group) / len(group)
+            run["wire_time_s_per_MB"] = sum(p.wire_time_s_per_mb for p in group) / len(group)
         seed_files.put_run(types_doc, dtype_name, dep.model, run)
     devices_doc: dict[str, list[str]] = {}
     for h in dep.hosts:

@@ -10,10 +10,14 @@ time: one new token against a cache of that many tokens (random context; the cos
 depend on the values), reported per layer as ``step_time_s``. Each session steps as its own
 batch-1 frame (sessions are not batched together), so a step is timed at batch 1 and reported as
 ``batch_size`` such steps one after another: the time of one microbatch, like ``time_s``.
+
+Every event also carries what moving a frame costs this device (wire_profile.py), measured once
+per request before the layers: the scheduler charges it per stage besides the layers' time.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections.abc import Iterator
@@ -26,9 +30,12 @@ from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.stage_server.backends import ShardBackend, check_target, load_backend
 from pipeedge.stage_server.device_info import nic_speed_mbps, usable_memory_mb
+from pipeedge.stage_server.wire_profile import WireCost, measure_wire_cost
 
 if TYPE_CHECKING:
     from pipeedge.stage_server.sessions import DecodeTiming
+
+log = logging.getLogger(__name__)
 
 
 def profile_layers(req: pb.ProfileRequest, *, cache_dir: Path, default_threads: int,
@@ -50,6 +57,7 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir: Path, default_threads: 
     try:
         tensors = models.example_inputs(info, batch, seed=0)
         capacity, nic = usable_memory_mb(), nic_speed_mbps()
+        wire_cost = _wire_cost()
         label = f"{device} ({torch.get_num_threads()} threads)"
         for layer in range(1, info.num_layers + 1):
             assignment = pb.AssignRequest(model_name=req.model_name,
@@ -75,7 +83,8 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir: Path, default_threads: 
                                     parameters_out=_elements_per_item(outputs, batch),
                                     done=layer == info.num_layers,
                                     memory_capacity_mb=capacity, device=label,
-                                    nic_mbps=nic)
+                                    nic_mbps=nic, frame_time_s=wire_cost.frame_time_s,
+                                    wire_time_s_per_mb=wire_cost.wire_time_s_per_mb)
             if step is not None:
                 event.step_time_s = step.step_s * batch
                 event.step_parameters_out = _elements_per_item(step.outputs, 1)
@@ -89,6 +98,16 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir: Path, default_threads: 
             yield event
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _wire_cost() -> WireCost:
+    """This device's wire cost, or zeros (not measured) if the loopback fails: the layers'
+    profile is still worth having, and the scheduler then charges no wire time."""
+    try:
+        return measure_wire_cost()
+    except Exception as exc:  # noqa: BLE001 (a loopback failure must not fail the profile)
+        log.warning("wire cost not measured: %s: %s", type(exc).__name__, exc)
+        return WireCost(0.0, 0.0, {})
 
 
 def _step_context(info: models.ModelInfo, req: pb.ProfileRequest) -> int:

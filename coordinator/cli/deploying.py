@@ -96,9 +96,11 @@ def profile(hosts_file, model, microbatch, all_hosts, out_dir, no_progress):
         step = (f", {sum(p.step_time_s) * 1e3:.1f} ms per decode step at {p.step_context} "
                 "cached tokens" if p.step_time_s else "")
         nic = f", NIC {p.nic_mbps:.0f} Mbps" if p.nic_mbps else ""
+        wire_cost = (f", frames {p.frame_time_s * 1e3:.1f} ms + {p.wire_time_s_per_mb * 1e3:.1f}"
+                     " ms/MiB" if p.frame_time_s else "")
         click.echo(f"{p.host.name}: {len(p.time_s)} layers, {sum(p.time_s):.3f} s per "
                    f"microbatch of {dep.microbatch}{step}, {sum(p.mem_mb):.0f} MB weights, "
-                   f"{p.memory_capacity_mb:.0f} MB memory{nic}")
+                   f"{p.memory_capacity_mb:.0f} MB memory{nic}{wire_cost}")
     click.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
