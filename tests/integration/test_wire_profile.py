@@ -63,7 +63,7 @@ def test_profiled_wire_cost_matches_a_stage_process(cluster_factory):
             # In: the frame (and the small result); out: the frame on (and the result back).
             # At a full core the profile's wall time reads ~0.6-0.8 of this CPU for big frames
             # (the loopback's gRPC threads use both cores); under a CPU limit they agree
-            # (0.96-1.29 at 0.04 and 0.1 core, measured for issue 18).
+            # (0.85-1.30 at 0.1 and 0.04 core, measured for issue 18).
             predicted = frame_s + per_mib * 2 * nbytes / 2**20
             measured[nbytes] = (predicted, cpu)
     for nbytes, (predicted, cpu) in measured.items():
