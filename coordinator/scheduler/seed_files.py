@@ -155,7 +155,7 @@ def _profile_run(
     (`frame_time_s`, `wire_time_s_per_MB`: 0 when the run has none), or None if unprofiled."""
     run = last_run({dev_type: entry}, dev_type, model.name, dtype=dtype, batch_size=batch_size)
     times = run.get("time_s") if run is not None else None
-    if times is None:
+    if run is None or times is None:
         return None
     if len(times) != model.layers:
         raise SchedulingError(
