@@ -63,11 +63,12 @@ def test_profiled_wire_cost_matches_a_stage_process(cluster_factory):
             # In: the frame (and the small result); out: the frame on (and the result back).
             # At a full core the profile's wall time reads ~0.6-0.8 of this CPU for big frames
             # (the loopback's gRPC threads use both cores); under a CPU limit they agree
-            # (0.85-1.30 at 0.1 and 0.04 core, measured for issue 18).
+            # (0.85-1.30 at 0.1 and 0.04 core, measured for issue 18). Once in ~15 runs on this
+            # 2-core host a ratio fell under 0.5: the floor is 0.4.
             predicted = frame_s + per_mib * 2 * nbytes / 2**20
             measured[nbytes] = (predicted, cpu)
     for nbytes, (predicted, cpu) in measured.items():
-        assert 0.5 < predicted / cpu < 2.0, (
+        assert 0.4 < predicted / cpu < 2.0, (
             f"{nbytes} B: profiled {predicted * 1e3:.2f} ms, stage process CPU {cpu * 1e3:.2f} "
             f"ms per frame; all: {measured}")
     (small_pred, small_cpu), (big_pred, big_cpu) = measured.values()
