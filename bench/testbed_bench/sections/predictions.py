@@ -48,7 +48,7 @@ def run(settings: Settings, testbeds: Testbeds) -> dict:
         pipeline = deploy_file(p.hosts_file)
         used = len(p.order)
         try:
-            m = measure_stream(pipeline.entry, inputs, window=used + 2,
+            m = measure_stream(pipeline.entry, inputs, window=2 * used + 2,
                                steady=settings.steady(target_s=10.0),
                                pids=tuple(tb.device(s).pid for s in p.order))
         finally:
