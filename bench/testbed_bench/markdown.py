@@ -158,7 +158,8 @@ def _hetero(s: dict) -> list[str]:
                        f"{ratios}")
     micro = s["testbed"].get("deployment", {}).get("microbatch", "?")
     frames = s.get("frame_costs", {})
-    by_type = {name[0]: v for name, v in sorted(frames.items())}
+    type_of = {d["name"]: d["type"] for d in s["testbed"]["devices"]}
+    by_type = {type_of[name]: v for name, v in frames.items()}
     costs = ", ".join(f"{t}: {f * 1e3:.1f} ms + {w * 1e3:.1f} ms/MB"
                       for t, (f, w) in sorted(by_type.items()))
     return [f"{s['model']}, microbatch {micro}; device types {desc}; slow links: "
