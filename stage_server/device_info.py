@@ -1,10 +1,12 @@
-"""What this device offers: usable memory (cgroup limit or RAM) and its NIC speed."""
+"""What this device offers: usable memory (cgroup limit or RAM), a CPU quota, its NIC speed."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 _NET = Path("/sys/class/net")
+_PROC_CGROUP = Path("/proc/self/cgroup")
+_MOUNTS = Path("/proc/self/mounts")
 _CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"),                    # cgroup v2
                   Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))  # cgroup v1
 
@@ -35,6 +37,57 @@ def usable_memory_mb() -> float:
     import os
 
     return max(0.0, memory_capacity_mb() - pages * os.sysconf("SC_PAGE_SIZE") / 2**20)
+
+
+def cpu_quota_cores(proc_cgroup: Path = _PROC_CGROUP, mounts: Path = _MOUNTS) -> float:
+    """The CFS quota on this process in cores (the tightest of its cgroup and the cgroups
+    above it, v1 or v2: `docker --cpus`, a systemd CPUQuota, the testbed's devices); 0 when
+    none. Read when asked, since a quota can be set on a running process."""
+    quotas = []
+    for cpu_file, path in _own_cpu_cgroups(proc_cgroup, mounts):
+        d = cpu_file.parent / path.strip("/")
+        while True:
+            quotas.append(_read_quota(d, cpu_file.name))
+            if d == cpu_file.parent:
+                break
+            d = d.parent
+    limited = [q for q in quotas if q > 0]
+    return min(limited) if limited else 0.0
+
+
+def _own_cpu_cgroups(proc_cgroup: Path, mounts: Path) -> list[tuple[Path, str]]:
+    """(mount point / the quota file's name, this process's path under it) for each CPU
+    hierarchy mounted here: v1's `cpu` controller and the v2 unified tree."""
+    try:
+        own = [line.split(":", 2) for line in proc_cgroup.read_text().splitlines()]
+        mount_lines = [line.split() for line in mounts.read_text().splitlines()]
+    except OSError:
+        return []
+    v1 = next((p for _, ctrl, p in own if "cpu" in ctrl.split(",")), None)
+    v2 = next((p for hid, ctrl, p in own if hid == "0" and ctrl == ""), None)
+    out = []
+    for fields in mount_lines:
+        if len(fields) < 4:
+            continue
+        where, kind, options = Path(fields[1]), fields[2], fields[3].split(",")
+        if kind == "cgroup" and "cpu" in options and v1 is not None:
+            out.append((where / "cpu.cfs_quota_us", v1))
+        elif kind == "cgroup2" and v2 is not None:
+            out.append((where / "cpu.max", v2))
+    return out
+
+
+def _read_quota(d: Path, file_name: str) -> float:
+    """Cores allowed by the quota in directory `d`; 0 when none, or unreadable (a cgroup
+    namespace can list paths that are not visible from this mount)."""
+    try:
+        if file_name == "cpu.max":
+            quota, period = (d / "cpu.max").read_text().split()
+            return 0.0 if quota == "max" else int(quota) / int(period)
+        quota_us = int((d / "cpu.cfs_quota_us").read_text())
+        return 0.0 if quota_us < 0 else quota_us / int((d / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return 0.0
 
 
 def _meminfo_total_bytes() -> int:

@@ -3,7 +3,9 @@
 Under a quota a single call finishes inside the period's budget or waits out part of a period,
 so a median of a few calls reads well under the steady rate (the testbed's 0.04-core devices:
 plans predicted 12-21% faster than they ran). The reference is independent of the profiler:
-the same layer called back to back for 6 s in the same cgroup, wall time over calls.
+the same layer called back to back for 3 s in the same cgroup, wall time over calls. Profile
+and reference alternate three times and the median ratio is checked, so that a burst of load
+elsewhere on the host (which slows the cgroup too) lands on both sides of one pair at most.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ SCRIPT = textwrap.dedent("""
     with torch.inference_mode():
         for _ in range(2):
             run()
-        profiled = layer_seconds(run, 5)
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < 6.0:
-            run()
-            calls += 1
-        print(profiled, (time.perf_counter() - start) / calls, flush=True)
+        for _ in range(3):
+            profiled = layer_seconds(run, 5)
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < 3.0:
+                run()
+                calls += 1
+            print(profiled, (time.perf_counter() - start) / calls, flush=True)
 """)
 
 
@@ -55,6 +58,8 @@ def test_layer_time_under_a_quota_is_the_steady_rate():
             proc.wait()
     finally:
         groups.remove(name)
-    profiled, steady = map(float, out.split())
-    # One call of this layer is ~3 ms of CPU: 25-75 ms of wall time depending on the period.
-    assert 0.85 < profiled / steady < 1.15, (profiled, steady)
+    pairs = [tuple(map(float, line.split())) for line in out.splitlines()]
+    ratios = sorted(profiled / steady for profiled, steady in pairs)
+    # One call of this layer is ~3 ms of CPU: 25-75 ms of wall time depending on the period; a
+    # median of five calls reads 0.39-0.68 of the steady rate.
+    assert 0.85 < ratios[1] < 1.15, pairs
