@@ -7,20 +7,19 @@ from pathlib import Path
 _NET = Path("/sys/class/net")
 _PROC_CGROUP = Path("/proc/self/cgroup")
 _MOUNTS = Path("/proc/self/mounts")
-_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"),                    # cgroup v2
-                  Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))  # cgroup v1
 
 
-def memory_capacity_mb() -> float:
-    """The smaller of physical RAM and this process's cgroup memory limit, in MB (2^20 bytes,
-    the scheduler's unit)."""
+def memory_capacity_mb(proc_cgroup: Path = _PROC_CGROUP, mounts: Path = _MOUNTS) -> float:
+    """The smaller of physical RAM and the tightest memory limit on this process's cgroup and
+    the cgroups above it (v1 or v2: `docker --memory`, a systemd MemoryMax, the testbed's
+    devices), in MB (2^20 bytes, the scheduler's unit)."""
     total = _meminfo_total_bytes()
-    for path in _CGROUP_LIMITS:
+    for d, version in _own_cgroup_dirs("memory", proc_cgroup, mounts):
         try:
-            text = path.read_text().strip()
+            text = (d / ("memory.max" if version == 2 else "memory.limit_in_bytes")).read_text()
         except OSError:
             continue
-        if text.isdigit():
+        if text.strip().isdigit():
             total = min(total, int(text))
     return total / 2**20
 
@@ -43,45 +42,50 @@ def cpu_quota_cores(proc_cgroup: Path = _PROC_CGROUP, mounts: Path = _MOUNTS) ->
     """The CFS quota on this process in cores (the tightest of its cgroup and the cgroups
     above it, v1 or v2: `docker --cpus`, a systemd CPUQuota, the testbed's devices); 0 when
     none. Read when asked, since a quota can be set on a running process."""
-    quotas = []
-    for cpu_file, path in _own_cpu_cgroups(proc_cgroup, mounts):
-        d = cpu_file.parent / path.strip("/")
-        while True:
-            quotas.append(_read_quota(d, cpu_file.name))
-            if d == cpu_file.parent:
-                break
-            d = d.parent
+    quotas = [_read_quota(d, version) for d, version in _own_cgroup_dirs("cpu", proc_cgroup,
+                                                                        mounts)]
     limited = [q for q in quotas if q > 0]
     return min(limited) if limited else 0.0
 
 
-def _own_cpu_cgroups(proc_cgroup: Path, mounts: Path) -> list[tuple[Path, str]]:
-    """(mount point / the quota file's name, this process's path under it) for each CPU
-    hierarchy mounted here: v1's `cpu` controller and the v2 unified tree."""
+def _own_cgroup_dirs(controller: str, proc_cgroup: Path, mounts: Path) -> list[tuple[Path, int]]:
+    """(directory, cgroup version) of this process's cgroup and each one above it up to the
+    mount point, in every hierarchy mounted here that can hold `controller`: v1's own
+    hierarchy for it and the v2 unified tree (its files are absent where the controller is
+    not enabled). Empty when /proc is not readable."""
     try:
         own = [line.split(":", 2) for line in proc_cgroup.read_text().splitlines()]
         mount_lines = [line.split() for line in mounts.read_text().splitlines()]
     except OSError:
         return []
-    v1 = next((p for _, ctrl, p in own if "cpu" in ctrl.split(",")), None)
+    v1 = next((p for _, ctrl, p in own if controller in ctrl.split(",")), None)
     v2 = next((p for hid, ctrl, p in own if hid == "0" and ctrl == ""), None)
     out = []
     for fields in mount_lines:
         if len(fields) < 4:
             continue
         where, kind, options = Path(fields[1]), fields[2], fields[3].split(",")
-        if kind == "cgroup" and "cpu" in options and v1 is not None:
-            out.append((where / "cpu.cfs_quota_us", v1))
+        if kind == "cgroup" and controller in options and v1 is not None:
+            out += [(d, 1) for d in _up_to(where, v1)]
         elif kind == "cgroup2" and v2 is not None:
-            out.append((where / "cpu.max", v2))
+            out += [(d, 2) for d in _up_to(where, v2)]
     return out
 
 
-def _read_quota(d: Path, file_name: str) -> float:
+def _up_to(root: Path, path: str) -> list[Path]:
+    d = root / path.strip("/")
+    dirs = [d]
+    while d != root and d != d.parent:
+        d = d.parent
+        dirs.append(d)
+    return dirs
+
+
+def _read_quota(d: Path, version: int) -> float:
     """Cores allowed by the quota in directory `d`; 0 when none, or unreadable (a cgroup
     namespace can list paths that are not visible from this mount)."""
     try:
-        if file_name == "cpu.max":
+        if version == 2:
             quota, period = (d / "cpu.max").read_text().split()
             return 0.0 if quota == "max" else int(quota) / int(period)
         quota_us = int((d / "cpu.cfs_quota_us").read_text())

@@ -1,4 +1,4 @@
-"""cpu_quota_cores reads the tightest CFS quota on the process's own cgroup path, v1 or v2.
+"""The CPU quota and memory limit are the tightest on the process's own cgroup path, v1 or v2.
 
 The trees are built in a temporary folder laid out as the kernel lays them out; the live
 cgroup v1 case runs in tests/integration/test_profile_under_quota.py.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeedge.stage_server.device_info import cpu_quota_cores
+from pipeedge.stage_server.device_info import cpu_quota_cores, memory_capacity_mb
 
 
 def _write(path: Path, text: str) -> None:
@@ -43,3 +43,24 @@ def test_v2_reads_cpu_max_and_max_is_no_quota(tmp_path):
 
 def test_no_cgroup_files_means_no_quota(tmp_path):
     assert cpu_quota_cores(tmp_path / "absent", tmp_path / "absent") == 0.0
+
+
+def test_memory_limit_of_the_own_cgroup_not_only_the_root(tmp_path):
+    mem = tmp_path / "memory"
+    _write(mem / "memory.limit_in_bytes", "9223372036854771712\n")  # v1's "unlimited"
+    _write(mem / "pe-dev" / "memory.limit_in_bytes", f"{512 * 2**20}\n")
+    _write(tmp_path / "self_cgroup", "4:memory:/pe-dev\n1:cpu:/\n")
+    _write(tmp_path / "mounts", f"cgroup {mem} cgroup rw,relatime,memory 0 0\n")
+    assert memory_capacity_mb(tmp_path / "self_cgroup", tmp_path / "mounts") == 512
+    _write(tmp_path / "self_cgroup", "4:memory:/\n")
+    ram_mb = memory_capacity_mb(tmp_path / "absent", tmp_path / "absent")
+    assert 512 < memory_capacity_mb(tmp_path / "self_cgroup", tmp_path / "mounts") == ram_mb
+
+
+def test_memory_v2_max_is_no_limit(tmp_path):
+    root = tmp_path / "unified"
+    _write(root / "svc" / "memory.max", "max\n")
+    _write(root / "svc" / "stage" / "memory.max", f"{300 * 2**20}\n")
+    _write(tmp_path / "self_cgroup", "0::/svc/stage\n")
+    _write(tmp_path / "mounts", f"cgroup2 {root} cgroup2 rw 0 0\n")
+    assert memory_capacity_mb(tmp_path / "self_cgroup", tmp_path / "mounts") == 300
