@@ -5,7 +5,7 @@ on the values) through the same backend factory that serves assignments, so an O
 profiled with ONNX, and at the request's weights dtype (memory as the shard stores it). Layers
 run in order on real activations; only one layer is in memory at once. A layer's time is the
 median of a few calls, or, where this process does not get a whole CPU (a cgroup quota), the
-rate over back-to-back calls spanning seconds (`layer_seconds`).
+rate over back-to-back calls spanning seconds (call_timing.py).
 
 Decoders, when the request sets ``decode_context``, are also timed the way generation spends its
 time: one new token against a cache of that many tokens (random context; the cost does not
@@ -20,10 +20,7 @@ per request before the layers: the scheduler charges it per stage besides the la
 from __future__ import annotations
 
 import logging
-import os
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +29,8 @@ import torch
 from pipeedge import models
 from pipeedge._proto import stage_pb2 as pb
 from pipeedge.stage_server.backends import ShardBackend, check_target, load_backend
-from pipeedge.stage_server.device_info import cpu_quota_cores, nic_speed_mbps, usable_memory_mb
+from pipeedge.stage_server.call_timing import seconds_per_call
+from pipeedge.stage_server.device_info import nic_speed_mbps, usable_memory_mb
 from pipeedge.stage_server.wire_profile import WireCost, measure_wire_cost
 
 if TYPE_CHECKING:
@@ -74,7 +72,7 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir: Path, default_threads: 
             del state
             for _ in range(warmup):
                 outputs = backend.run(tensors)
-            seconds = layer_seconds(lambda: backend.run(tensors), repeats)
+            seconds = seconds_per_call(lambda: backend.run(tensors), repeats)
             step = _decode_step(backend, info, req, repeats)
             event = pb.ProfileEvent(layer=layer, layers=info.num_layers,
                                     time_s=seconds,
@@ -97,39 +95,6 @@ def profile_layers(req: pb.ProfileRequest, *, cache_dir: Path, default_threads: 
             yield event
     finally:
         torch.set_num_threads(previous_threads)
-
-
-MIN_SPAN_S = 2.0  # 20 CFS periods of 100 ms (80 of the testbed's 25 ms): within ~5% of the rate
-MAX_RUNS = 10_000
-FULL_CPU = 0.8    # process CPU / wall below this: the process does not have the CPU to itself
-
-
-def layer_seconds(run: Callable[[], object], repeats: int) -> float:
-    """Seconds one call of `run` takes: the median of `repeats` timed calls when this process
-    has the CPU to itself. When it does not (a cgroup CPU quota, e.g. `docker --cpus` or the
-    testbed's devices), a single call finishes inside the period's budget or waits out most of
-    a period: at 0.04 core, calls of 4 ms CPU read 3-200 ms and a median of five is anything
-    in between. Then the time is the mean over back-to-back calls spanning MIN_SPAN_S, the rate
-    a stream of microbatches gets. A quota is read from the cgroup files, not only inferred
-    from the calls' CPU share: five calls can all land inside budget the kernel has banked
-    (measured at 0.04 core: five 2.8 ms calls at full speed, right after a busy stretch)."""
-    quota_bound = 0 < cpu_quota_cores() < len(os.sched_getaffinity(0))
-    first = time.perf_counter()
-    times, cpu = [], 0.0
-    for _ in range(repeats):
-        cpu_start, start = time.process_time(), time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-        cpu += time.process_time() - cpu_start
-    if cpu >= FULL_CPU * sum(times) and not quota_bound:
-        return statistics.median(times)
-    # The span counts from the first call and includes the gaps: reading the process's CPU
-    # time settles its CFS account, so the throttle lands there more often than not.
-    calls = len(times)
-    while time.perf_counter() - first < MIN_SPAN_S and calls < MAX_RUNS:
-        run()
-        calls += 1
-    return (time.perf_counter() - first) / calls
 
 
 def _wire_cost() -> WireCost:

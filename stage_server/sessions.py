@@ -239,7 +239,7 @@ def profile_decode(model_name: str, first_layer: int, last_layer: int, *,
 @dataclass(frozen=True)
 class DecodeTiming:
     prefill_s: float                  # one prefill of the context (untimed warm-up excluded)
-    step_s: float                     # median single-token step against the cached context
+    step_s: float                     # one single-token step against the cached context
     kv_bytes: int                     # cache of the session after the prefill
     outputs: dict[str, torch.Tensor]  # what one step sends on (sizes a cut after the shard)
 
@@ -248,8 +248,10 @@ def time_decode_step(shard: DecoderShard, *, context_len: int, batch: int = 1, r
                      warmup: int = 1, dtype: torch.dtype = torch.float32,
                      device: str | torch.device = "cpu") -> DecodeTiming:
     """Prefill a fresh cache of ``shard`` (a DecoderShard) with ``context_len`` random tokens,
-    then time ``warmup`` + ``repeats`` single-token steps, each against exactly that context."""
-    import statistics
+    then time single-token steps, each against exactly that context: ``warmup`` untimed, then
+    ``seconds_per_call`` (the median of ``repeats``, or the rate over seconds under a CPU
+    quota, where one step's time is luck)."""
+    from pipeedge.stage_server.call_timing import seconds_per_call
 
     with torch.inference_mode():
         cache = shard.new_cache()
@@ -258,15 +260,17 @@ def time_decode_step(shard: DecoderShard, *, context_len: int, batch: int = 1, r
         prefill = time.perf_counter() - start
         kv_bytes = cache.nbytes
         base = cache.length
-        steps = []
-        for _ in range(warmup + repeats):
+        last: list[dict[str, torch.Tensor]] = []
+
+        def step() -> None:
             cache.truncate(base)  # every step sees the same context length
-            x = _decode_inputs(shard, batch, 1, dtype, device)
-            start = time.perf_counter()
-            outputs = shard(x, cache=cache)
-            steps.append(time.perf_counter() - start)
+            last[:] = [shard(_decode_inputs(shard, batch, 1, dtype, device), cache=cache)]
+
+        for _ in range(warmup):
+            step()
+        step_s = seconds_per_call(step, repeats)
         cache.clear()
-    return DecodeTiming(prefill, statistics.median(steps[warmup:]), kv_bytes, outputs)
+    return DecodeTiming(prefill, step_s, kv_bytes, last[0])
 
 
 def _decode_inputs(shard: DecoderShard, batch: int, tokens: int, dtype: torch.dtype,

@@ -21,7 +21,7 @@ from pipeedge.coordinator.testbed import cgroups
 
 SCRIPT = textwrap.dedent("""
     import sys, time, torch
-    from pipeedge.stage_server.profiler import layer_seconds
+    from pipeedge.stage_server.call_timing import seconds_per_call
     torch.set_num_threads(1)
     layer, x = torch.nn.Linear(768, 768), torch.rand(1, 197, 768)
     run = lambda: layer(x)
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
         for _ in range(2):
             run()
         for _ in range(3):
-            profiled = layer_seconds(run, 5)
+            profiled = seconds_per_call(run, 5)
             calls, start = 0, time.perf_counter()
             while time.perf_counter() - start < 3.0:
                 run()
